@@ -1,0 +1,43 @@
+# Thin targets over the cudastack CLI. `make bench` and `make test` set themselves up on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch the suite runs with in this environment; override for another build, e.g.
+#   make bench TORCH_SPEC='torch==2.9.1'
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'a-zA-Z0-9.=\n' _)
+ARGS ?=
+
+.PHONY: setup bench test perf lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet '$(TORCH_SPEC)'
+	$(PY) -m pip install --quiet -e '.[bench,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)  ## create .venv with cudastack, torch and the dev tools
+
+bench: $(STAMP)  ## the main job: run the suite, print the table (ARGS='--bench gemm' ...)
+	$(VENV)/bin/cudastack bench $(ARGS)
+
+test: $(STAMP)  ## unit and integration tests (real torch on this device)
+	@# pytest exits 5 when it collected nothing: a test run that tested nothing is a failure.
+	$(PY) -m pytest -q $(ARGS); code=$$?; \
+	  if [ $$code -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$code
+
+perf: $(STAMP)  ## the harness's own speed, with pytest-benchmark (not part of make test)
+	$(PY) -m pytest -q -p no:cacheprovider tests/perf --benchmark-only -o addopts="" $(ARGS)
+
+lint: $(STAMP)  ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks

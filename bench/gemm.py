@@ -1,0 +1,56 @@
+"""GEMM throughput: C = A @ B on square n x n matrices per dtype, in TFLOP/s (2 n^3 FLOP per call)."""
+
+import math
+
+PARAMS = {"dtype": ["fp32", "tf32", "fp16", "bf16", "fp8"], "n": [1024, 4096, 8192]}
+PROFILES = {
+    "quick": {"dtype": ["fp32", "bf16"], "n": [512, 2048]},
+    "full": {"n": [1024, 2048, 4096, 8192, 16384]},
+}
+
+# Relative tolerance per dtype against an fp64 reference; the absolute part scales with sqrt(n),
+# the typical size of an entry of a product of two standard-normal matrices.
+TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 5e-2, "fp8": 5e-2}
+CHECK_ROWS = 128  # checking a slab of rows is enough to catch a wrong kernel, and cheap
+
+
+def _check(ctx, out, a, b, dtype, n):
+    rows = min(n, CHECK_ROWS)
+    ref = a[:rows].double() @ b.double()
+    tol = TOLERANCE[dtype]
+    ctx.check_close(out[:rows], ref, rtol=tol, atol=tol * math.sqrt(n))
+
+
+def _fp8(ctx, n):
+    torch = ctx.torch
+    ctx.require_cuda("fp8 GEMM")
+    if ctx.capability() < (8, 9) or not hasattr(torch, "_scaled_mm"):
+        ctx.skip(f"fp8 GEMM needs compute capability 8.9+ and torch._scaled_mm; "
+                 f"this GPU is {'.'.join(map(str, ctx.capability()))}")
+    a = ctx.randn(n, n, dtype=torch.float8_e4m3fn)
+    # _scaled_mm wants its second operand column-major: the transpose of a row-major matrix is.
+    b = ctx.randn(n, n, dtype=torch.float8_e4m3fn).t()
+    one = torch.ones((), device=ctx.device)
+
+    def call():
+        return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+    _check(ctx, call(), a, b, "fp8", n)
+    return ctx.measure(call, flops=2 * n**3, peak="fp8")
+
+
+def run(ctx, dtype, n):
+    torch = ctx.torch
+    if dtype == "fp8":
+        return _fp8(ctx, n)
+    dt = ctx.dtype(dtype)
+    # TF32 is a math mode of fp32 storage; the worker restores the flag after the case.
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    a, b = ctx.randn(n, n, dtype=dt), ctx.randn(n, n, dtype=dt)
+    out = torch.empty(n, n, dtype=dt, device=ctx.device)
+
+    def call():
+        return torch.mm(a, b, out=out)
+
+    _check(ctx, call(), a, b, dtype, n)
+    return ctx.measure(call, flops=2 * n**3, peak=dtype)

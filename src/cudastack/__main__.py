@@ -1,0 +1,5 @@
+"""``python -m cudastack``: the same as the ``cudastack`` command."""
+
+from .cli import main
+
+main()

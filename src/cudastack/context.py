@@ -1,0 +1,148 @@
+"""What a benchmark's ``run(ctx, **params)`` sees: the device, inputs, checks and the timers.
+
+Environment side: standard library and torch only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+
+from . import timing
+from .suite import Profile
+
+DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16",
+          "fp8": "float8_e4m3fn", "fp64": "float64"}
+
+
+class Skip(Exception):
+    """This case cannot run on this device or stack; the reason becomes a skipped row."""
+
+
+class CheckFailed(Exception):
+    """The benchmark's output did not match its reference; the case is not timed."""
+
+
+@dataclass
+class Metric:
+    """One measured quantity of a case: every sample is kept, one record row each."""
+
+    name: str
+    unit: str
+    better: str  # "higher" | "lower"
+    values: List[float] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Handed to every benchmark's ``run``."""
+
+    torch: Any
+    device: Any  # torch.device
+    profile: Profile
+    peaks: Optional[Dict[str, float]]
+    seed: int = 0
+    _flusher: Optional[timing.L2Flusher] = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return bool(self.device.type == "cuda")
+
+    def skip(self, reason: str) -> NoReturn:
+        raise Skip(reason)
+
+    def require_cuda(self, what: str) -> None:
+        if not self.is_cuda:
+            self.skip(f"{what} needs an NVIDIA GPU; this run is on {self.device.type}")
+
+    def capability(self) -> tuple:
+        return tuple(self.torch.cuda.get_device_capability(self.device)) if self.is_cuda else ()
+
+    def dtype(self, name: str) -> Any:
+        """A dtype by its short name; tf32 is fp32 storage with TF32 math (set by the bench)."""
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
+        if name == "tf32" and not (self.is_cuda and self.capability() >= (8, 0)):
+            self.skip("tf32 needs an NVIDIA GPU of compute capability 8.0 or newer")
+        return getattr(self.torch, DTYPES[name])
+
+    def randn(self, *shape: int, dtype: Any = None, requires_grad: bool = False) -> Any:
+        """Random normal inputs: zeros run faster on some kernels and hide wrong results."""
+        gen = self.torch.Generator(device=self.device).manual_seed(self.seed)
+        self.seed += 1
+        out = self.torch.randn(*shape, generator=gen, device=self.device, dtype=self.torch.float32)
+        if dtype is not None:
+            out = out.to(dtype)
+        return out.requires_grad_(requires_grad)
+
+    def sync(self) -> None:
+        if self.is_cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def check_close(self, actual: Any, expected: Any, *, rtol: float, atol: float,
+                    what: str = "output") -> None:
+        """Compare against a reference before timing: a fast wrong answer is not a result."""
+        a = actual.detach().double().cpu()
+        e = expected.detach().double().cpu()
+        if a.shape != e.shape:
+            raise CheckFailed(f"{what} shape {tuple(a.shape)} != reference {tuple(e.shape)}")
+        bad = ~((a - e).abs() <= atol + rtol * e.abs())
+        if bool(bad.any()):
+            err = float(((a - e).abs() / (e.abs() + atol)).max())
+            raise CheckFailed(
+                f"{what} differs from reference: {int(bad.sum())} of {a.numel()} elements beyond "
+                f"rtol={rtol} atol={atol} (max relative error {err:.3g})"
+            )
+
+    def settings(self) -> timing.TimerSettings:
+        p = self.profile
+        return timing.TimerSettings(p.warmup_for(self.device.type), p.budget_s, p.min_reps,
+                                    p.max_reps, p.noise_target)
+
+    def time(self, fn: Callable[[], Any], *, flush_l2: bool = True, clock: str = "device") -> List[float]:
+        """Seconds per call. ``clock='host'`` times wall clock up to a synchronize instead of
+        device events, for costs the host pays (launch overhead, pageable copies)."""
+        s = self.settings()
+        if clock == "host":
+            return timing.time_host(fn, s, self.sync)
+        if not self.is_cuda:
+            return timing.time_cpu(fn, s)
+        if flush_l2 and self._flusher is None:
+            self._flusher = timing.L2Flusher(self.torch, self.device)
+        return timing.time_cuda(self.torch, fn, s, self._flusher if flush_l2 else None)
+
+    def measure(
+        self,
+        fn: Callable[[], Any],
+        *,
+        flops: Optional[float] = None,
+        nbytes: Optional[float] = None,
+        peak: Optional[str] = None,
+        flush_l2: bool = True,
+        clock: str = "device",
+        per_call: int = 1,
+    ) -> List[Metric]:
+        """Time ``fn`` and derive rates per sample: ``latency`` (ms), ``tflops`` from ``flops``,
+        ``gbps`` from ``nbytes`` (bytes read + written), and ``pct_of_peak`` against the
+        device's spec peak named by ``peak`` (a dtype name, ``mem`` or ``h2d``) when known.
+        ``per_call`` divides each sample when ``fn`` repeats the operation several times."""
+        seconds = [s / per_call for s in self.time(fn, flush_l2=flush_l2, clock=clock)]
+        return rate_metrics(seconds, flops=flops, nbytes=nbytes,
+                            peak=(self.peaks or {}).get(peak) if peak else None)
+
+
+def rate_metrics(seconds: Sequence[float], *, flops: Optional[float] = None,
+                 nbytes: Optional[float] = None, peak: Optional[float] = None) -> List[Metric]:
+    """Latency samples plus the rates derived from each of them."""
+    out = [Metric("latency", "ms", "lower", [s * 1e3 for s in seconds])]
+    rate: Optional[Metric] = None
+    if flops is not None:
+        rate = Metric("tflops", "TFLOP/s", "higher", [flops / s / 1e12 for s in seconds])
+        out.append(rate)
+    if nbytes is not None:
+        gbps = Metric("gbps", "GB/s", "higher", [nbytes / s / 1e9 for s in seconds])
+        out.append(gbps)
+        rate = rate or gbps
+    if rate is not None and peak:
+        out.append(Metric("pct_of_peak", "%", "higher", [100 * v / peak for v in rate.values]))
+    return out

@@ -1,0 +1,175 @@
+"""The suite's catalogue: discover bench files, expand PARAMS grids into cases, select, profile.
+
+Standard library only. Discovery reads each bench file's docstring, ``PARAMS`` and ``PROFILES``
+with ``ast`` instead of importing it, so the host can list cases without torch installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+# The harness ships its suite in bench/ at the repository root (next to src/).
+DEFAULT_BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+
+
+class SuiteError(ValueError):
+    """Bad input about the suite (unknown bench, profile, parameter, malformed selection)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard to measure: time budgets and repetition bounds for every case."""
+
+    name: str
+    warmup_s: float  # CPU warm-up (caches, allocator, thread pool)
+    gpu_warmup_s: float  # GPU warm-up: long enough for clocks to ramp (do_bench's 25 ms is not)
+    budget_s: float  # measuring time per case; the loop stops here even if still noisy
+    min_reps: int
+    max_reps: int
+    noise_target: float  # stop early once the relative IQR is below this
+    case_timeout_s: float  # a case still running after this becomes a failed row
+
+    def warmup_for(self, device_type: str) -> float:
+        return self.gpu_warmup_s if device_type == "cuda" else self.warmup_s
+
+
+PROFILES: Dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("quick", 0.05, 0.5, 0.3, 5, 500, 0.02, 60.0),
+        Profile("standard", 0.2, 1.0, 1.0, 10, 2000, 0.01, 300.0),
+        Profile("full", 0.5, 2.0, 4.0, 20, 10000, 0.005, 900.0),
+    )
+}
+
+
+def resolve_profile(name: str, has_gpu: bool) -> Profile:
+    """``auto`` picks ``standard`` on a GPU and ``quick`` on a CPU (minutes on 2 cores)."""
+    if name == "auto":
+        name = "standard" if has_gpu else "quick"
+    if name not in PROFILES:
+        raise SuiteError(f"unknown profile {name!r}; choose one of: auto, {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def format_value(value: Any) -> str:
+    """How a parameter value appears in case ids and is matched by --select."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of a bench's parameter grid."""
+
+    bench: str
+    params: Dict[str, Any] = field(hash=False)
+
+    @property
+    def id(self) -> str:
+        inner = ",".join(f"{k}={format_value(v)}" for k, v in self.params.items())
+        return f"{self.bench}[{inner}]"
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """A bench file as discovered: its name, one-line description and parameter grids."""
+
+    name: str
+    path: Path
+    doc: str
+    params: Dict[str, List[Any]]
+    profiles: Dict[str, Dict[str, List[Any]]]
+
+    def grid(self, profile: str) -> Dict[str, List[Any]]:
+        return {**self.params, **self.profiles.get(profile, {})}
+
+    def cases(self, profile: str) -> List[Case]:
+        grid = self.grid(profile)
+        keys = list(grid)
+        return [Case(self.name, dict(zip(keys, combo))) for combo in itertools.product(*grid.values())]
+
+
+def _literal(tree: ast.Module, name: str, path: Path) -> Any:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                raise SuiteError(f"{path.name}: {name} must be a literal dict of lists") from None
+    return None
+
+
+def load_spec(path: Path) -> BenchSpec:
+    """Read one bench file's docstring and grids without importing it."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as exc:
+        raise SuiteError(f"{path.name}: syntax error on line {exc.lineno}: {exc.msg}") from None
+    doc = (ast.get_docstring(tree) or "").strip().splitlines()
+    params = _literal(tree, "PARAMS", path) or {}
+    profiles = _literal(tree, "PROFILES", path) or {}
+    if not isinstance(params, dict) or not all(isinstance(v, list) and v for v in params.values()):
+        raise SuiteError(f"{path.name}: PARAMS must map each parameter to a non-empty list")
+    for prof, grid in profiles.items():
+        if prof not in PROFILES:
+            raise SuiteError(f"{path.name}: PROFILES names unknown profile {prof!r}")
+        unknown = set(grid) - set(params)
+        if unknown:
+            raise SuiteError(f"{path.name}: PROFILES[{prof!r}] sets unknown {sorted(unknown)}")
+    return BenchSpec(path.stem, path, doc[0] if doc else "", params, profiles)
+
+
+def discover(bench_dir: Path) -> Dict[str, BenchSpec]:
+    """Every ``*.py`` in the folder not starting with ``_`` is a bench, sorted by name."""
+    if not bench_dir.is_dir():
+        raise SuiteError(f"bench folder {bench_dir} does not exist; pass --bench-dir DIR")
+    specs = {p.stem: load_spec(p) for p in sorted(bench_dir.glob("*.py")) if not p.name.startswith("_")}
+    if not specs:
+        raise SuiteError(f"no bench files (*.py) in {bench_dir}")
+    return specs
+
+
+def parse_select(items: Sequence[str]) -> Dict[str, List[str]]:
+    """``key=value[,value]`` pairs into {key: [values]}; repeated keys accumulate."""
+    selection: Dict[str, List[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise SuiteError(f"malformed --select {item!r}; write key=value[,value] (e.g. dtype=bf16)")
+        selection.setdefault(key.strip(), []).extend(v.strip() for v in values.split(","))
+    return selection
+
+
+def plan(
+    specs: Dict[str, BenchSpec],
+    profile: str,
+    benches: Optional[Sequence[str]] = None,
+    select: Optional[Dict[str, List[str]]] = None,
+) -> List[Case]:
+    """The cases to run, in bench then grid order, after --bench and --select filters.
+
+    A bench lacking a selected key is left out: asking for dtype=bf16 means cases that have one.
+    """
+    chosen = list(benches) if benches else list(specs)
+    unknown = [b for b in chosen if b not in specs]
+    if unknown:
+        raise SuiteError(f"unknown bench {', '.join(unknown)}; choose from: {', '.join(specs)}")
+    cases = [c for b in chosen for c in specs[b].cases(profile)]
+    for key, wanted in (select or {}).items():
+        known = list(dict.fromkeys(format_value(c.params[key]) for c in cases if key in c.params))
+        if not known:
+            keys = sorted({k for c in cases for k in c.params})
+            raise SuiteError(f"no selected bench has parameter {key!r}; parameters: {', '.join(keys)}")
+        missing = [w for w in wanted if w not in known]
+        if missing:
+            raise SuiteError(f"{key}={','.join(missing)} matches no case; values: {', '.join(known)}")
+        cases = [c for c in cases if key in c.params and format_value(c.params[key]) in wanted]
+    return cases

@@ -1,0 +1,108 @@
+"""The timers: CUDA events per call on a GPU, perf_counter_ns on the CPU, stopped by time and noise.
+
+Environment side: standard library and torch only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+from .stats import summarize
+
+# 256 MB is more than the L2 of any current GPU (H100/H200: 50 MB, B200: 126 MB), so zeroing it
+# evicts every input of the previous call; triton's do_bench uses the same size.
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TimerSettings:
+    """Budgets and stop rules for one measurement."""
+
+    warmup_s: float
+    budget_s: float
+    min_reps: int
+    max_reps: int
+    noise_target: float
+
+
+class L2Flusher:
+    """A buffer allocated once and zeroed before each timed GPU call."""
+
+    def __init__(self, torch: Any, device: Any) -> None:
+        self._buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        self._buf.zero_()
+
+
+def _should_stop(samples: List[float], elapsed: float, s: TimerSettings) -> bool:
+    n = len(samples)
+    if n >= s.max_reps or (elapsed >= s.budget_s and n >= min(s.min_reps, 3)):
+        return True
+    return n >= s.min_reps and summarize(samples).rel_iqr <= s.noise_target
+
+
+def _warm_up(fn: Callable[[], Any], seconds: float, sync: Callable[[], None]) -> None:
+    # Warm-up is by time, not count: a GPU's clocks need about a second to ramp, and a CPU's
+    # allocator and thread pool a few calls. At least two calls so lazy init is never timed.
+    start = time.perf_counter()
+    calls = 0
+    while calls < 2 or time.perf_counter() - start < seconds:
+        fn()
+        sync()
+        calls += 1
+
+
+def time_cpu(fn: Callable[[], Any], s: TimerSettings) -> List[float]:
+    """Seconds per call, each call timed on its own with perf_counter_ns."""
+    _warm_up(fn, s.warmup_s, lambda: None)
+    samples: List[float] = []
+    start = time.perf_counter()
+    while not _should_stop(samples, time.perf_counter() - start, s):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) * 1e-9)
+    return samples
+
+
+def time_cuda(
+    torch: Any, fn: Callable[[], Any], s: TimerSettings, flush: Optional[Callable[[], None]]
+) -> List[float]:
+    """Seconds per call from a CUDA event pair around each call, L2 flushed outside the pair.
+
+    Events are read in batches (one synchronize per checkpoint), so the GPU never idles waiting
+    for the host between calls.
+    """
+    sync = torch.cuda.synchronize
+    _warm_up(fn, s.warmup_s, sync)
+    samples: List[float] = []
+    pending: List[Any] = []
+    checkpoint = s.min_reps
+    start = time.perf_counter()
+    while True:
+        if flush is not None:
+            flush()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        pending.append((begin, end))
+        if len(samples) + len(pending) >= checkpoint or time.perf_counter() - start > s.budget_s:
+            end.synchronize()
+            samples.extend(b.elapsed_time(e) * 1e-3 for b, e in pending)
+            pending.clear()
+            if _should_stop(samples, time.perf_counter() - start, s):
+                return samples
+            checkpoint = max(checkpoint + 1, int(len(samples) * 1.25))
+
+
+def time_host(fn: Callable[[], Any], s: TimerSettings, sync: Callable[[], None]) -> List[float]:
+    """Wall time per call including a device synchronize: for costs the host itself pays."""
+
+    def call() -> None:
+        fn()
+        sync()
+
+    return time_cpu(call, s)

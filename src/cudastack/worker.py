@@ -1,0 +1,245 @@
+"""Environment side entry point: run the suite's cases here and write records.jsonl + env.json.
+
+``python -m cudastack.worker --out DIR [--bench ...] [--select k=v] [--profile ...]``
+Standard library and torch only, so it runs on the bare Python inside a cell image (3.9+).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from . import envinfo, suite
+from .context import CheckFailed, Context, Metric, Skip
+from .peaks import peaks_for
+from .schema import SCHEMA_VERSION
+from .stats import summarize
+
+EXIT_BAD_INPUT = 2
+
+
+class CaseTimeout(Exception):
+    """The case ran past its profile's time limit."""
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across machines: 20261128-231502-3f9a1c."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cudastack.worker", description=__doc__)
+    p.add_argument("--out", required=True, type=Path, help="folder for records.jsonl and env.json")
+    p.add_argument("--bench", default="", help="comma-separated bench names (default: all)")
+    p.add_argument("--select", action="append", default=[], help="key=value[,value] filter")
+    p.add_argument("--profile", default="auto", help="auto | quick | standard | full")
+    p.add_argument("--bench-dir", type=Path, default=suite.DEFAULT_BENCH_DIR)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: usable cores)")
+    p.add_argument("--case-timeout", type=float, default=0.0,
+                   help="seconds before a case is failed (default: the profile's)")
+    p.add_argument("--cell", default="local")
+    p.add_argument("--run-id", default="")
+    p.add_argument("--image-digest", default="")
+    return p.parse_args(argv)
+
+
+def _out_dir_ready(out: Path) -> None:
+    # The host may have put log.txt there already; earlier results are never appended to.
+    if out.exists() and (not out.is_dir() or (out / "records.jsonl").exists()):
+        raise suite.SuiteError(f"--out {out} already holds results or is a file; choose a new folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise suite.SuiteError(f"cannot create --out {out}: {exc.strerror}") from None
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pick_device(torch: Any, wanted: str) -> Any:
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise suite.SuiteError("--device cuda asked for, but torch sees no CUDA device here")
+    device = torch.device(wanted)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class _Modules:
+    """Bench modules are imported once, on first use, by file path."""
+
+    def __init__(self, specs: Dict[str, suite.BenchSpec]) -> None:
+        self._specs = specs
+        self._cache: Dict[str, ModuleType] = {}
+
+    def get(self, name: str) -> ModuleType:
+        if name not in self._cache:
+            path = self._specs[name].path
+            spec = importlib.util.spec_from_file_location(f"cudastack_bench_{name}", path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self._cache[name] = module
+        return self._cache[name]
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise CaseTimeout()
+
+
+def _flags(torch: Any) -> Tuple[Any, ...]:
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+            torch.get_float32_matmul_precision())
+
+
+def _restore_flags(torch: Any, saved: Tuple[Any, ...]) -> None:
+    # A bench may switch TF32 or cudnn.benchmark for its case; the next case starts clean.
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved[:4]
+    torch.set_float32_matmul_precision(saved[4])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> Tuple[str, str, List[Metric]]:
+    """Run one case; never raises except KeyboardInterrupt. Returns (status, reason, metrics)."""
+    torch = ctx.torch
+    saved = _flags(torch)
+    timeout = ctx.profile.case_timeout_s
+    use_alarm = hasattr(signal, "setitimer")
+    if use_alarm:
+        # The alarm interrupts Python code between bytecodes; a single kernel that never returns
+        # is caught one level up, by the host's per-cell time limit.
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        metrics = modules.get(case.bench).run(ctx, **case.params)
+        return "ok", "", list(metrics)
+    except Skip as exc:
+        return "skipped", str(exc), []
+    except CheckFailed as exc:
+        return "failed", f"output check failed: {exc}", []
+    except CaseTimeout:
+        return "failed", f"timed out after {timeout:g} s (profile {ctx.profile.name})", []
+    except Exception as exc:  # a failed case is a row, never the end of the suite
+        reason = _first_line(exc)
+        if "out of memory" in reason.lower():
+            reason = "out of memory: " + reason
+        return "failed", reason, []
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        _restore_flags(torch, saved)
+        gc.collect()
+        if ctx.is_cuda:
+            torch.cuda.empty_cache()
+
+
+def case_rows(base: Dict[str, Any], case: suite.Case, status: str, reason: str,
+              metrics: List[Metric]) -> Iterator[Dict[str, Any]]:
+    """One row per sample of every metric; a skipped or failed case is one row with no value."""
+    common = {**base, "bench": case.bench, "case": case.id,
+              "params": json.dumps(case.params, sort_keys=True), "status": status, "reason": reason}
+    if status != "ok" or not metrics:
+        yield {**common, "status": status if status != "ok" else "failed",
+               "reason": reason or "benchmark returned no metrics",
+               "metric": "", "unit": "", "better": "", "rep": 0, "value": None}
+        return
+    for m in metrics:
+        for rep, value in enumerate(m.values):
+            ok = value is not None and math.isfinite(value)
+            yield {**common, "metric": m.name, "unit": m.unit, "better": m.better, "rep": rep,
+                   "value": value if ok else None}
+
+
+def headline(metrics: List[Metric]) -> str:
+    """The most telling number of a case for the progress line: its rate, else its latency."""
+    by_name = {m.name: m for m in metrics}
+    m = by_name.get("tflops") or by_name.get("gbps") or metrics[0]
+    s = summarize(m.values)
+    return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{', noisy' if s.noisy else ''})"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        specs = suite.discover(args.bench_dir)
+        benches = [b for b in args.bench.split(",") if b]
+        selection = suite.parse_select(args.select)
+        if args.profile != "auto":
+            suite.resolve_profile(args.profile, has_gpu=False)  # validate before importing torch
+        try:
+            import torch
+        except ImportError:
+            raise suite.SuiteError(
+                f"torch is not installed in {sys.executable}; install it (pip install torch) first"
+            ) from None
+        device = _pick_device(torch, args.device)
+        profile = suite.resolve_profile(args.profile, has_gpu=device.type == "cuda")
+        if args.case_timeout > 0:
+            profile = dataclasses.replace(profile, case_timeout_s=args.case_timeout)
+        cases = suite.plan(specs, profile.name, benches, selection)
+        _out_dir_ready(args.out)
+    except suite.SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    threads = args.threads or envinfo.usable_cores()
+    torch.set_num_threads(threads)
+    run_id = args.run_id or new_run_id()
+    rev = envinfo.harness_rev([Path(__file__).resolve().parent, args.bench_dir])
+    fp = envinfo.fingerprint(torch, device, run_id=run_id, cell=args.cell, profile=profile.name,
+                             image_digest=args.image_digest, harness_rev=rev, threads=threads,
+                             cases=len(cases))
+    _write_json_atomic(args.out / "env.json", fp)
+    base = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "cell": args.cell,
+            "image_digest": args.image_digest, "harness_rev": rev, **envinfo.record_fields(fp)}
+    ctx_peaks = peaks_for(fp["gpu"]["name"]) if fp["gpu"] else None
+    modules = _Modules(specs)
+    print(f"cudastack worker: {len(cases)} cases, profile {profile.name}, device "
+          f"{base['device_name']} ({device}), torch {torch.__version__}, {threads} threads", flush=True)
+    started = time.perf_counter()
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
+        for i, case in enumerate(cases, 1):
+            ctx = Context(torch, device, profile, ctx_peaks)
+            at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            status, reason, metrics = run_case(ctx, modules, case)
+            rows = list(case_rows({**base, "started_at": at}, case, status, reason, metrics))
+            status = rows[0]["status"]
+            records.writelines(json.dumps(r) + "\n" for r in rows)
+            records.flush()  # a crash later still leaves every finished case on disk
+            counts[status] += 1
+            detail = headline(metrics) if status == "ok" else rows[0]["reason"]
+            print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
+    print(f"done in {time.perf_counter() - started:.1f} s: " +
+          ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures: a scratch bench folder and the real command line in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def make_bench(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a bench file into a fresh folder; returns the folder."""
+    folder = tmp_path / "bench"
+    folder.mkdir()
+
+    def write(name: str, source: str) -> Path:
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        return folder
+
+    return write
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m cudastack`` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "cudastack", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cudastack.worker", *args], capture_output=True,
+                          text=True, timeout=timeout)

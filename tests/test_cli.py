@@ -1,0 +1,57 @@
+"""The command line as a user meets it: one-line errors, exit code 2, nothing half-written."""
+
+import pytest
+from conftest import cli
+
+from cudastack.suite import DEFAULT_BENCH_DIR
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--bench", "nope"], "error: unknown bench nope; choose from: bandwidth"),
+        (["run", "--select", "dtype"], "error: malformed --select 'dtype'"),
+        (["run", "--select", "dtype=fp64"], "error: dtype=fp64 matches no case; values: "),
+        (["run", "--select", "colour=red"], "error: no selected bench has parameter 'colour'"),
+        (["run", "--profile", "turbo"], "error: unknown profile 'turbo'"),
+        (["run", "--bench-dir", "missing"], "error: bench folder missing does not exist"),
+        (["list", "--profile", "turbo"], "error: unknown profile 'turbo'"),
+        (["show", "nowhere"], "error: nowhere has no results.parquet"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(message), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_or_unwritable_out_is_refused(tmp_path):
+    (tmp_path / "taken").mkdir()
+    proc = cli("run", "--bench", "gemm", "--out", "taken", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: taken already exists; a run folder is never overwritten, pick another --out\n"
+    (tmp_path / "ro").mkdir(mode=0o500)
+    proc = cli("run", "--bench", "gemm", "--out", "ro/run", cwd=tmp_path)
+    if proc.returncode == 2:  # as root a read-only folder is still writable: nothing to check
+        assert proc.stderr.startswith("error: cannot create run folder ro/run: ")
+    (tmp_path / "file").write_text("")
+    proc = cli("run", "--bench", "gemm", "--out", "file/run", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot create run folder file/run: Not a directory" in proc.stderr
+
+
+def test_a_missing_device_removes_the_run_folder(tmp_path):
+    proc = cli("run", "--bench", "gemm", "--device", "cuda", "--results-dir", "res", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "torch sees no CUDA device" in proc.stdout + proc.stderr
+    assert list((tmp_path / "res").iterdir()) == []
+
+
+def test_list_shows_benchmarks_cases_and_cells():
+    proc = cli("list", "--cases", "--profile", "quick")
+    assert proc.returncode == 0, proc.stderr
+    assert "gemm" in proc.stdout and "gemm[dtype=fp32,n=2048]" in proc.stdout
+    assert "quick:" in proc.stdout and "standard:" in proc.stdout
+    assert "cells: local" in proc.stdout
+    assert DEFAULT_BENCH_DIR.is_dir()

@@ -1,0 +1,99 @@
+"""The worker with real torch on the CPU: every case ends as a row, whatever it did."""
+
+import json
+
+from conftest import worker
+
+STATUS_BENCH = '''
+"""Cases that succeed, skip, fail their check, raise, run out of memory or hang."""
+import time
+
+PARAMS = {"mode": ["ok", "skip", "wrong", "raise", "oom", "hang", "ok"]}
+
+def run(ctx, mode):
+    torch = ctx.torch
+    x = ctx.randn(32, 32)
+    if mode == "skip":
+        ctx.skip("needs a device this machine lacks")
+    if mode == "wrong":
+        ctx.check_close(x + 1, x, rtol=1e-3, atol=1e-3)
+    if mode == "raise":
+        raise ValueError("bad shape\\nsecond line")
+    if mode == "oom":
+        raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB")
+    if mode == "hang":
+        while True:
+            time.sleep(0.01)
+    ctx.check_close(x @ torch.eye(32), x, rtol=1e-6, atol=1e-6)
+    return ctx.measure(lambda: x @ x, flops=2 * 32**3)
+'''
+
+
+def read(out):
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+def test_each_outcome_is_a_row_and_the_suite_goes_on(make_bench, tmp_path):
+    folder = make_bench("statuses", STATUS_BENCH)
+    out = tmp_path / "out"
+    proc = worker("--out", str(out), "--bench-dir", str(folder), "--case-timeout", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = read(out)
+    by_case = {}
+    for r in rows:
+        by_case.setdefault(r["params"], []).append(r)
+    outcome = {json.loads(k)["mode"]: v[0] for k, v in by_case.items()}
+    assert outcome["skip"]["status"] == "skipped"
+    assert outcome["skip"]["reason"] == "needs a device this machine lacks"
+    assert outcome["wrong"]["status"] == "failed"
+    assert outcome["wrong"]["reason"].startswith("output check failed: ")
+    assert outcome["raise"]["reason"] == "ValueError: bad shape"
+    assert outcome["oom"]["reason"].startswith("out of memory: RuntimeError: CUDA out of memory")
+    assert outcome["hang"]["reason"] == "timed out after 1 s (profile quick)"
+    for mode in ("skip", "wrong", "raise", "oom", "hang"):
+        assert outcome[mode]["value"] is None and outcome[mode]["metric"] == ""
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    assert {r["metric"] for r in ok_rows} == {"latency", "tflops"}
+    assert len({r["case"] for r in rows}) == 6  # the two "ok" cases share an id: same params
+    assert rows[-1]["status"] == "ok"  # the case after the hang still ran
+    assert "7 cases" in proc.stdout and "2 ok, 1 skipped, 4 failed" in proc.stdout
+
+
+def test_env_json_and_record_identity(make_bench, tmp_path):
+    folder = make_bench("statuses", STATUS_BENCH)
+    out = tmp_path / "out"
+    proc = worker("--out", str(out), "--bench-dir", str(folder), "--select", "mode=ok",
+                  "--cell", "cu12.8-demo", "--run-id", "r1", "--image-digest", "sha256:abc",
+                  "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads((out / "env.json").read_text())
+    assert env["threads"] == 1 and env["cpu"]["torch_threads"] == 1
+    assert env["cell"] == "cu12.8-demo" and env["run_id"] == "r1"
+    assert env["torch"]["version"] and env["device"]["type"] == "cpu" and env["gpu"] is None
+    assert env["harness_rev"].startswith("h")
+    row = read(out)[0]
+    assert (row["cell"], row["run_id"], row["image_digest"]) == ("cu12.8-demo", "r1", "sha256:abc")
+    assert row["harness_rev"] == env["harness_rev"]
+    assert row["device"] == "cpu" and row["device_name"] == env["cpu"]["model"]
+    assert row["torch"] == env["torch"]["version"]
+
+
+def test_bad_input_writes_nothing(make_bench, tmp_path):
+    folder = make_bench("statuses", STATUS_BENCH)
+    out = tmp_path / "out"
+    for args in (["--bench", "nope"], ["--select", "mode"], ["--profile", "turbo"],
+                 ["--select", "mode=fast"], ["--device", "cuda"]):
+        proc = worker("--out", str(out), "--bench-dir", str(folder), *args)
+        assert proc.returncode == 2, args
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not out.exists()
+
+
+def test_an_existing_results_folder_is_refused(make_bench, tmp_path):
+    folder = make_bench("statuses", STATUS_BENCH)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "records.jsonl").write_text("")
+    proc = worker("--out", str(out), "--bench-dir", str(folder))
+    assert proc.returncode == 2 and "already holds results" in proc.stderr
