@@ -29,6 +29,7 @@ test: $(STAMP)  ## unit and integration tests (real torch on this device)
 
 perf: $(STAMP)  ## the harness's own speed, with pytest-benchmark (not part of make test)
 	$(PY) -m pytest -q -p no:cacheprovider tests/perf --benchmark-only -o addopts="" $(ARGS)
+	$(PY) tests/perf/gemm_overhead.py
 
 lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check .

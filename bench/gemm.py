@@ -1,4 +1,4 @@
-"""GEMM throughput: C = A @ B on square n x n matrices per dtype, in TFLOP/s (2 n^3 FLOP per call)."""
+"""GEMM throughput: C = A @ B on square n x n matrices per dtype, in TFLOP/s (2 n^3 FLOP a call)."""
 
 import math
 
@@ -25,8 +25,10 @@ def _fp8(ctx, n):
     torch = ctx.torch
     ctx.require_cuda("fp8 GEMM")
     if ctx.capability() < (8, 9) or not hasattr(torch, "_scaled_mm"):
-        ctx.skip(f"fp8 GEMM needs compute capability 8.9+ and torch._scaled_mm; "
-                 f"this GPU is {'.'.join(map(str, ctx.capability()))}")
+        ctx.skip(
+            f"fp8 GEMM needs compute capability 8.9+ and torch._scaled_mm; "
+            f"this GPU is {'.'.join(map(str, ctx.capability()))}"
+        )
     a = ctx.randn(n, n, dtype=torch.float8_e4m3fn)
     # _scaled_mm wants its second operand column-major: the transpose of a row-major matrix is.
     b = ctx.randn(n, n, dtype=torch.float8_e4m3fn).t()

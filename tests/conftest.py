@@ -28,10 +28,19 @@ def make_bench(tmp_path: Path) -> Callable[[str, str], Path]:
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m cudastack`` as a user would, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "cudastack", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cudastack", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cudastack.worker", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cudastack.worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -31,14 +31,19 @@ def test_existing_or_unwritable_out_is_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     proc = cli("run", "--bench", "gemm", "--out", "taken", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr == "error: taken already exists; a run folder is never overwritten, pick another --out\n"
+    assert (
+        proc.stderr
+        == "error: taken already exists; a run folder is never overwritten, pick another --out\n"
+    )
     (tmp_path / "ro").mkdir(mode=0o500)
     proc = cli("run", "--bench", "gemm", "--out", "ro/run", cwd=tmp_path)
     if proc.returncode == 2:  # as root a read-only folder is still writable: nothing to check
         assert proc.stderr.startswith("error: cannot create run folder ro/run: ")
     (tmp_path / "file").write_text("")
     proc = cli("run", "--bench", "gemm", "--out", "file/run", cwd=tmp_path)
-    assert proc.returncode == 2 and "cannot create run folder file/run: Not a directory" in proc.stderr
+    assert (
+        proc.returncode == 2 and "cannot create run folder file/run: Not a directory" in proc.stderr
+    )
 
 
 def test_a_missing_device_removes_the_run_folder(tmp_path):

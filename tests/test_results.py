@@ -11,12 +11,31 @@ from cudastack.schema import COLUMNS, SCHEMA_VERSION
 
 
 def row(**kw):
-    base = {"schema_version": SCHEMA_VERSION, "run_id": "r", "cell": "local", "bench": "gemm",
-            "case": "gemm[n=1]", "params": json.dumps({"n": 1}), "metric": "tflops",
-            "unit": "TFLOP/s", "better": "higher", "rep": 0, "value": 1.5, "status": "ok",
-            "reason": "", "device": "cpu", "device_name": "cpu model", "gpu_name": "",
-            "driver": "", "torch": "2.13.0", "cuda_runtime": "", "cudnn": "",
-            "image_digest": "", "harness_rev": "h1", "started_at": "2026-11-28T00:00:00+00:00"}
+    base = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": "r",
+        "cell": "local",
+        "bench": "gemm",
+        "case": "gemm[n=1]",
+        "params": json.dumps({"n": 1}),
+        "metric": "tflops",
+        "unit": "TFLOP/s",
+        "better": "higher",
+        "rep": 0,
+        "value": 1.5,
+        "status": "ok",
+        "reason": "",
+        "device": "cpu",
+        "device_name": "cpu model",
+        "gpu_name": "",
+        "driver": "",
+        "torch": "2.13.0",
+        "cuda_runtime": "",
+        "cudnn": "",
+        "image_digest": "",
+        "harness_rev": "h1",
+        "started_at": "2026-11-28T00:00:00+00:00",
+    }
     return {**base, **kw}
 
 
@@ -27,8 +46,17 @@ def write_jsonl(path, rows, tail=""):
 
 def test_parquet_round_trip_is_exact(tmp_path):
     rows = [row(rep=i, value=v) for i, v in enumerate([1.0, 1 / 3, 1e-300, 123456789.123])]
-    rows.append(row(case="gemm[n=2]", status="failed", reason="boom", metric="", unit="",
-                    better="", value=None))
+    rows.append(
+        row(
+            case="gemm[n=2]",
+            status="failed",
+            reason="boom",
+            metric="",
+            unit="",
+            better="",
+            value=None,
+        )
+    )
     df = results.to_frame(rows)
     results.write_tables(df, tmp_path)
     back = results.load_table(tmp_path)
@@ -78,10 +106,13 @@ def test_failed_write_leaves_the_old_table_and_no_temp_file(tmp_path):
 
 
 def test_case_table_picks_the_headline_and_keeps_failures():
-    rows = [row(metric="latency", unit="ms", better="lower", value=2.0),
-            row(metric="tflops", value=3.0), row(metric="tflops", rep=1, value=5.0),
-            row(metric="pct_of_peak", unit="%", value=40.0),
-            row(case="gemm[n=2]", status="skipped", reason="no GPU", metric="", value=None)]
+    rows = [
+        row(metric="latency", unit="ms", better="lower", value=2.0),
+        row(metric="tflops", value=3.0),
+        row(metric="tflops", rep=1, value=5.0),
+        row(metric="pct_of_peak", unit="%", value=40.0),
+        row(case="gemm[n=2]", status="skipped", reason="no GPU", metric="", value=None),
+    ]
     table = results.case_table(results.to_frame(rows)).set_index("case")
     assert table.loc["gemm[n=1]", "metric"] == "tflops"
     assert table.loc["gemm[n=1]", "median"] == 4.0

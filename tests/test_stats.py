@@ -43,8 +43,17 @@ def test_zero_median_has_infinite_rel_iqr():
 def test_host_summary_agrees_with_environment_side_stats():
     values = [3.1, 2.9, 3.0, 3.6, 2.2, 3.3, 5.0]
     df = results.to_frame(
-        {"status": "ok", "cell": "c", "bench": "b", "case": "b[x=1]", "metric": "latency",
-         "unit": "ms", "better": "lower", "rep": i, "value": v}
+        {
+            "status": "ok",
+            "cell": "c",
+            "bench": "b",
+            "case": "b[x=1]",
+            "metric": "latency",
+            "unit": "ms",
+            "better": "lower",
+            "rep": i,
+            "value": v,
+        }
         for i, v in enumerate(values)
     )
     row = results.summarize(df).iloc[0]

@@ -35,7 +35,10 @@ def test_select_filters_by_formatted_value(make_bench):
     specs = suite.discover(make_bench("toy", GRID))
     sel = suite.parse_select(["dtype=bf16", "n=2,3", "fused=true"])
     cases = suite.plan(specs, "standard", None, sel)
-    assert [c.id for c in cases] == ["toy[dtype=bf16,n=2,fused=true]", "toy[dtype=bf16,n=3,fused=true]"]
+    assert [c.id for c in cases] == [
+        "toy[dtype=bf16,n=2,fused=true]",
+        "toy[dtype=bf16,n=3,fused=true]",
+    ]
 
 
 def test_select_drops_benches_without_the_key(make_bench):

@@ -41,8 +41,10 @@ def test_warmup_runs_before_timing_and_is_not_counted():
 
 def test_budget_stops_a_slow_noisy_case():
     durations = iter([0.001, 0.02] * 1000)
-    samples = timing.time_cpu(lambda: time.sleep(next(durations)),
-                              settings(budget_s=0.15, max_reps=10_000, noise_target=0.01))
+    samples = timing.time_cpu(
+        lambda: time.sleep(next(durations)),
+        settings(budget_s=0.15, max_reps=10_000, noise_target=0.01),
+    )
     assert 3 <= len(samples) < 100
 
 
@@ -55,3 +57,11 @@ def test_rates_derive_from_each_sample():
     assert metrics["pct_of_peak"].values == pytest.approx([25.0, 50.0])  # of the compute peak
     assert {m.better for m in metrics.values()} == {"lower", "higher"}
     assert "pct_of_peak" not in {m.name for m in rate_metrics([1.0], flops=1.0)}
+
+
+def test_max_reps_holds_between_noise_checkpoints():
+    durations = iter([0.0001, 0.002] * 1000)
+    samples = timing.time_cpu(
+        lambda: time.sleep(next(durations)), settings(min_reps=5, max_reps=13, noise_target=0.0)
+    )
+    assert len(samples) == 13

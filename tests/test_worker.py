@@ -62,9 +62,22 @@ def test_each_outcome_is_a_row_and_the_suite_goes_on(make_bench, tmp_path):
 def test_env_json_and_record_identity(make_bench, tmp_path):
     folder = make_bench("statuses", STATUS_BENCH)
     out = tmp_path / "out"
-    proc = worker("--out", str(out), "--bench-dir", str(folder), "--select", "mode=ok",
-                  "--cell", "cu12.8-demo", "--run-id", "r1", "--image-digest", "sha256:abc",
-                  "--threads", "1")
+    proc = worker(
+        "--out",
+        str(out),
+        "--bench-dir",
+        str(folder),
+        "--select",
+        "mode=ok",
+        "--cell",
+        "cu12.8-demo",
+        "--run-id",
+        "r1",
+        "--image-digest",
+        "sha256:abc",
+        "--threads",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     env = json.loads((out / "env.json").read_text())
     assert env["threads"] == 1 and env["cpu"]["torch_threads"] == 1
@@ -81,8 +94,13 @@ def test_env_json_and_record_identity(make_bench, tmp_path):
 def test_bad_input_writes_nothing(make_bench, tmp_path):
     folder = make_bench("statuses", STATUS_BENCH)
     out = tmp_path / "out"
-    for args in (["--bench", "nope"], ["--select", "mode"], ["--profile", "turbo"],
-                 ["--select", "mode=fast"], ["--device", "cuda"]):
+    for args in (
+        ["--bench", "nope"],
+        ["--select", "mode"],
+        ["--profile", "turbo"],
+        ["--select", "mode=fast"],
+        ["--device", "cuda"],
+    ):
         proc = worker("--out", str(out), "--bench-dir", str(folder), *args)
         assert proc.returncode == 2, args
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr

@@ -6,7 +6,7 @@ import importlib.util
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -19,8 +19,12 @@ from .worker import new_run_id
 
 EXIT_BAD_INPUT = 2
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Benchmark PyTorch across pinned CUDA / cuDNN / PyTorch stacks.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Benchmark PyTorch across pinned CUDA / cuDNN / PyTorch stacks.",
+)
 # soft_wrap: long lines (paths, case ids, errors) stay whole so they can be copied and grepped.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -32,7 +36,9 @@ class UserError(ValueError):
 
 BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
 SelectOpt = typer.Option(None, "--select", help="Keep cases with key=value[,value]; repeatable.")
-ProfileOpt = typer.Option("auto", help="auto (quick on CPU, standard on GPU) | quick | standard | full.")
+ProfileOpt = typer.Option(
+    "auto", help="auto (quick on CPU, standard on GPU) | quick | standard | full."
+)
 BenchDirOpt = typer.Option(suite.DEFAULT_BENCH_DIR, help="Folder of bench files.")
 ResultsOpt = typer.Option(Path("results"), help="Where run folders are created.")
 OutOpt = typer.Option(None, "--out", help="Run folder to create (default: RESULTS_DIR/RUN_ID).")
@@ -40,16 +46,25 @@ DeviceOpt = typer.Option("auto", help="auto | cpu | cuda | cuda:N")
 ThreadsOpt = typer.Option(0, help="CPU threads for torch (default: all usable cores).")
 
 
-def _suite_args(bench: str, select: Optional[List[str]], profile: str, bench_dir: Path,
-                device: str, threads: int) -> SuiteArgs:
-    return SuiteArgs([b for b in bench.split(",") if b], list(select or []), profile,
-                     bench_dir, device, threads)
+def _suite_args(
+    bench: str,
+    select: Optional[list[str]],
+    profile: str,
+    bench_dir: Path,
+    device: str,
+    threads: int,
+) -> SuiteArgs:
+    return SuiteArgs(
+        [b for b in bench.split(",") if b], list(select or []), profile, bench_dir, device, threads
+    )
 
 
 def _new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
     run_dir = out or results_dir / run_id
     if run_dir.exists():
-        raise UserError(f"{run_dir} already exists; a run folder is never overwritten, pick another --out")
+        raise UserError(
+            f"{run_dir} already exists; a run folder is never overwritten, pick another --out"
+        )
     try:
         run_dir.mkdir(parents=True)
     except OSError as exc:
@@ -64,8 +79,9 @@ def _echo(line: str) -> None:
 def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
     cases = args.validate()
     if importlib.util.find_spec("torch") is None:
-        raise UserError(f"torch is not installed in {sys.executable}; run `make setup` or "
-                        "pip install torch")
+        raise UserError(
+            f"torch is not installed in {sys.executable}; run `make setup` or pip install torch"
+        )
     run_id = new_run_id()
     run_dir = _new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}")
@@ -78,7 +94,9 @@ def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
         shutil.rmtree(run_dir)  # the worker refused its input: leave nothing half-written
         raise UserError("the worker refused its input (see the error above)")
     df = results.ingest_run(run_dir)
-    console.print(case_summary(results.case_table(df), f"run {run_id}") if len(df) else "no records")
+    console.print(
+        case_summary(results.case_table(df), f"run {run_id}") if len(df) else "no records"
+    )
     console.print(f"results: {run_dir / results.TABLE} and {results.CSV}")
     if code != 0:
         err.print(f"the worker exited with code {code}; its log is {run_dir / 'local' / 'log.txt'}")
@@ -86,28 +104,45 @@ def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
 
 
 @app.command()
-def run(bench: str = BenchOpt, select: Optional[List[str]] = SelectOpt, profile: str = ProfileOpt,
-        out: Optional[Path] = OutOpt, results_dir: Path = ResultsOpt,
-        bench_dir: Path = BenchDirOpt, device: str = DeviceOpt, threads: int = ThreadsOpt) -> None:
+def run(
+    bench: str = BenchOpt,
+    select: Optional[list[str]] = SelectOpt,
+    profile: str = ProfileOpt,
+    out: Optional[Path] = OutOpt,
+    results_dir: Path = ResultsOpt,
+    bench_dir: Path = BenchDirOpt,
+    device: str = DeviceOpt,
+    threads: int = ThreadsOpt,
+) -> None:
     """Run the suite in this Python environment (cell 'local') and write a results table."""
     _run_here(_suite_args(bench, select, profile, bench_dir, device, threads), out, results_dir)
 
 
 @app.command()
-def bench(bench: str = BenchOpt, select: Optional[List[str]] = SelectOpt,
-          profile: str = ProfileOpt, out: Optional[Path] = OutOpt,
-          results_dir: Path = ResultsOpt, bench_dir: Path = BenchDirOpt,
-          device: str = DeviceOpt, threads: int = ThreadsOpt) -> None:
+def bench(
+    bench: str = BenchOpt,
+    select: Optional[list[str]] = SelectOpt,
+    profile: str = ProfileOpt,
+    out: Optional[Path] = OutOpt,
+    results_dir: Path = ResultsOpt,
+    bench_dir: Path = BenchDirOpt,
+    device: str = DeviceOpt,
+    threads: int = ThreadsOpt,
+) -> None:
     """The main job (make bench): run the suite and print the table."""
-    console.print("cudastack bench: running the suite in this Python environment "
-                  "(profile auto: quick on a CPU, standard on a GPU)")
+    console.print(
+        "cudastack bench: running the suite in this Python environment "
+        "(profile auto: quick on a CPU, standard on a GPU)"
+    )
     _run_here(_suite_args(bench, select, profile, bench_dir, device, threads), out, results_dir)
 
 
 @app.command("list")
-def list_(profile: str = typer.Option("quick", help="quick | standard | full"),
-          cases: bool = typer.Option(False, "--cases", help="Also list every case id."),
-          bench_dir: Path = BenchDirOpt) -> None:
+def list_(
+    profile: str = typer.Option("quick", help="quick | standard | full"),
+    cases: bool = typer.Option(False, "--cases", help="Also list every case id."),
+    bench_dir: Path = BenchDirOpt,
+) -> None:
     """Show the benchmarks, how many cases each profile runs, and the cells."""
     specs = suite.discover(bench_dir)
     suite.resolve_profile(profile, has_gpu=False)

@@ -5,14 +5,21 @@ Environment side: standard library and torch only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional
 
 from . import timing
 from .suite import Profile
 
-DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16",
-          "fp8": "float8_e4m3fn", "fp64": "float64"}
+DTYPES = {
+    "fp32": "float32",
+    "tf32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "fp8": "float8_e4m3fn",
+    "fp64": "float64",
+}
 
 
 class Skip(Exception):
@@ -30,7 +37,7 @@ class Metric:
     name: str
     unit: str
     better: str  # "higher" | "lower"
-    values: List[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -40,7 +47,7 @@ class Context:
     torch: Any
     device: Any  # torch.device
     profile: Profile
-    peaks: Optional[Dict[str, float]]
+    peaks: Optional[dict[str, float]]
     seed: int = 0
     _flusher: Optional[timing.L2Flusher] = None
 
@@ -79,8 +86,9 @@ class Context:
         if self.is_cuda:
             self.torch.cuda.synchronize(self.device)
 
-    def check_close(self, actual: Any, expected: Any, *, rtol: float, atol: float,
-                    what: str = "output") -> None:
+    def check_close(
+        self, actual: Any, expected: Any, *, rtol: float, atol: float, what: str = "output"
+    ) -> None:
         """Compare against a reference before timing: a fast wrong answer is not a result."""
         a = actual.detach().double().cpu()
         e = expected.detach().double().cpu()
@@ -96,10 +104,13 @@ class Context:
 
     def settings(self) -> timing.TimerSettings:
         p = self.profile
-        return timing.TimerSettings(p.warmup_for(self.device.type), p.budget_s, p.min_reps,
-                                    p.max_reps, p.noise_target)
+        return timing.TimerSettings(
+            p.warmup_for(self.device.type), p.budget_s, p.min_reps, p.max_reps, p.noise_target
+        )
 
-    def time(self, fn: Callable[[], Any], *, flush_l2: bool = True, clock: str = "device") -> List[float]:
+    def time(
+        self, fn: Callable[[], Any], *, flush_l2: bool = True, clock: str = "device"
+    ) -> list[float]:
         """Seconds per call. ``clock='host'`` times wall clock up to a synchronize instead of
         device events, for costs the host pays (launch overhead, pageable copies)."""
         s = self.settings()
@@ -121,18 +132,24 @@ class Context:
         flush_l2: bool = True,
         clock: str = "device",
         per_call: int = 1,
-    ) -> List[Metric]:
+    ) -> list[Metric]:
         """Time ``fn`` and derive rates per sample: ``latency`` (ms), ``tflops`` from ``flops``,
         ``gbps`` from ``nbytes`` (bytes read + written), and ``pct_of_peak`` against the
         device's spec peak named by ``peak`` (a dtype name, ``mem`` or ``h2d``) when known.
         ``per_call`` divides each sample when ``fn`` repeats the operation several times."""
         seconds = [s / per_call for s in self.time(fn, flush_l2=flush_l2, clock=clock)]
-        return rate_metrics(seconds, flops=flops, nbytes=nbytes,
-                            peak=(self.peaks or {}).get(peak) if peak else None)
+        return rate_metrics(
+            seconds, flops=flops, nbytes=nbytes, peak=(self.peaks or {}).get(peak) if peak else None
+        )
 
 
-def rate_metrics(seconds: Sequence[float], *, flops: Optional[float] = None,
-                 nbytes: Optional[float] = None, peak: Optional[float] = None) -> List[Metric]:
+def rate_metrics(
+    seconds: Sequence[float],
+    *,
+    flops: Optional[float] = None,
+    nbytes: Optional[float] = None,
+    peak: Optional[float] = None,
+) -> list[Metric]:
     """Latency samples plus the rates derived from each of them."""
     out = [Metric("latency", "ms", "lower", [s * 1e3 for s in seconds])]
     rate: Optional[Metric] = None

@@ -21,18 +21,36 @@ def case_summary(cases: pd.DataFrame, title: str) -> Table:
     multi_cell = cases["cell"].nunique() > 1
     if multi_cell:
         table.add_column("cell")
-    for name, justify in (("case", "left"), ("median", "right"), ("unit", "left"),
-                          ("rel IQR", "right"), ("noisy", "center"), ("% peak", "right")):
+    for name, justify in (
+        ("case", "left"),
+        ("median", "right"),
+        ("unit", "left"),
+        ("rel IQR", "right"),
+        ("noisy", "center"),
+        ("% peak", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in cases.itertuples(index=False):
-        lead = [escape(row.cell)] if multi_cell else []
-        if row.status != "ok":
-            style = "yellow" if row.status == "skipped" else "red"
-            table.add_row(*lead, escape(row.case), f"[{style}]{row.status}[/]",
-                          f"[{style}]{escape(row.reason)}[/]",
-                          "", "", "")
+    for row in cases.to_dict("records"):
+        lead = [escape(row["cell"])] if multi_cell else []
+        if row["status"] != "ok":
+            style = "yellow" if row["status"] == "skipped" else "red"
+            table.add_row(
+                *lead,
+                escape(row["case"]),
+                f"[{style}]{row['status']}[/]",
+                f"[{style}]{escape(row['reason'])}[/]",
+                "",
+                "",
+                "",
+            )
             continue
-        table.add_row(*lead, escape(row.case), _num(row.median), str(row.unit),
-                      f"{100 * row.rel_iqr:.1f}%", "yes" if row.noisy else "",
-                      _num(row.pct_of_peak))
+        table.add_row(
+            *lead,
+            escape(row["case"]),
+            _num(row["median"]),
+            str(row["unit"]),
+            f"{100 * row['rel_iqr']:.1f}%",
+            "yes" if row["noisy"] else "",
+            _num(row["pct_of_peak"]),
+        )
     return table

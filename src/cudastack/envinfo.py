@@ -9,17 +9,31 @@ import hashlib
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Optional
 
 # Variables that change what a kernel does or which devices a run sees.
 ENV_VARS = (
-    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING", "NVIDIA_TF32_OVERRIDE",
-    "NVIDIA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "CUBLASLT_WORKSPACE_SIZE",
-    "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-    "OPENBLAS_CORETYPE", "TORCH_CUDNN_V8_API_DISABLED", "TORCH_BLAS_PREFER_CUBLASLT",
-    "TORCHINDUCTOR_MAX_AUTOTUNE", "NCCL_DEBUG", "NCCL_P2P_DISABLE", "NCCL_IB_DISABLE",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "CUDA_LAUNCH_BLOCKING",
+    "NVIDIA_TF32_OVERRIDE",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUBLASLT_WORKSPACE_SIZE",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "TORCH_CUDNN_V8_API_DISABLED",
+    "TORCH_BLAS_PREFER_CUBLASLT",
+    "TORCHINDUCTOR_MAX_AUTOTUNE",
+    "NCCL_DEBUG",
+    "NCCL_P2P_DISABLE",
+    "NCCL_IB_DISABLE",
 )
 
 
@@ -46,7 +60,10 @@ def _git_rev(path: Path) -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(path), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -63,7 +80,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _packages() -> Dict[str, str]:
+def _packages() -> dict[str, str]:
     # The CUDA libraries pip wheels bring, and triton: these decide speed as much as torch does.
     wanted = ("torch", "torchvision", "triton", "numpy", "nvidia-ml-py")
     found = {}
@@ -74,7 +91,7 @@ def _packages() -> Dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def _nvml(index: int) -> Dict[str, Any]:
+def _nvml(index: int) -> dict[str, Any]:
     try:
         import pynvml  # from nvidia-ml-py
     except ImportError:
@@ -83,7 +100,7 @@ def _nvml(index: int) -> Dict[str, Any]:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         return {"available": False, "reason": str(exc)}
-    info: Dict[str, Any] = {"available": True}
+    info: dict[str, Any] = {"available": True}
 
     def read(key: str, call: Any, *args: Any) -> None:
         # Each query may be unsupported on a given board or driver; record what answers.
@@ -109,7 +126,7 @@ def _nvml(index: int) -> Dict[str, Any]:
     return info
 
 
-def _gpu(torch: Any, device: Any) -> Dict[str, Any]:
+def _gpu(torch: Any, device: Any) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return {
@@ -124,7 +141,7 @@ def _gpu(torch: Any, device: Any) -> Dict[str, Any]:
     }
 
 
-def fingerprint(torch: Any, device: Any, **extra: Any) -> Dict[str, Any]:
+def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
     """Everything a comparison may need to explain a difference; ``extra`` adds run identity."""
     nccl = ""
     if device.type == "cuda" and hasattr(torch.cuda, "nccl"):
@@ -136,8 +153,15 @@ def fingerprint(torch: Any, device: Any, **extra: Any) -> Dict[str, Any]:
     here = Path(__file__).resolve().parent
     return {
         **extra,
-        "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
-        "os": {"system": platform.system(), "release": platform.release(), "machine": platform.machine()},
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+        },
+        "os": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+        },
         "hostname": platform.node(),
         "cpu": {
             "model": _cpu_model(),
@@ -149,7 +173,9 @@ def fingerprint(torch: Any, device: Any, **extra: Any) -> Dict[str, Any]:
         "torch": {
             "version": torch.__version__,
             "cuda": torch.version.cuda or "",
-            "cudnn": format_cudnn(torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None),
+            "cudnn": format_cudnn(
+                torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+            ),
             "nccl": nccl,
             "git_version": getattr(torch.version, "git_version", ""),
         },
@@ -168,7 +194,7 @@ def fingerprint(torch: Any, device: Any, **extra: Any) -> Dict[str, Any]:
     }
 
 
-def record_fields(fp: Dict[str, Any]) -> Dict[str, str]:
+def record_fields(fp: dict[str, Any]) -> dict[str, str]:
     """The part of the fingerprint that every record row carries (see results.COLUMNS)."""
     gpu = fp.get("gpu") or {}
     nvml = gpu.get("nvml") or {}

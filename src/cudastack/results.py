@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import pandas as pd
 
@@ -48,8 +49,10 @@ def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
     df = pd.DataFrame(list(rows))
     newer = df["schema_version"].max() if "schema_version" in df and len(df) else SCHEMA_VERSION
     if newer > SCHEMA_VERSION:
-        raise ResultsError(f"records use schema {newer}, newer than this cudastack's "
-                           f"{SCHEMA_VERSION}; upgrade cudastack to read them")
+        raise ResultsError(
+            f"records use schema {newer}, newer than this cudastack's "
+            f"{SCHEMA_VERSION}; upgrade cudastack to read them"
+        )
     for column, kind in COLUMNS.items():
         if column not in df:
             df[column] = pd.Series(dtype="float64" if kind is float else object)

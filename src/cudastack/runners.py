@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 from . import suite
 
@@ -21,8 +21,8 @@ LOG = "log.txt"
 class SuiteArgs:
     """What to run, as given on the command line; validated before anything starts."""
 
-    benches: List[str] = field(default_factory=list)
-    select: List[str] = field(default_factory=list)
+    benches: list[str] = field(default_factory=list)
+    select: list[str] = field(default_factory=list)
     profile: str = "auto"
     bench_dir: Path = suite.DEFAULT_BENCH_DIR
     device: str = "auto"
@@ -39,10 +39,23 @@ class SuiteArgs:
             counts.append(len(suite.plan(specs, name, self.benches, selection)))
         return max(counts)
 
-    def worker_argv(self, out: Path, cell: str, run_id: str, bench_dir: Path,
-                    image_digest: str = "") -> List[str]:
-        argv = ["--out", str(out), "--cell", cell, "--run-id", run_id, "--profile", self.profile,
-                "--bench-dir", str(bench_dir), "--device", self.device]
+    def worker_argv(
+        self, out: Path, cell: str, run_id: str, bench_dir: Path, image_digest: str = ""
+    ) -> list[str]:
+        argv = [
+            "--out",
+            str(out),
+            "--cell",
+            cell,
+            "--run-id",
+            run_id,
+            "--profile",
+            self.profile,
+            "--bench-dir",
+            str(bench_dir),
+            "--device",
+            self.device,
+        ]
         if self.benches:
             argv += ["--bench", ",".join(self.benches)]
         for item in self.select:
@@ -54,15 +67,21 @@ class SuiteArgs:
         return argv
 
 
-def run_local(args: SuiteArgs, cell_dir: Path, run_id: str,
-              on_line: Optional[Callable[[str], None]] = None) -> int:
+def run_local(
+    args: SuiteArgs, cell_dir: Path, run_id: str, on_line: Optional[Callable[[str], None]] = None
+) -> int:
     """Run the worker in this Python; its output goes to <cell_dir>/log.txt and ``on_line``."""
     cell_dir.mkdir(parents=True)
-    argv = [sys.executable, "-m", "cudastack.worker",
-            *args.worker_argv(cell_dir, "local", run_id, args.bench_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "cudastack.worker",
+        *args.worker_argv(cell_dir, "local", run_id, args.bench_dir),
+    ]
     with open(cell_dir / LOG, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # torch.utils.benchmark warns at a relative IQR of 10 % and strongly at 25 %; we flag at 10 %.
 NOISY_REL_IQR = 0.10

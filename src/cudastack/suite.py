@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ast
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional
 
 # The harness ships its suite in bench/ at the repository root (next to src/).
 DEFAULT_BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
@@ -37,7 +38,7 @@ class Profile:
         return self.gpu_warmup_s if device_type == "cuda" else self.warmup_s
 
 
-PROFILES: Dict[str, Profile] = {
+PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile("quick", 0.05, 0.5, 0.3, 5, 500, 0.02, 60.0),
@@ -68,7 +69,7 @@ class Case:
     """One point of a bench's parameter grid."""
 
     bench: str
-    params: Dict[str, Any] = field(hash=False)
+    params: dict[str, Any] = field(hash=False)
 
     @property
     def id(self) -> str:
@@ -83,16 +84,18 @@ class BenchSpec:
     name: str
     path: Path
     doc: str
-    params: Dict[str, List[Any]]
-    profiles: Dict[str, Dict[str, List[Any]]]
+    params: dict[str, list[Any]]
+    profiles: dict[str, dict[str, list[Any]]]
 
-    def grid(self, profile: str) -> Dict[str, List[Any]]:
+    def grid(self, profile: str) -> dict[str, list[Any]]:
         return {**self.params, **self.profiles.get(profile, {})}
 
-    def cases(self, profile: str) -> List[Case]:
+    def cases(self, profile: str) -> list[Case]:
         grid = self.grid(profile)
         keys = list(grid)
-        return [Case(self.name, dict(zip(keys, combo))) for combo in itertools.product(*grid.values())]
+        return [
+            Case(self.name, dict(zip(keys, combo))) for combo in itertools.product(*grid.values())
+        ]
 
 
 def _literal(tree: ast.Module, name: str, path: Path) -> Any:
@@ -127,33 +130,37 @@ def load_spec(path: Path) -> BenchSpec:
     return BenchSpec(path.stem, path, doc[0] if doc else "", params, profiles)
 
 
-def discover(bench_dir: Path) -> Dict[str, BenchSpec]:
+def discover(bench_dir: Path) -> dict[str, BenchSpec]:
     """Every ``*.py`` in the folder not starting with ``_`` is a bench, sorted by name."""
     if not bench_dir.is_dir():
         raise SuiteError(f"bench folder {bench_dir} does not exist; pass --bench-dir DIR")
-    specs = {p.stem: load_spec(p) for p in sorted(bench_dir.glob("*.py")) if not p.name.startswith("_")}
+    specs = {
+        p.stem: load_spec(p) for p in sorted(bench_dir.glob("*.py")) if not p.name.startswith("_")
+    }
     if not specs:
         raise SuiteError(f"no bench files (*.py) in {bench_dir}")
     return specs
 
 
-def parse_select(items: Sequence[str]) -> Dict[str, List[str]]:
+def parse_select(items: Sequence[str]) -> dict[str, list[str]]:
     """``key=value[,value]`` pairs into {key: [values]}; repeated keys accumulate."""
-    selection: Dict[str, List[str]] = {}
+    selection: dict[str, list[str]] = {}
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key.strip() or not values.strip():
-            raise SuiteError(f"malformed --select {item!r}; write key=value[,value] (e.g. dtype=bf16)")
+            raise SuiteError(
+                f"malformed --select {item!r}; write key=value[,value] (e.g. dtype=bf16)"
+            )
         selection.setdefault(key.strip(), []).extend(v.strip() for v in values.split(","))
     return selection
 
 
 def plan(
-    specs: Dict[str, BenchSpec],
+    specs: dict[str, BenchSpec],
     profile: str,
     benches: Optional[Sequence[str]] = None,
-    select: Optional[Dict[str, List[str]]] = None,
-) -> List[Case]:
+    select: Optional[dict[str, list[str]]] = None,
+) -> list[Case]:
     """The cases to run, in bench then grid order, after --bench and --select filters.
 
     A bench lacking a selected key is left out: asking for dtype=bf16 means cases that have one.
@@ -167,9 +174,13 @@ def plan(
         known = list(dict.fromkeys(format_value(c.params[key]) for c in cases if key in c.params))
         if not known:
             keys = sorted({k for c in cases for k in c.params})
-            raise SuiteError(f"no selected bench has parameter {key!r}; parameters: {', '.join(keys)}")
+            raise SuiteError(
+                f"no selected bench has parameter {key!r}; parameters: {', '.join(keys)}"
+            )
         missing = [w for w in wanted if w not in known]
         if missing:
-            raise SuiteError(f"{key}={','.join(missing)} matches no case; values: {', '.join(known)}")
+            raise SuiteError(
+                f"{key}={','.join(missing)} matches no case; values: {', '.join(known)}"
+            )
         cases = [c for c in cases if key in c.params and format_value(c.params[key]) in wanted]
     return cases

@@ -17,10 +17,11 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 from . import envinfo, suite
 from .context import CheckFailed, Context, Metric, Skip
@@ -48,9 +49,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--profile", default="auto", help="auto | quick | standard | full")
     p.add_argument("--bench-dir", type=Path, default=suite.DEFAULT_BENCH_DIR)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: usable cores)")
-    p.add_argument("--case-timeout", type=float, default=0.0,
-                   help="seconds before a case is failed (default: the profile's)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (default: usable cores)"
+    )
+    p.add_argument(
+        "--case-timeout",
+        type=float,
+        default=0.0,
+        help="seconds before a case is failed (default: the profile's)",
+    )
     p.add_argument("--cell", default="local")
     p.add_argument("--run-id", default="")
     p.add_argument("--image-digest", default="")
@@ -60,7 +67,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _out_dir_ready(out: Path) -> None:
     # The host may have put log.txt there already; earlier results are never appended to.
     if out.exists() and (not out.is_dir() or (out / "records.jsonl").exists()):
-        raise suite.SuiteError(f"--out {out} already holds results or is a file; choose a new folder")
+        raise suite.SuiteError(
+            f"--out {out} already holds results or is a file; choose a new folder"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -88,9 +97,9 @@ def _pick_device(torch: Any, wanted: str) -> Any:
 class _Modules:
     """Bench modules are imported once, on first use, by file path."""
 
-    def __init__(self, specs: Dict[str, suite.BenchSpec]) -> None:
+    def __init__(self, specs: dict[str, suite.BenchSpec]) -> None:
         self._specs = specs
-        self._cache: Dict[str, ModuleType] = {}
+        self._cache: dict[str, ModuleType] = {}
 
     def get(self, name: str) -> ModuleType:
         if name not in self._cache:
@@ -107,16 +116,24 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise CaseTimeout()
 
 
-def _flags(torch: Any) -> Tuple[Any, ...]:
-    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-            torch.get_float32_matmul_precision())
+def _flags(torch: Any) -> tuple[Any, ...]:
+    return (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.get_float32_matmul_precision(),
+    )
 
 
-def _restore_flags(torch: Any, saved: Tuple[Any, ...]) -> None:
+def _restore_flags(torch: Any, saved: tuple[Any, ...]) -> None:
     # A bench may switch TF32 or cudnn.benchmark for its case; the next case starts clean.
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved[:4]
+    (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    ) = saved[:4]
     torch.set_float32_matmul_precision(saved[4])
 
 
@@ -125,7 +142,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> Tuple[str, str, List[Metric]]:
+def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, str, list[Metric]]:
     """Run one case; never raises except KeyboardInterrupt. Returns (status, reason, metrics)."""
     torch = ctx.torch
     saved = _flags(torch)
@@ -159,29 +176,50 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> Tuple[str, st
             torch.cuda.empty_cache()
 
 
-def case_rows(base: Dict[str, Any], case: suite.Case, status: str, reason: str,
-              metrics: List[Metric]) -> Iterator[Dict[str, Any]]:
+def case_rows(
+    base: dict[str, Any], case: suite.Case, status: str, reason: str, metrics: list[Metric]
+) -> Iterator[dict[str, Any]]:
     """One row per sample of every metric; a skipped or failed case is one row with no value."""
-    common = {**base, "bench": case.bench, "case": case.id,
-              "params": json.dumps(case.params, sort_keys=True), "status": status, "reason": reason}
+    common = {
+        **base,
+        "bench": case.bench,
+        "case": case.id,
+        "params": json.dumps(case.params, sort_keys=True),
+        "status": status,
+        "reason": reason,
+    }
     if status != "ok" or not metrics:
-        yield {**common, "status": status if status != "ok" else "failed",
-               "reason": reason or "benchmark returned no metrics",
-               "metric": "", "unit": "", "better": "", "rep": 0, "value": None}
+        yield {
+            **common,
+            "status": status if status != "ok" else "failed",
+            "reason": reason or "benchmark returned no metrics",
+            "metric": "",
+            "unit": "",
+            "better": "",
+            "rep": 0,
+            "value": None,
+        }
         return
     for m in metrics:
         for rep, value in enumerate(m.values):
             ok = value is not None and math.isfinite(value)
-            yield {**common, "metric": m.name, "unit": m.unit, "better": m.better, "rep": rep,
-                   "value": value if ok else None}
+            yield {
+                **common,
+                "metric": m.name,
+                "unit": m.unit,
+                "better": m.better,
+                "rep": rep,
+                "value": value if ok else None,
+            }
 
 
-def headline(metrics: List[Metric]) -> str:
+def headline(metrics: list[Metric]) -> str:
     """The most telling number of a case for the progress line: its rate, else its latency."""
     by_name = {m.name: m for m in metrics}
     m = by_name.get("tflops") or by_name.get("gbps") or metrics[0]
     s = summarize(m.values)
-    return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{', noisy' if s.noisy else ''})"
+    noisy = ", noisy" if s.noisy else ""
+    return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -212,16 +250,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(threads)
     run_id = args.run_id or new_run_id()
     rev = envinfo.harness_rev([Path(__file__).resolve().parent, args.bench_dir])
-    fp = envinfo.fingerprint(torch, device, run_id=run_id, cell=args.cell, profile=profile.name,
-                             image_digest=args.image_digest, harness_rev=rev, threads=threads,
-                             cases=len(cases))
+    fp = envinfo.fingerprint(
+        torch,
+        device,
+        run_id=run_id,
+        cell=args.cell,
+        profile=profile.name,
+        image_digest=args.image_digest,
+        harness_rev=rev,
+        threads=threads,
+        cases=len(cases),
+    )
     _write_json_atomic(args.out / "env.json", fp)
-    base = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "cell": args.cell,
-            "image_digest": args.image_digest, "harness_rev": rev, **envinfo.record_fields(fp)}
+    base = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "cell": args.cell,
+        "image_digest": args.image_digest,
+        "harness_rev": rev,
+        **envinfo.record_fields(fp),
+    }
     ctx_peaks = peaks_for(fp["gpu"]["name"]) if fp["gpu"] else None
     modules = _Modules(specs)
-    print(f"cudastack worker: {len(cases)} cases, profile {profile.name}, device "
-          f"{base['device_name']} ({device}), torch {torch.__version__}, {threads} threads", flush=True)
+    print(
+        f"cudastack worker: {len(cases)} cases, profile {profile.name}, device "
+        f"{base['device_name']} ({device}), torch {torch.__version__}, {threads} threads",
+        flush=True,
+    )
     started = time.perf_counter()
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
@@ -236,8 +291,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             counts[status] += 1
             detail = headline(metrics) if status == "ok" else rows[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
-    print(f"done in {time.perf_counter() - started:.1f} s: " +
-          ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True)
+    print(
+        f"done in {time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items()),
+        flush=True,
+    )
     return 0
 
 
