@@ -1,0 +1,112 @@
+"""Published facts about stacks: torch x CUDA wheel variants, CUDA driver floors, image tags.
+
+Sources: the PyTorch wheel indexes per variant and the CUDA Toolkit release notes (Linux x86_64).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+# torch minor -> wheel index variants published for it ("cpu" always exists).
+_VARIANTS_BY_MINOR = {
+    **{m: ("cu118", "cu121") for m in (1, 2, 3)},
+    **{m: ("cu118", "cu121", "cu124") for m in (4, 5)},
+    6: ("cu118", "cu124", "cu126"),
+    7: ("cu118", "cu126", "cu128"),
+    8: ("cu126", "cu128", "cu129"),
+    **{m: ("cu126", "cu128", "cu130") for m in (9, 10, 11)},
+}
+_LATEST_VARIANTS = ("cu129", "cu130")  # torch 2.12 onward
+
+# CUDA toolkit (major, minor) -> minimum driver for full support.
+DRIVER_FLOORS = {
+    (11, 8): "520.61.05",
+    (12, 1): "530.30.02",
+    (12, 4): "550.54.15",
+    (12, 6): "560.35.05",
+    (12, 8): "570.26",
+    (12, 9): "575.51.03",
+    (13, 0): "580.65.06",
+}
+# Minor-version compatibility: any toolkit of a major runs on this driver, with a limited
+# feature set (PTX JIT of newer code can fail).
+MINOR_COMPAT_FLOORS = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+
+# Python that each Ubuntu release of the nvidia/cuda images ships through apt.
+UBUNTU_PYTHONS = {
+    "ubuntu20.04": ("3.8", "3.9"),
+    "ubuntu22.04": ("3.10", "3.11"),
+    "ubuntu24.04": ("3.12",),
+}
+
+_NVIDIA_TAG = re.compile(
+    r"^(?P<cuda>\d+\.\d+)\.\d+-(?:(?P<cudnn>cudnn\d*)-)?(?P<flavour>base|runtime|devel)"
+    r"(?:-(?P<cudnn_after>cudnn\d*))?-(?P<os>[a-z]+\d+\.\d+)$"
+)
+
+
+def variant_cuda(index: str) -> Optional[str]:
+    """'cu128' -> '12.8', 'cu118' -> '11.8', 'cpu' -> None."""
+    m = re.fullmatch(r"cu(\d+)(\d)", index)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def torch_minor(version: str) -> int:
+    m = re.match(r"2\.(\d+)\.\d+", version)
+    if not m:
+        raise ValueError(f"torch version {version!r} is not of the form 2.MINOR.PATCH")
+    return int(m.group(1))
+
+
+def published_variants(torch_version: str) -> tuple:
+    """The wheel index variants PyTorch published for this torch release."""
+    minor = torch_minor(torch_version)
+    if minor < 1:
+        return ("cpu",)
+    return ("cpu", *_VARIANTS_BY_MINOR.get(minor, _LATEST_VARIANTS))
+
+
+def matching_torchvision(torch_version: str) -> str:
+    """torchvision's minor is torch's minor + 15 (torch 2.9 -> torchvision 0.24)."""
+    return f"0.{torch_minor(torch_version) + 15}"
+
+
+def parse_nvidia_tag(tag: str) -> Optional[dict]:
+    """Fields of an nvidia/cuda tag such as 12.8.1-cudnn-runtime-ubuntu24.04, or None."""
+    m = _NVIDIA_TAG.match(tag)
+    if not m:
+        return None
+    return {
+        "cuda": m["cuda"],
+        "cudnn": m["cudnn"] or m["cudnn_after"] or "",
+        "flavour": m["flavour"],
+        "os": m["os"],
+    }
+
+
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
+def driver_verdict(driver: str, cuda: str) -> tuple:
+    """(status, reason) for running CUDA ``cuda`` (e.g. '12.8') on ``driver``.
+
+    status is 'ok', 'compat' (minor-version compatibility: runs, newer PTX may fail) or 'no'.
+    """
+    major, minor = (int(p) for p in cuda.split(".")[:2])
+    have = _version_tuple(driver)
+    floor = DRIVER_FLOORS.get((major, minor))
+    if floor is None:
+        known = [v for v in DRIVER_FLOORS if v[0] == major and v <= (major, minor)]
+        floor = DRIVER_FLOORS[max(known)] if known else None
+    if floor and have >= _version_tuple(floor):
+        return "ok", f"driver {driver} >= {floor} required by CUDA {cuda}"
+    compat = MINOR_COMPAT_FLOORS.get(major)
+    if compat and have >= _version_tuple(compat):
+        return "compat", (
+            f"driver {driver} is below CUDA {cuda}'s {floor} but runs it through "
+            f"minor-version compatibility (newer PTX may fail to JIT)"
+        )
+    need = floor or compat or "a newer driver"
+    return "no", f"driver {driver} is too old for CUDA {cuda} (needs {need}); upgrade the driver"

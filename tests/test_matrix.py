@@ -1,0 +1,156 @@
+"""Matrix validation, names, build args and content-hash tags (no engine needed)."""
+
+import re
+import textwrap
+
+import pytest
+
+from cudastack import matrix, stacks
+from cudastack.matrix import MatrixError
+
+DOCKERFILE = matrix.DEFAULT_MATRIX.parent / "Dockerfile"
+
+CELL = """
+[[cell]]
+base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+cuda = "12.8"
+cudnn = "9"
+torch = "2.9.1"
+torchvision = "0.24.1"
+index = "cu128"
+python = "3.12"
+"""
+
+
+def write(tmp_path, text, name="matrix.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_default_matrix_spans_cuda_11_8_to_13_0_and_a_cpu_cell():
+    cells = matrix.load(matrix.DEFAULT_MATRIX)
+    cudas = {c.cuda for c in cells}
+    assert {"11.8", "12.8", "13.0"} <= cudas
+    assert any(c.index == "cpu" for c in cells)
+    assert len({c.name for c in cells}) == len(cells)
+    for c in cells:
+        assert c.index in stacks.published_variants(c.torch), c.name
+
+
+def test_names_are_derived_and_defaults_apply(tmp_path):
+    text = (
+        '[defaults]\npackages = ["einops==0.8.0"]\n'
+        + CELL
+        + CELL.replace('python = "3.12"', 'python = "3.12"\nname = "mine"\npackages = []')
+    )
+    a, b = matrix.load(write(tmp_path, text))
+    assert a.name == "cu12.8-torch2.9.1-py3.12"
+    assert a.packages == ("einops==0.8.0",)
+    assert (b.name, b.packages) == ("mine", ())
+    assert a.torch_cuda == "12.8"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('cuda = "12.8"', 'cuda = "12.8"\ncolour = "red"'), "field 'colour' is unknown"),
+        (('torch = "2.9.1"', ""), "field 'torch' is missing"),
+        (
+            ('index = "cu128"', 'index = "cu121"'),
+            "cu121 has no torch 2.9.1 wheels; published: cpu, cu126",
+        ),
+        (('torchvision = "0.24.1"', 'torchvision = "0.23.0"'), "0.23.0 does not match torch 2.9.1"),
+        (('cuda = "12.8"', 'cuda = "12.6"'), "field 'cuda' must be 12.8 to match index cu128"),
+        (('python = "3.12"', 'python = "3.10"'), "3.10 is not packaged for ubuntu24.04"),
+        (('cudnn = "9"', 'cudnn = "8"'), "field 'cudnn' is 8 but the base image has cuDNN 9"),
+        (("12.8.1-cudnn-runtime", "12.6.3-cudnn-runtime"), "is CUDA 12.6 but the cell is 12.8"),
+        (("12.8.1-cudnn-runtime-ubuntu24.04", "latest"), "is not an nvidia/cuda tag"),
+        (('torch = "2.9.1"', 'torch = "2.9.1; rm -rf /"'), "field 'torch' has an invalid value"),
+        (("nvidia/cuda:", "nvidia/cuda:$(id)"), "field 'base_image' has an invalid value"),
+        (('python = "3.12"', 'python = "3.12"\nname = "a b"'), "field 'name' has an invalid value"),
+        (('python = "3.12"', 'python = "3.12"\npackages = ["x; echo"]'), "invalid requirement"),
+        (('python = "3.12"', 'python = "3.12"\npackages = "x"'), "must be a list"),
+    ],
+)
+def test_bad_cells_name_the_cell_and_the_field(tmp_path, edit, message):
+    old, new = edit
+    assert old in CELL
+    path = write(tmp_path, CELL.replace(old, new))
+    with pytest.raises(MatrixError, match=re.escape(message)) as info:
+        matrix.load(path)
+    assert str(info.value).startswith("matrix.toml: cell ")
+    assert "\n" not in str(info.value)
+
+
+def test_duplicate_names_and_file_errors(tmp_path):
+    with pytest.raises(MatrixError, match="repeats cell 1"):
+        matrix.load(write(tmp_path, CELL + CELL))
+    with pytest.raises(MatrixError, match="does not exist"):
+        matrix.load(tmp_path / "none.toml")
+    with pytest.raises(MatrixError, match="not valid TOML"):
+        matrix.load(write(tmp_path, "[[cell]\n"))
+    with pytest.raises(MatrixError, match="no \\[\\[cell\\]\\] tables"):
+        matrix.load(write(tmp_path, "[defaults]\n"))
+    with pytest.raises(MatrixError, match="unknown table 'cells'"):
+        matrix.load(write(tmp_path, "[[cells]]\n"))
+
+
+def test_cpu_cells_on_any_base(tmp_path):
+    text = '[[cell]]\nbase_image = "debian:bookworm"\ntorch = "2.13.0"\nindex = "cpu"\npython = "3.11"\n'
+    (cell,) = matrix.load(write(tmp_path, text))
+    assert cell.name == "cpu-torch2.13.0-py3.11" and cell.torch_cuda == ""
+    with pytest.raises(MatrixError, match="must be empty for the cpu index"):
+        matrix.load(write(tmp_path, text + 'cuda = "12.8"\n'))
+
+
+def test_select_cells(tmp_path):
+    cells = matrix.load(matrix.DEFAULT_MATRIX)
+    assert [c.name for c in matrix.select(cells, ["cpu-torch2.9.1-py3.12"])] == [
+        "cpu-torch2.9.1-py3.12"
+    ]
+    with pytest.raises(MatrixError, match="unknown cell nope; cells: cu11.8"):
+        matrix.select(cells, ["nope"])
+
+
+def test_every_build_arg_is_declared_in_the_dockerfile():
+    declared = set(re.findall(r"^ARG (\w+)", DOCKERFILE.read_text(), flags=re.M))
+    for cell in matrix.load(matrix.DEFAULT_MATRIX):
+        missing = set(cell.build_args()) - declared
+        assert not missing, f"{cell.name} needs ARG {missing} that the Dockerfile lacks"
+    assert "INPUTS_HASH" in declared
+
+
+def test_tag_is_stable_and_changes_with_every_input(tmp_path):
+    (cell,) = matrix.load(write(tmp_path, CELL))
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(DOCKERFILE.read_text())
+    locks = tmp_path / "locks"
+    tag = cell.image_tag(dockerfile, locks)
+    assert tag == cell.image_tag(dockerfile, locks)
+    assert re.fullmatch(r"cudastack/cu12\.8-torch2\.9\.1-py3\.12:[0-9a-f]{16}", tag)
+    other = matrix.load(write(tmp_path, CELL.replace('"0.24.1"', '"0.24.0"'), "m2.toml"))[0]
+    assert other.image_tag(dockerfile, locks) != tag
+    dockerfile.write_text(DOCKERFILE.read_text() + "\n# changed\n")
+    changed = cell.image_tag(dockerfile, locks)
+    assert changed != tag
+    locks.mkdir()
+    cell.lock_path(locks).write_text("torch==2.9.1 --hash=sha256:00\n")
+    assert cell.image_tag(dockerfile, locks) not in (tag, changed)
+
+
+def test_driver_verdicts():
+    assert stacks.driver_verdict("575.57.08", "12.8")[0] == "ok"
+    status, reason = stacks.driver_verdict("535.104.05", "12.8")
+    assert status == "compat" and "minor-version compatibility" in reason
+    status, reason = stacks.driver_verdict("535.104.05", "13.0")
+    assert status == "no" and "needs 580.65.06" in reason
+    assert stacks.driver_verdict("470.82.01", "11.8")[0] == "compat"
+    assert stacks.driver_verdict("440.33", "11.8")[0] == "no"
+
+
+def test_nvidia_tag_spellings():
+    assert stacks.parse_nvidia_tag("11.8.0-cudnn8-runtime-ubuntu22.04")["cudnn"] == "cudnn8"
+    assert stacks.parse_nvidia_tag("12.8.1-cudnn-runtime-ubuntu24.04")["os"] == "ubuntu24.04"
+    assert stacks.parse_nvidia_tag("12.8.1-runtime-ubuntu24.04")["cudnn"] == ""
+    assert stacks.parse_nvidia_tag("latest") is None
