@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import results, suite
-from .display import case_summary
-from .runners import SuiteArgs, run_local
+from . import doctor, images, matrix, pipeline, results, suite
+from .display import case_summary, cell_matrix, reasons
+from .runners import ContainerOptions, SuiteArgs, run_local
 from .worker import new_run_id
 
 EXIT_BAD_INPUT = 2
@@ -42,21 +44,24 @@ ProfileOpt = typer.Option(
 BenchDirOpt = typer.Option(suite.DEFAULT_BENCH_DIR, help="Folder of bench files.")
 ResultsOpt = typer.Option(Path("results"), help="Where run folders are created.")
 OutOpt = typer.Option(None, "--out", help="Run folder to create (default: RESULTS_DIR/RUN_ID).")
-DeviceOpt = typer.Option("auto", help="auto | cpu | cuda | cuda:N")
+DeviceOpt = typer.Option("auto", help="Local runs: auto | cpu | cuda | cuda:N")
 ThreadsOpt = typer.Option(0, help="CPU threads for torch (default: all usable cores).")
+MatrixOpt = typer.Option(matrix.DEFAULT_MATRIX, "--matrix", help="The matrix file of cells.")
+CellOpt = typer.Option("", "--cell", help="Comma-separated cell names (default: all).")
+WheelhouseOpt = typer.Option(None, help="Folder of wheels for offline builds (pip --no-index).")
+CaFileOpt = typer.Option(None, help="CA bundle for pip behind a TLS-intercepting proxy.")
+GpusOpt = typer.Option("auto", help="auto | all | none | indices or UUIDs, e.g. 0,1")
+IpcHostOpt = typer.Option(False, "--ipc-host", help="Share the host's IPC namespace.")
+ShmOpt = typer.Option("16g", help="Container /dev/shm size (when not --ipc-host).")
+TimeoutOpt = typer.Option(3 * 3600.0, help="Per-cell time limit in seconds.")
 
 
-def _suite_args(
-    bench: str,
-    select: Optional[list[str]],
-    profile: str,
-    bench_dir: Path,
-    device: str,
-    threads: int,
-) -> SuiteArgs:
-    return SuiteArgs(
-        [b for b in bench.split(",") if b], list(select or []), profile, bench_dir, device, threads
-    )
+def _names(text: str) -> list:
+    return [n for n in text.split(",") if n]
+
+
+def _echo(line: str) -> None:
+    console.print(line, highlight=False, markup=False)
 
 
 def _new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
@@ -72,8 +77,20 @@ def _new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
     return run_dir
 
 
-def _echo(line: str) -> None:
-    console.print(line, highlight=False, markup=False)
+def _finish(run_dir: Path, run_id: str, failed: bool) -> None:
+    df = results.ingest_run(run_dir)
+    table = results.case_table(df) if len(df) else None
+    if table is None:
+        console.print("no records")
+    elif table["cell"].nunique() > 1:
+        console.print(cell_matrix(table, f"run {run_id}"))
+    else:
+        console.print(case_summary(table, f"run {run_id}"))
+    for line in reasons(table) if table is not None else []:
+        console.print(f"  {line}", highlight=False, markup=False)
+    console.print(f"results: {run_dir / results.TABLE} and {results.CSV}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
@@ -84,7 +101,7 @@ def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
         )
     run_id = new_run_id()
     run_dir = _new_run_dir(out, results_dir, run_id)
-    console.print(f"run {run_id}: up to {cases} cases -> {run_dir}")
+    console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
     try:
         code = run_local(args, run_dir / "local", run_id, on_line=_echo)
     except KeyboardInterrupt:
@@ -93,14 +110,96 @@ def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
     if code == EXIT_BAD_INPUT and not (run_dir / "local" / results.RECORDS).exists():
         shutil.rmtree(run_dir)  # the worker refused its input: leave nothing half-written
         raise UserError("the worker refused its input (see the error above)")
-    df = results.ingest_run(run_dir)
-    console.print(
-        case_summary(results.case_table(df), f"run {run_id}") if len(df) else "no records"
-    )
-    console.print(f"results: {run_dir / results.TABLE} and {results.CSV}")
     if code != 0:
         err.print(f"the worker exited with code {code}; its log is {run_dir / 'local' / 'log.txt'}")
-        raise typer.Exit(1)
+    _finish(run_dir, run_id, code != 0)
+
+
+def _inputs(
+    matrix_file: Path, wheelhouse: Optional[Path], ca_file: Optional[Path]
+) -> pipeline.BuildInputs:
+    if wheelhouse is not None and not wheelhouse.is_dir():
+        raise UserError(f"--wheelhouse {wheelhouse} is not a folder")
+    if ca_file is not None and not ca_file.is_file():
+        raise UserError(f"--ca-file {ca_file} is not a file")
+    dockerfile = matrix_file.parent / "Dockerfile"
+    if not dockerfile.is_file():
+        dockerfile = matrix.DEFAULT_MATRIX.parent / "Dockerfile"
+    return pipeline.BuildInputs(dockerfile, matrix_file.parent / "locks", wheelhouse, ca_file)
+
+
+def _build_logger(cell: str) -> Callable[[str], None]:
+    def show(line: str) -> None:
+        console.print(f"[dim]{escape(cell)} | {escape(line)}[/]", highlight=False)
+
+    return show
+
+
+def _run_matrix(
+    args: SuiteArgs,
+    client: object,
+    cells: list,
+    inputs: pipeline.BuildInputs,
+    opts: ContainerOptions,
+    report: doctor.HostReport,
+    out: Optional[Path],
+    results_dir: Path,
+) -> None:
+    run_id = new_run_id()
+    run_dir = _new_run_dir(out, results_dir, run_id)
+    console.print(f"run {run_id}: {len(cells)} cells -> {run_dir}", highlight=False)
+    outcomes = []
+    try:
+        for cell, runnable, why in pipeline.plan_cells(cells, report, opts.gpus):
+            if not runnable:
+                outcomes.append(pipeline.skip_cell(run_dir, run_id, cell, why))
+                console.print(f"[yellow]{escape(cell.name)}: skipped[/] ({escape(why)})")
+                continue
+            console.rule(escape(cell.name))
+            res = pipeline.run_cell(
+                client, cell, inputs, args, run_dir, run_id, opts, _echo, _build_logger(cell.name)
+            )
+            outcomes.append(res)
+            colour = "green" if res.status == "ok" else "red"
+            console.print(
+                f"[{colour}]{escape(cell.name)}: {res.status}[/] build {res.build_s:.1f} s,"
+                f" run {res.run_s:.1f} s {escape(res.reason)}"
+            )
+    except KeyboardInterrupt:
+        err.print("interrupted: containers removed, keeping the cells that finished")
+        _finish(run_dir, run_id, True)
+    _finish(run_dir, run_id, any(o.status == "failed" for o in outcomes))
+
+
+def _resolve_gpus(gpus: str, report: doctor.HostReport) -> str:
+    if gpus == "auto":
+        return "all" if report.driver and report.gpu_runtime else "none"
+    if not re.fullmatch(r"all|none|[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*", gpus):
+        raise UserError(f"--gpus {gpus!r} is not all, none or a list of indices / UUIDs")
+    return gpus
+
+
+def _containers(
+    args: SuiteArgs,
+    matrix_file: Path,
+    cell: str,
+    wheelhouse: Optional[Path],
+    ca_file: Optional[Path],
+    gpus: str,
+    ipc_host: bool,
+    shm_size: str,
+    timeout: float,
+    out: Optional[Path],
+    results_dir: Path,
+    client: Optional[object] = None,
+) -> None:
+    args.validate()
+    cells = matrix.select(matrix.load(matrix_file), _names(cell))
+    inputs = _inputs(matrix_file, wheelhouse, ca_file)
+    client = client or images.connect()
+    report = doctor.inspect(client)
+    opts = ContainerOptions(_resolve_gpus(gpus, report), shm_size, ipc_host, timeout)
+    _run_matrix(args, client, cells, inputs, opts, report, out, results_dir)
 
 
 @app.command()
@@ -113,9 +212,38 @@ def run(
     bench_dir: Path = BenchDirOpt,
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
+    cell: str = CellOpt,
+    matrix_file: Path = MatrixOpt,
+    wheelhouse: Optional[Path] = WheelhouseOpt,
+    ca_file: Optional[Path] = CaFileOpt,
+    gpus: str = GpusOpt,
+    ipc_host: bool = IpcHostOpt,
+    shm_size: str = ShmOpt,
+    timeout: float = TimeoutOpt,
 ) -> None:
-    """Run the suite in this Python environment (cell 'local') and write a results table."""
-    _run_here(_suite_args(bench, select, profile, bench_dir, device, threads), out, results_dir)
+    """Run the suite here (cell 'local'), or in the containers of --cell cells."""
+    args = SuiteArgs(_names(bench), list(select or []), profile, bench_dir, device, threads)
+    if not cell:
+        _run_here(args, out, results_dir)
+        return
+    try:
+        _containers(
+            args,
+            matrix_file,
+            cell,
+            wheelhouse,
+            ca_file,
+            gpus,
+            ipc_host,
+            shm_size,
+            timeout,
+            out,
+            results_dir,
+        )
+    except images.EngineUnavailable as exc:
+        raise UserError(
+            f"{exc}; --cell needs a Docker engine (run without --cell to run here)"
+        ) from None
 
 
 @app.command()
@@ -128,13 +256,119 @@ def bench(
     bench_dir: Path = BenchDirOpt,
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
+    cell: str = CellOpt,
+    matrix_file: Path = MatrixOpt,
+    wheelhouse: Optional[Path] = WheelhouseOpt,
+    ca_file: Optional[Path] = CaFileOpt,
+    gpus: str = GpusOpt,
+    ipc_host: bool = IpcHostOpt,
+    shm_size: str = ShmOpt,
+    timeout: float = TimeoutOpt,
+    local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
-    """The main job (make bench): run the suite and print the table."""
-    console.print(
-        "cudastack bench: running the suite in this Python environment "
-        "(profile auto: quick on a CPU, standard on a GPU)"
-    )
-    _run_here(_suite_args(bench, select, profile, bench_dir, device, threads), out, results_dir)
+    """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
+    args = SuiteArgs(_names(bench), list(select or []), profile, bench_dir, device, threads)
+    args.validate()
+    cells = matrix.select(matrix.load(matrix_file), _names(cell))
+    if not local:
+        try:
+            client = images.connect()
+        except images.EngineUnavailable as exc:
+            console.print(
+                f"cudastack bench: {exc}: running the suite locally in this Python "
+                "environment instead (profile auto: quick on a CPU, standard on a GPU)"
+            )
+        else:
+            report = doctor.inspect(client)
+            gpus = _resolve_gpus(gpus, report)
+            if any(ok for _, ok, _ in pipeline.plan_cells(cells, report, gpus)):
+                _containers(
+                    args,
+                    matrix_file,
+                    cell,
+                    wheelhouse,
+                    ca_file,
+                    gpus,
+                    ipc_host,
+                    shm_size,
+                    timeout,
+                    out,
+                    results_dir,
+                    client,
+                )
+                return
+            console.print(
+                "cudastack bench: no cell of the matrix can run on this host "
+                "(see `cudastack doctor`): running the suite locally instead"
+            )
+    else:
+        console.print("cudastack bench: --local: running the suite in this Python environment")
+    _run_here(args, out, results_dir)
+
+
+@app.command()
+def build(
+    cell: str = CellOpt,
+    matrix_file: Path = MatrixOpt,
+    wheelhouse: Optional[Path] = WheelhouseOpt,
+    ca_file: Optional[Path] = CaFileOpt,
+) -> None:
+    """Build the cells' images; a cell whose content-hash tag exists is not rebuilt."""
+    cells = matrix.select(matrix.load(matrix_file), _names(cell))
+    inputs = _inputs(matrix_file, wheelhouse, ca_file)
+    try:
+        client = images.connect()
+    except images.EngineUnavailable as exc:
+        raise UserError(f"{exc}; building images needs a Docker engine") from None
+    failed = []
+    for c in cells:
+        started = time.perf_counter()
+        with console.status(f"building {escape(c.name)}") as status:
+
+            def on_line(line: str, name: str = c.name) -> None:
+                step = re.match(r"Step (\d+/\d+)", line)
+                if step:
+                    status.update(f"building {escape(name)}: step {step.group(1)}")
+                _build_logger(name)(line)
+
+            try:
+                tag, built = pipeline.ensure_image(client, c, inputs, on_line)
+            except images.BuildFailed as exc:
+                failed.append(c.name)
+                err.print(f"[red]{escape(c.name)}: build failed[/]\n{escape(str(exc))}")
+                continue
+        took = time.perf_counter() - started
+        console.print(
+            f"{escape(c.name)}: {tag} " + (f"built in {took:.0f} s" if built else "up to date"),
+            highlight=False,
+        )
+    if failed:
+        err.print(f"{len(failed)} of {len(cells)} cells failed to build: {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+@app.command(name="doctor")
+def doctor_cmd(matrix_file: Path = MatrixOpt, gpus: str = GpusOpt) -> None:
+    """Check the host: Docker engine, GPU runtime, driver vs each cell, disk, /dev/shm."""
+    cells = matrix.load(matrix_file)
+    try:
+        client: Optional[object] = images.connect()
+    except images.EngineUnavailable:
+        client = None
+    report = doctor.inspect(client)
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for check in report.checks:
+        console.print(
+            f"[{colour[check.status]}]{check.status:>4}[/]  {check.name}: {escape(check.detail)}"
+        )
+    gpus = _resolve_gpus(gpus, report)
+    for c, ok, why in pipeline.plan_cells(cells, report, gpus):
+        console.print(
+            f"[{'green' if ok else 'yellow'}]{'runs' if ok else 'skip':>4}[/]  "
+            f"{escape(c.name)}: {escape(why)}"
+        )
+    if any(ch.status == "fail" for ch in report.checks):
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -142,6 +376,7 @@ def list_(
     profile: str = typer.Option("quick", help="quick | standard | full"),
     cases: bool = typer.Option(False, "--cases", help="Also list every case id."),
     bench_dir: Path = BenchDirOpt,
+    matrix_file: Path = MatrixOpt,
 ) -> None:
     """Show the benchmarks, how many cases each profile runs, and the cells."""
     specs = suite.discover(bench_dir)
@@ -153,18 +388,25 @@ def list_(
             for case in spec.cases(profile):
                 console.print(f"{'':<14}{case.id}", highlight=False, markup=False)
     console.print("cells: local (this Python environment)")
+    for c in matrix.load(matrix_file):
+        console.print(
+            f"  {c.name:<28} {c.base_image}  torch {c.torch} ({c.index})",
+            highlight=False,
+            markup=False,
+        )
 
 
 @app.command()
 def show(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
     """Print the case summary of a finished run."""
-    df = results.load_table(run_dir)
-    console.print(case_summary(results.case_table(df), str(run_dir)))
+    table = results.case_table(results.load_table(run_dir))
+    view = cell_matrix if table["cell"].nunique() > 1 else case_summary
+    console.print(view(table, str(run_dir)))
 
 
 def main() -> None:
     try:
         app()
-    except (suite.SuiteError, results.ResultsError, UserError) as exc:
+    except (suite.SuiteError, results.ResultsError, matrix.MatrixError, UserError) as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)
         sys.exit(EXIT_BAD_INPUT)

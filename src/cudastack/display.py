@@ -33,15 +33,10 @@ def case_summary(cases: pd.DataFrame, title: str) -> Table:
     for row in cases.to_dict("records"):
         lead = [escape(row["cell"])] if multi_cell else []
         if row["status"] != "ok":
+            # The reason goes under the table, whole; the row only says what happened.
             style = "yellow" if row["status"] == "skipped" else "red"
             table.add_row(
-                *lead,
-                escape(row["case"]),
-                f"[{style}]{row['status']}[/]",
-                f"[{style}]{escape(row['reason'])}[/]",
-                "",
-                "",
-                "",
+                *lead, escape(row["case"]), f"[{style}]{row['status']}[/]", "", "", "", ""
             )
             continue
         table.add_row(
@@ -54,3 +49,36 @@ def case_summary(cases: pd.DataFrame, title: str) -> Table:
             _num(row["pct_of_peak"]),
         )
     return table
+
+
+def cell_matrix(cases: pd.DataFrame, title: str) -> Table:
+    """Cases down, cells across: each cell's headline median, or why the case did not run."""
+    cells = list(dict.fromkeys(cases["cell"]))
+    table = Table(title=title, title_justify="left")
+    table.add_column("case")
+    table.add_column("unit")
+    for cell in cells:
+        table.add_column(escape(cell), justify="right")
+    for case, rows in cases.groupby("case", sort=False):
+        by_cell = {r["cell"]: r for r in rows.to_dict("records")}
+        units = [str(r["unit"]) for r in by_cell.values() if r["status"] == "ok"]
+        cols = []
+        for cell in cells:
+            r = by_cell.get(cell)
+            if r is None:
+                cols.append("")
+            elif r["status"] != "ok":
+                style = "yellow" if r["status"] == "skipped" else "red"
+                cols.append(f"[{style}]{r['status']}[/]")
+            else:
+                cols.append(_num(r["median"]) + ("*" if r["noisy"] else ""))
+        table.add_row(escape(str(case)), units[0] if units else "", *cols)
+    table.caption = "* noisy (relative IQR > 10 %); reasons for skipped / failed in results.csv"
+    return table
+
+
+def reasons(cases: pd.DataFrame) -> list:
+    """'case: reason' for every case that did not run, to print under a table."""
+    not_ok = cases[cases["status"] != "ok"]
+    prefix = not_ok["cell"] + ": " if cases["cell"].nunique() > 1 else ""
+    return list(prefix + not_ok["case"] + " " + not_ok["status"] + ": " + not_ok["reason"])

@@ -191,7 +191,8 @@ def load(path: Path) -> list:
     raw_cells = data.get("cell", [])
     if not raw_cells:
         raise MatrixError(f"{path}: no [[cell]] tables")
-    cells, seen = [], {}
+    cells: list = []
+    seen: dict = {}
     for number, raw in enumerate(raw_cells, 1):
         fields = {**defaults, **raw}
         where = f"{path.name}: cell {raw.get('name') or number}"

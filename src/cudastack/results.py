@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -128,3 +129,31 @@ def case_table(df: pd.DataFrame) -> pd.DataFrame:
     order = df.drop_duplicates(["cell", "case"])[["cell", "case"]]
     table = pd.concat([head, rest], ignore_index=True)
     return order.merge(table, on=["cell", "case"], how="left").reset_index(drop=True)
+
+
+def harness_row(
+    run_id: str, cell: str, stage: str, status: str, reason: str, image_digest: str = ""
+) -> dict:
+    """A row for what happened to a whole cell (skipped by the doctor, failed build or run)."""
+    row: dict = {c: "" for c in COLUMNS}
+    row.update(
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+        cell=cell,
+        bench="harness",
+        case=f"harness[stage={stage}]",
+        params=json.dumps({"stage": stage}),
+        rep=0,
+        value=None,
+        status=status,
+        reason=reason,
+        image_digest=image_digest,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return row
+
+
+def append_records(cell_dir: Path, rows: Iterable[dict]) -> None:
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell_dir / RECORDS, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -1,0 +1,122 @@
+"""`cudastack bench` across the matrix: check the host, build what is missing, run, ingest."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import doctor, images, results
+from .matrix import Cell
+from .runners import ContainerOptions, SuiteArgs, container_kwargs, run_container
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Where a cell's image comes from."""
+
+    dockerfile: Path
+    locks_dir: Path
+    wheelhouse: Optional[Path] = None
+    ca_file: Optional[Path] = None
+
+    def tag(self, cell: Cell) -> str:
+        return cell.image_tag(self.dockerfile, self.locks_dir)
+
+
+def ensure_image(
+    client: Any, cell: Cell, inputs: BuildInputs, on_line: Callable[[str], None]
+) -> tuple:
+    """(tag, built): build the cell's image unless its content-hash tag already exists."""
+    tag = inputs.tag(cell)
+    if images.exists(client, tag):
+        return tag, False
+    context = images.make_context(
+        cell, inputs.dockerfile, inputs.locks_dir, inputs.wheelhouse, inputs.ca_file
+    )
+    try:
+        images.build(
+            client,
+            cell,
+            tag,
+            cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
+            context,
+            on_line,
+        )
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    return tag, True
+
+
+@dataclass
+class CellResult:
+    """What happened to one cell in a matrix run."""
+
+    cell: str
+    status: str  # ok | skipped | failed
+    reason: str = ""
+    build_s: float = 0.0
+    run_s: float = 0.0
+
+
+def run_cell(
+    client: Any,
+    cell: Cell,
+    inputs: BuildInputs,
+    args: SuiteArgs,
+    run_dir: Path,
+    run_id: str,
+    opts: ContainerOptions,
+    say: Callable[[str], None],
+    log: Callable[[str], None],
+) -> CellResult:
+    """Build (if needed) and run one cell; any failure becomes a harness row, never an exception."""
+    cell_dir = run_dir / cell.name
+    cell_dir.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        with open(cell_dir / "build.log", "w", encoding="utf-8") as build_log:
+
+            def build_line(line: str) -> None:
+                build_log.write(line + "\n")
+                log(line)
+
+            tag, built = ensure_image(client, cell, inputs, build_line)
+    except images.BuildFailed as exc:
+        headline = str(exc).split("\n--- last log lines ---\n")
+        reason = headline[0] + (
+            f"; last log lines: {' | '.join(headline[1].splitlines()[-5:])}"
+            if len(headline) > 1
+            else ""
+        )
+        results.append_records(
+            cell_dir, [results.harness_row(run_id, cell.name, "build", "failed", reason)]
+        )
+        return CellResult(cell.name, "failed", reason, time.perf_counter() - started)
+    build_s = time.perf_counter() - started
+    say(f"{cell.name}: image {tag} {'built' if built else 'up to date'}")
+    ref = images.identity(client, tag)
+    kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts)
+    started = time.perf_counter()
+    outcome = run_container(client, kwargs, cell_dir, opts.timeout_s, log)
+    run_s = time.perf_counter() - started
+    if not outcome.ok:
+        results.append_records(
+            cell_dir, [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref)]
+        )
+        return CellResult(cell.name, "failed", outcome.reason, build_s, run_s)
+    return CellResult(cell.name, "ok", "", build_s, run_s)
+
+
+def skip_cell(run_dir: Path, run_id: str, cell: Cell, reason: str) -> CellResult:
+    results.append_records(
+        run_dir / cell.name, [results.harness_row(run_id, cell.name, "doctor", "skipped", reason)]
+    )
+    return CellResult(cell.name, "skipped", reason)
+
+
+def plan_cells(cells: list, report: doctor.HostReport, gpus: str) -> list:
+    """[(cell, runnable, reason)] for every cell, from the doctor's view of this host."""
+    return [(c, *doctor.cell_verdict(c, report, gpus)) for c in cells]
