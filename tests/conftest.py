@@ -26,7 +26,8 @@ def make_bench(tmp_path: Path) -> Callable[[str, str], Path]:
     return write
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+        env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m cudastack`` as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "cudastack", *args],
@@ -34,6 +35,7 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 

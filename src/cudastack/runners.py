@@ -36,11 +36,18 @@ class SuiteArgs:
         """Raise SuiteError on bad input; return how many cases the largest profile would run."""
         specs = suite.discover(self.bench_dir)
         selection = suite.parse_select(self.select)
+        # `auto` becomes quick or standard only where the worker sees its device: the input
+        # must make sense for at least one of them.
         profiles = [self.profile] if self.profile != "auto" else ["quick", "standard"]
-        counts = []
+        counts, errors = [], []
         for name in profiles:
             suite.resolve_profile(name, has_gpu=False)
-            counts.append(len(suite.plan(specs, name, self.benches, selection)))
+            try:
+                counts.append(len(suite.plan(specs, name, self.benches, selection)))
+            except suite.SuiteError as exc:
+                errors.append(exc)
+        if not counts:
+            raise errors[0]
         return max(counts)
 
     def worker_argv(
