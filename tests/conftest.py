@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from docker_env import base_image, engine, good_matrix, wheelhouse  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +27,9 @@ def make_bench(tmp_path: Path) -> Callable[[str, str], Path]:
     return write
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 600,
-        env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m cudastack`` as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "cudastack", *args],

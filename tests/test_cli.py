@@ -1,8 +1,11 @@
 """The command line as a user meets it: one-line errors, exit code 2, nothing half-written."""
 
+import os
+
 import pytest
 from conftest import cli
 
+from cudastack import results
 from cudastack.suite import DEFAULT_BENCH_DIR
 
 
@@ -60,3 +63,53 @@ def test_list_shows_benchmarks_cases_and_cells():
     assert "quick:" in proc.stdout and "standard:" in proc.stdout
     assert "cells: local" in proc.stdout
     assert DEFAULT_BENCH_DIR.is_dir()
+
+
+def test_bench_without_an_engine_runs_here_and_says_so(tmp_path):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    proc = cli(
+        "bench",
+        "--bench",
+        "gemm",
+        "--select",
+        "n=512",
+        "--select",
+        "dtype=fp32",
+        "--profile",
+        "quick",
+        "--out",
+        "run",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("cudastack bench: no Docker engine reachable")
+    assert "running the suite locally" in first
+    df = results.load_table(tmp_path / "run")
+    assert set(df["cell"]) == {"local"} and set(df["status"]) == {"ok"}
+
+
+def test_cell_runs_need_an_engine(tmp_path):
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    proc = cli("run", "--cell", "cpu-torch2.9.1-py3.12", "--bench", "gemm", cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: no Docker engine reachable")
+    assert "--cell needs a Docker engine" in proc.stderr and proc.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--cell", "nope"], "error: unknown cell nope; cells: cu11.8-torch2.7.1-py3.10"),
+        (["build", "--matrix", "missing.toml"], "error: matrix file missing.toml does not exist"),
+        (["run", "--cell", "x", "--wheelhouse", "nowhere"], "error: unknown cell x"),
+        (["doctor", "--matrix", "missing.toml"], "error: matrix file missing.toml does not exist"),
+    ],
+)
+def test_matrix_input_errors(tmp_path, args, message):
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(message), proc.stderr
+    assert list(tmp_path.iterdir()) == []

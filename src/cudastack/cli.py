@@ -161,9 +161,11 @@ def _run_matrix(
             )
             outcomes.append(res)
             colour = "green" if res.status == "ok" else "red"
+            timing = f"build {res.build_s:.1f} s, run {res.run_s:.1f} s"
+            if res.status == "ok":
+                timing += f" (suite {res.suite_s:.1f} s, overhead {res.overhead_s:.1f} s)"
             console.print(
-                f"[{colour}]{escape(cell.name)}: {res.status}[/] build {res.build_s:.1f} s,"
-                f" run {res.run_s:.1f} s {escape(res.reason)}"
+                f"[{colour}]{escape(cell.name)}: {res.status}[/] {timing} {escape(res.reason)}"
             )
     except KeyboardInterrupt:
         err.print("interrupted: containers removed, keeping the cells that finished")

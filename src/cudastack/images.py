@@ -129,8 +129,10 @@ def build(
         raise BuildFailed(
             _failure(f"build of {cell.name} failed: {exc.explanation or exc}", tail)
         ) from None
-    # The builder stage (wheels, CA, lock) stays behind as an untagged image: remove it.
-    client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
+    finally:
+        # The builder stage (wheels, CA, lock) stays behind as untagged images, after a
+        # success and after a failure alike: remove them.
+        client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
     return image_id or str(client.images.get(tag).id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -58,7 +59,13 @@ class CellResult:
     status: str  # ok | skipped | failed
     reason: str = ""
     build_s: float = 0.0
-    run_s: float = 0.0
+    run_s: float = 0.0  # container start to removal
+    suite_s: float = 0.0  # what the worker itself spent on the suite
+
+    @property
+    def overhead_s(self) -> float:
+        """Orchestration time outside the suite: container start, imports, log and teardown."""
+        return self.run_s - self.suite_s
 
 
 def run_cell(
@@ -107,7 +114,8 @@ def run_cell(
             cell_dir, [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref)]
         )
         return CellResult(cell.name, "failed", outcome.reason, build_s, run_s)
-    return CellResult(cell.name, "ok", "", build_s, run_s)
+    done = json.loads((cell_dir / results.DONE).read_text())
+    return CellResult(cell.name, "ok", "", build_s, run_s, float(done["suite_s"]))
 
 
 def skip_cell(run_dir: Path, run_id: str, cell: Cell, reason: str) -> CellResult:

@@ -17,6 +17,7 @@ from .stats import NOISY_REL_IQR
 
 RECORDS = "records.jsonl"
 ENV = "env.json"
+DONE = "done.json"  # written by the worker when its suite finished
 TABLE = "results.parquet"
 CSV = "results.csv"
 

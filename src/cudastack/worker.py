@@ -291,10 +291,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             counts[status] += 1
             detail = headline(metrics) if status == "ok" else rows[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
+    elapsed = time.perf_counter() - started
+    # done.json marks a finished suite; its time lets the host tell suite time from overhead.
+    _write_json_atomic(args.out / "done.json", {"suite_s": round(elapsed, 3), **counts})
     print(
-        f"done in {time.perf_counter() - started:.1f} s: "
-        + ", ".join(f"{n} {k}" for k, n in counts.items()),
-        flush=True,
+        f"done in {elapsed:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True
     )
     return 0
 

@@ -7,15 +7,7 @@ import os
 
 import pytest
 from conftest import cli
-from docker_fixtures import (  # noqa: F401 (fixtures)
-    TORCH,
-    base_image,
-    cpu_cell,
-    engine,
-    good_matrix,
-    wheelhouse,
-    write_matrix,
-)
+from docker_env import TORCH, cpu_cell, write_matrix
 
 from cudastack import images, matrix, results
 from cudastack.runners import NO_GPU_RUNTIME
@@ -25,14 +17,23 @@ pytestmark = pytest.mark.docker
 
 def test_build_streams_logs_then_hits_the_cache(engine, good_matrix, wheelhouse, tmp_path):
     ca = tmp_path / "corp-ca.pem"
-    ca.write_text((open("/etc/ssl/certs/ca-certificates.crt").read())[:4000])
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     env = {**os.environ, "HTTP_PROXY": "http://builder:s3cret@127.0.0.1:3128"}
     (cell,) = matrix.load(good_matrix)
     tag = cell.image_tag(matrix.DEFAULT_MATRIX.parent / "Dockerfile", good_matrix.parent / "locks")
     if images.exists(engine, tag):  # start from no image, so this build really builds
         engine.images.remove(tag, force=True)
-    first = cli("build", "--matrix", str(good_matrix), "--wheelhouse", str(wheelhouse),
-                "--ca-file", str(ca), env=env, timeout=1200)
+    first = cli(
+        "build",
+        "--matrix",
+        str(good_matrix),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--ca-file",
+        str(ca),
+        env=env,
+        timeout=1200,
+    )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
     assert "test-cpu | Step 1/" in first.stdout  # the build log streamed live
     assert "torch.version.cuda ''" in first.stdout  # the build's own wheel check ran
@@ -43,25 +44,50 @@ def test_build_streams_logs_then_hits_the_cache(engine, good_matrix, wheelhouse,
     labels = image.labels
     assert labels["dev.cudastack.cell"] == "test-cpu"
     assert labels["dev.cudastack.inputs"] == cell.inputs_hash(
-        matrix.DEFAULT_MATRIX.parent / "Dockerfile", good_matrix.parent / "locks")
+        matrix.DEFAULT_MATRIX.parent / "Dockerfile", good_matrix.parent / "locks"
+    )
     assert image.attrs["Config"]["User"] == "cudastack"  # not root by default
     # Build-only inputs stay out of the final image: no wheels, no CA, no proxy credentials.
     history = json.dumps(image.history()) + json.dumps(image.attrs["Config"])
     assert "s3cret" not in history and "/tmp/inputs" not in history
     names = " -o ".join(f"-name '{w.name}'" for w in wheelhouse.iterdir())
     leftovers = engine.containers.run(
-        tag, ["sh", "-c", f"ls /tmp/inputs 2>&1; find / -xdev \\( {names} -o -name ca.crt "
-              "-o -name corp-ca.pem \\) 2>/dev/null; echo end"],
-        remove=True).decode()
+        tag,
+        [
+            "sh",
+            "-c",
+            f"ls /tmp/inputs 2>&1; find / -xdev \\( {names} -o -name ca.crt "
+            "-o -name corp-ca.pem \\) 2>/dev/null; echo end",
+        ],
+        remove=True,
+    ).decode()
     assert "No such file" in leftovers
     assert leftovers.strip().splitlines()[1:] == ["end"], leftovers  # nothing found
-    assert not engine.images.list(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
+    assert not engine.images.list(
+        filters={"dangling": True, "label": "dev.cudastack.stage=builder"}
+    )
 
 
 def test_cell_runs_the_suite_in_its_container(engine, good_matrix, wheelhouse, tmp_path):
-    proc = cli("run", "--cell", "test-cpu", "--matrix", str(good_matrix), "--wheelhouse",
-               str(wheelhouse), "--bench", "gemm", "--select", "n=512", "--profile", "quick", "--out", "run",
-               cwd=tmp_path, timeout=1200)
+    proc = cli(
+        "run",
+        "--cell",
+        "test-cpu",
+        "--matrix",
+        str(good_matrix),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--bench",
+        "gemm",
+        "--select",
+        "n=512",
+        "--profile",
+        "quick",
+        "--out",
+        "run",
+        cwd=tmp_path,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     df = results.load_table(tmp_path / "run")
     (cell,) = matrix.load(good_matrix)
@@ -83,9 +109,23 @@ def test_cell_runs_the_suite_in_its_container(engine, good_matrix, wheelhouse, t
 def test_a_failed_build_keeps_the_other_cell(engine, base_image, wheelhouse, tmp_path):
     # torch 2.12.0 is not in the wheelhouse: that cell's pip install fails inside the build.
     path = write_matrix(tmp_path / "m", cpu_cell("test-cpu"), cpu_cell("broken", torch="2.12.0"))
-    proc = cli("bench", "--matrix", str(path), "--wheelhouse", str(wheelhouse), "--bench", "gemm",
-               "--select", "n=512", "--select", "dtype=fp32", "--out", "run", cwd=tmp_path,
-               timeout=1200)
+    proc = cli(
+        "bench",
+        "--matrix",
+        str(path),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--bench",
+        "gemm",
+        "--select",
+        "n=512",
+        "--select",
+        "dtype=fp32",
+        "--out",
+        "run",
+        cwd=tmp_path,
+        timeout=1200,
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
     df = results.load_table(tmp_path / "run")
     good = df[df["cell"] == "test-cpu"]
@@ -97,12 +137,27 @@ def test_a_failed_build_keeps_the_other_cell(engine, base_image, wheelhouse, tmp
     assert "broken" in proc.stdout and "failed" in proc.stdout
 
 
-def test_gpu_request_without_gpu_runtime_says_how_to_fix_it(engine, good_matrix, wheelhouse,
-                                                            tmp_path):
+def test_gpu_request_without_gpu_runtime_says_how_to_fix_it(
+    engine, good_matrix, wheelhouse, tmp_path
+):
     if "nvidia" in (engine.info().get("Runtimes") or {}):
         pytest.skip("this engine has a GPU runtime")
-    proc = cli("run", "--cell", "test-cpu", "--matrix", str(good_matrix), "--wheelhouse",
-               str(wheelhouse), "--gpus", "all", "--bench", "gemm", "--out", "run", cwd=tmp_path)
+    proc = cli(
+        "run",
+        "--cell",
+        "test-cpu",
+        "--matrix",
+        str(good_matrix),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--gpus",
+        "all",
+        "--bench",
+        "gemm",
+        "--out",
+        "run",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     (row,) = results.load_table(tmp_path / "run").to_dict("records")
     assert row["status"] == "failed" and row["reason"] == NO_GPU_RUNTIME
@@ -112,10 +167,23 @@ def test_gpu_request_without_gpu_runtime_says_how_to_fix_it(engine, good_matrix,
     assert "test-cpu: CPU build: runs anywhere" in doctor.stdout
 
 
-def test_a_cell_past_its_time_limit_is_stopped_and_recorded(engine, good_matrix, wheelhouse,
-                                                            tmp_path):
-    proc = cli("run", "--cell", "test-cpu", "--matrix", str(good_matrix), "--wheelhouse",
-               str(wheelhouse), "--timeout", "1", "--out", "run", cwd=tmp_path)
+def test_a_cell_past_its_time_limit_is_stopped_and_recorded(
+    engine, good_matrix, wheelhouse, tmp_path
+):
+    proc = cli(
+        "run",
+        "--cell",
+        "test-cpu",
+        "--matrix",
+        str(good_matrix),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--timeout",
+        "1",
+        "--out",
+        "run",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     rows = results.load_table(tmp_path / "run")
     last = rows.iloc[-1]

@@ -22,8 +22,6 @@ BASE_IMAGE = "cudastack-test-base:bookworm"
 MIRROR = os.environ.get("CUDASTACK_TEST_MIRROR", "http://deb.debian.org/debian")
 TORCH = "2.13.0"  # a CPU build of it for Python 3.11, the Python of Debian bookworm
 
-pytestmark = pytest.mark.docker
-
 
 @pytest.fixture(scope="session")
 def engine():
@@ -41,12 +39,21 @@ def base_image(engine, tmp_path_factory):
     if images.exists(engine, BASE_IMAGE):
         return BASE_IMAGE
     if shutil.which("debootstrap") is None:
-        pytest.fail("debootstrap is needed to make the test base image (apt-get install debootstrap)")
+        pytest.fail(
+            "debootstrap is needed to make the test base image (apt-get install debootstrap)"
+        )
     root = tmp_path_factory.mktemp("rootfs")
     subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm",
-         str(root), MIRROR],
-        check=True, capture_output=True,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv",
+            "bookworm",
+            str(root),
+            MIRROR,
+        ],
+        check=True,
+        capture_output=True,
     )
     archive = root.parent / "rootfs.tar"
     with tarfile.open(archive, "w") as tar:
@@ -61,10 +68,23 @@ def base_image(engine, tmp_path_factory):
 def wheelhouse(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wheelhouse")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder),
-         "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
-         f"torch=={TORCH}"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(folder),
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            f"torch=={TORCH}",
+        ],
+        check=True,
+        capture_output=True,
     )
     return folder
 
