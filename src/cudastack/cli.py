@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -149,8 +150,10 @@ def _run_matrix(
     run_dir = _new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: {len(cells)} cells -> {run_dir}", highlight=False)
     outcomes = []
+    current = ""
     try:
         for cell, runnable, why in pipeline.plan_cells(cells, report, opts.gpus):
+            current = cell.name
             if not runnable:
                 outcomes.append(pipeline.skip_cell(run_dir, run_id, cell, why))
                 console.print(f"[yellow]{escape(cell.name)}: skipped[/] ({escape(why)})")
@@ -160,6 +163,7 @@ def _run_matrix(
                 client, cell, inputs, args, run_dir, run_id, opts, _echo, _build_logger(cell.name)
             )
             outcomes.append(res)
+            results.ingest_run(run_dir)  # each finished cell is in the table at once
             colour = "green" if res.status == "ok" else "red"
             timing = f"build {res.build_s:.1f} s, run {res.run_s:.1f} s"
             if res.status == "ok":
@@ -169,6 +173,8 @@ def _run_matrix(
             )
     except KeyboardInterrupt:
         err.print("interrupted: containers removed, keeping the cells that finished")
+        row = results.harness_row(run_id, current, "run", "failed", "interrupted by the user")
+        results.append_records(run_dir / current, [row])
         _finish(run_dir, run_id, True)
     _finish(run_dir, run_id, any(o.status == "failed" for o in outcomes))
 
@@ -406,7 +412,12 @@ def show(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
     console.print(view(table, str(run_dir)))
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: containers removed, results kept
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except (suite.SuiteError, results.ResultsError, matrix.MatrixError, UserError) as exc:

@@ -29,7 +29,8 @@ def case_summary(cases: pd.DataFrame, title: str) -> Table:
         ("noisy", "center"),
         ("% peak", "right"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        # Case ids fold onto more lines rather than being cut: they are what people grep for.
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in cases.to_dict("records"):
         lead = [escape(row["cell"])] if multi_cell else []
         if row["status"] != "ok":
@@ -55,7 +56,7 @@ def cell_matrix(cases: pd.DataFrame, title: str) -> Table:
     """Cases down, cells across: each cell's headline median, or why the case did not run."""
     cells = list(dict.fromkeys(cases["cell"]))
     table = Table(title=title, title_justify="left")
-    table.add_column("case")
+    table.add_column("case", overflow="fold")
     table.add_column("unit")
     for cell in cells:
         table.add_column(escape(cell), justify="right")

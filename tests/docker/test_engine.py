@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from conftest import cli
@@ -189,3 +193,69 @@ def test_a_cell_past_its_time_limit_is_stopped_and_recorded(
     last = rows.iloc[-1]
     assert last["case"] == "harness[stage=run]" and last["reason"].startswith("timed out after 1 s")
     assert not engine.containers.list(all=True, filters={"label": "dev.cudastack.cell=test-cpu"})
+
+
+def _lock_lines(wheelhouse) -> list:
+    lines = []
+    for wheel in sorted(wheelhouse.iterdir()):
+        name, version = wheel.name.split("-")[:2]
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        lines.append(f"{name}=={version} --hash=sha256:{digest}")
+    return lines
+
+
+def test_a_lock_file_is_installed_with_hashes_required(engine, base_image, wheelhouse, tmp_path):
+    path = write_matrix(tmp_path / "m", cpu_cell("locked"))
+    lock = tmp_path / "m" / "locks" / "locked.txt"
+    lock.parent.mkdir()
+    lines = _lock_lines(wheelhouse)
+    lock.write_text("\n".join(lines) + "\n")
+    built = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=1200)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr
+    assert "--require-hashes" in built.stdout  # the locked install path ran
+    # A lock edited by hand: one hash no longer matches its wheel, and the build refuses it.
+    bad = [line[:-8] + "00000000" if line.startswith("torch==") else line for line in lines]
+    lock.write_text("\n".join(bad) + "\n")
+    refused = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=1200)
+    assert refused.returncode == 1
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in refused.stdout + refused.stderr
+    assert "locked: build failed" in refused.stderr
+
+
+def test_ctrl_c_removes_the_container_and_keeps_what_finished(
+    engine, good_matrix, wheelhouse, tmp_path
+):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cudastack",
+            "run",
+            "--cell",
+            "test-cpu",
+            "--matrix",
+            str(good_matrix),
+            "--wheelhouse",
+            str(wheelhouse),
+            "--profile",
+            "quick",
+            "--out",
+            "run",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "[  2/" in line:  # the first case has finished and been written
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, rest
+    assert "interrupted: containers removed" in rest
+    assert not engine.containers.list(all=True, filters={"label": "dev.cudastack.cell=test-cpu"})
+    df = results.load_table(tmp_path / "run")
+    assert (df["status"] == "ok").any() or (df["status"] == "skipped").any()
+    assert df.iloc[-1]["reason"] == "interrupted by the user"
