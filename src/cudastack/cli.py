@@ -12,57 +12,37 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from . import doctor, images, matrix, pipeline, results, suite
+from .cli_common import (
+    EXIT_BAD_INPUT,
+    BenchDirOpt,
+    BenchOpt,
+    CaFileOpt,
+    CellOpt,
+    DeviceOpt,
+    GpusOpt,
+    IpcHostOpt,
+    MatrixOpt,
+    OutOpt,
+    ProfileOpt,
+    ResultsOpt,
+    SelectOpt,
+    ShmOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    UserError,
+    WheelhouseOpt,
+    app,
+    console,
+    echo,
+    err,
+    names,
+)
 from .display import case_summary, cell_matrix, reasons
 from .runners import ContainerOptions, SuiteArgs, run_local
 from .worker import new_run_id
-
-EXIT_BAD_INPUT = 2
-
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="Benchmark PyTorch across pinned CUDA / cuDNN / PyTorch stacks.",
-)
-# soft_wrap: long lines (paths, case ids, errors) stay whole so they can be copied and grepped.
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-class UserError(ValueError):
-    """Bad input found on the host side."""
-
-
-BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
-SelectOpt = typer.Option(None, "--select", help="Keep cases with key=value[,value]; repeatable.")
-ProfileOpt = typer.Option(
-    "auto", help="auto (quick on CPU, standard on GPU) | quick | standard | full."
-)
-BenchDirOpt = typer.Option(suite.DEFAULT_BENCH_DIR, help="Folder of bench files.")
-ResultsOpt = typer.Option(Path("results"), help="Where run folders are created.")
-OutOpt = typer.Option(None, "--out", help="Run folder to create (default: RESULTS_DIR/RUN_ID).")
-DeviceOpt = typer.Option("auto", help="Local runs: auto | cpu | cuda | cuda:N")
-ThreadsOpt = typer.Option(0, help="CPU threads for torch (default: all usable cores).")
-MatrixOpt = typer.Option(matrix.DEFAULT_MATRIX, "--matrix", help="The matrix file of cells.")
-CellOpt = typer.Option("", "--cell", help="Comma-separated cell names (default: all).")
-WheelhouseOpt = typer.Option(None, help="Folder of wheels for offline builds (pip --no-index).")
-CaFileOpt = typer.Option(None, help="CA bundle for pip behind a TLS-intercepting proxy.")
-GpusOpt = typer.Option("auto", help="auto | all | none | indices or UUIDs, e.g. 0,1")
-IpcHostOpt = typer.Option(False, "--ipc-host", help="Share the host's IPC namespace.")
-ShmOpt = typer.Option("16g", help="Container /dev/shm size (when not --ipc-host).")
-TimeoutOpt = typer.Option(3 * 3600.0, help="Per-cell time limit in seconds.")
-
-
-def _names(text: str) -> list:
-    return [n for n in text.split(",") if n]
-
-
-def _echo(line: str) -> None:
-    console.print(line, highlight=False, markup=False)
 
 
 def _new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
@@ -104,7 +84,7 @@ def _run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
     run_dir = _new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
     try:
-        code = run_local(args, run_dir / "local", run_id, on_line=_echo)
+        code = run_local(args, run_dir / "local", run_id, on_line=echo)
     except KeyboardInterrupt:
         err.print("interrupted: keeping the cases that finished")
         code = 130
@@ -160,7 +140,7 @@ def _run_matrix(
                 continue
             console.rule(escape(cell.name))
             res = pipeline.run_cell(
-                client, cell, inputs, args, run_dir, run_id, opts, _echo, _build_logger(cell.name)
+                client, cell, inputs, args, run_dir, run_id, opts, echo, _build_logger(cell.name)
             )
             outcomes.append(res)
             results.ingest_run(run_dir)  # each finished cell is in the table at once
@@ -202,7 +182,7 @@ def _containers(
     client: Optional[object] = None,
 ) -> None:
     args.validate()
-    cells = matrix.select(matrix.load(matrix_file), _names(cell))
+    cells = matrix.select(matrix.load(matrix_file), names(cell))
     inputs = _inputs(matrix_file, wheelhouse, ca_file)
     client = client or images.connect()
     report = doctor.inspect(client)
@@ -230,7 +210,7 @@ def run(
     timeout: float = TimeoutOpt,
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
-    args = SuiteArgs(_names(bench), list(select or []), profile, bench_dir, device, threads)
+    args = SuiteArgs(names(bench), list(select or []), profile, bench_dir, device, threads)
     if not cell:
         _run_here(args, out, results_dir)
         return
@@ -275,9 +255,9 @@ def bench(
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
-    args = SuiteArgs(_names(bench), list(select or []), profile, bench_dir, device, threads)
+    args = SuiteArgs(names(bench), list(select or []), profile, bench_dir, device, threads)
     args.validate()
-    cells = matrix.select(matrix.load(matrix_file), _names(cell))
+    cells = matrix.select(matrix.load(matrix_file), names(cell))
     if not local:
         try:
             client = images.connect()
@@ -322,7 +302,7 @@ def build(
     ca_file: Optional[Path] = CaFileOpt,
 ) -> None:
     """Build the cells' images; a cell whose content-hash tag exists is not rebuilt."""
-    cells = matrix.select(matrix.load(matrix_file), _names(cell))
+    cells = matrix.select(matrix.load(matrix_file), names(cell))
     inputs = _inputs(matrix_file, wheelhouse, ca_file)
     try:
         client = images.connect()
@@ -417,6 +397,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    from . import cli_handoff  # noqa: F401  (registers lock, reproduce, push, export, ...)
+
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app()

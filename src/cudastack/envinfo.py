@@ -6,9 +6,11 @@ Environment side: standard library and torch; NVML (nvidia-ml-py) only when it i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -80,15 +82,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _packages() -> dict[str, str]:
+# The Dockerfile copies a locked cell's requirements here; absent or empty means unlocked.
+LOCK_FILE = "cudastack-lock.txt"
+
+
+def lock_info() -> dict[str, str]:
+    """The lock this environment was installed from, and its hash, as the build left them."""
+    path = Path(sys.prefix) / LOCK_FILE
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest() if text.strip() else ""
+    return {"text": text, "hash": digest}
+
+
+def installed_packages() -> dict[str, str]:
+    """Every distribution installed in this Python, name -> version."""
+    found = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
+    return dict(sorted(found.items()))
+
+
+def _speed_packages(installed: dict[str, str]) -> dict[str, str]:
     # The CUDA libraries pip wheels bring, and triton: these decide speed as much as torch does.
     wanted = ("torch", "torchvision", "triton", "numpy", "nvidia-ml-py")
-    found = {}
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name in wanted or name.startswith("nvidia-"):
-            found[name] = dist.version
-    return dict(sorted(found.items()))
+    return {n: v for n, v in installed.items() if n in wanted or n.startswith("nvidia-")}
 
 
 def _nvml(index: int) -> dict[str, Any]:
@@ -141,16 +156,29 @@ def _gpu(torch: Any, device: Any) -> dict[str, Any]:
     }
 
 
-def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
-    """Everything a comparison may need to explain a difference; ``extra`` adds run identity."""
+def torch_versions(torch: Any) -> dict[str, str]:
+    """The torch build and the CUDA libraries it actually loaded (not the image's labels)."""
     nccl = ""
-    if device.type == "cuda" and hasattr(torch.cuda, "nccl"):
+    if torch.cuda.is_available() and hasattr(torch.cuda, "nccl"):
         try:
             raw = torch.cuda.nccl.version()
             nccl = ".".join(map(str, raw)) if isinstance(raw, tuple) else str(raw)
         except (RuntimeError, AttributeError):
             nccl = ""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda or "",
+        "cudnn": format_cudnn(cudnn),
+        "nccl": nccl,
+        "git_version": getattr(torch.version, "git_version", ""),
+    }
+
+
+def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
+    """Everything a comparison may need to explain a difference; ``extra`` adds run identity."""
     here = Path(__file__).resolve().parent
+    installed = installed_packages()
     return {
         **extra,
         "python": {
@@ -170,15 +198,7 @@ def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
         },
-        "torch": {
-            "version": torch.__version__,
-            "cuda": torch.version.cuda or "",
-            "cudnn": format_cudnn(
-                torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-            ),
-            "nccl": nccl,
-            "git_version": getattr(torch.version, "git_version", ""),
-        },
+        "torch": torch_versions(torch),
         "device": {"type": device.type, "index": device.index},
         "gpu": _gpu(torch, device) if device.type == "cuda" else None,
         "flags": {
@@ -189,7 +209,9 @@ def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
         },
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
-        "packages": _packages(),
+        "packages": _speed_packages(installed),
+        "installed": installed,
+        "lock": lock_info(),
         "harness_git": _git_rev(here),
     }
 
@@ -206,6 +228,7 @@ def record_fields(fp: dict[str, Any]) -> dict[str, str]:
         "torch": fp["torch"]["version"],
         "cuda_runtime": fp["torch"]["cuda"],
         "cudnn": fp["torch"]["cudnn"],
+        "lock_hash": fp["lock"]["hash"],
     }
 
 
@@ -214,3 +237,18 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def stack() -> dict[str, Any]:
+    """What `cudastack reproduce` compares: packages, torch and its CUDA libraries, the lock."""
+    import torch
+
+    return {
+        "installed": installed_packages(),
+        "torch": torch_versions(torch),
+        "lock_hash": lock_info()["hash"],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(stack(), sort_keys=True))

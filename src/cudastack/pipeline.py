@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import doctor, images, results
+from . import doctor, images, reproduce, results
 from .matrix import Cell
 from .runners import ContainerOptions, SuiteArgs, container_kwargs, run_container
 
@@ -105,6 +105,16 @@ def run_cell(
     build_s = time.perf_counter() - started
     say(f"{cell.name}: image {tag} {'built' if built else 'up to date'}")
     ref = images.identity(client, tag)
+    lock = cell.lock_path(inputs.locks_dir)
+    reproduce.record_inputs(
+        cell_dir,
+        cell,
+        inputs.dockerfile,
+        lock.read_text(encoding="utf-8") if lock.is_file() else "",
+        tag,
+        ref,
+        cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
+    )
     kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts)
     started = time.perf_counter()
     outcome = run_container(client, kwargs, cell_dir, opts.timeout_s, log)

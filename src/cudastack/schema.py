@@ -2,11 +2,12 @@
 
 History of SCHEMA_VERSION:
   1 — first version.
+  2 — lock_hash: the sha256 of the cell's hash-pinned requirements ('' when unlocked).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column -> type. Order is the order of the results table.
 COLUMNS = {
@@ -31,6 +32,7 @@ COLUMNS = {
     "cuda_runtime": str,  # torch.version.cuda: what torch loaded, not the image's label
     "cudnn": str,
     "image_digest": str,
+    "lock_hash": str,
     "harness_rev": str,
     "started_at": str,  # ISO 8601 UTC, when the case started
 }

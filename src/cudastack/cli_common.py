@@ -1,0 +1,54 @@
+"""What every cudastack command shares: the app, consoles, options and the bad-input error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from . import matrix, suite
+
+EXIT_BAD_INPUT = 2
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Benchmark PyTorch across pinned CUDA / cuDNN / PyTorch stacks.",
+)
+# soft_wrap: long lines (paths, case ids, errors) stay whole so they can be copied and grepped.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class UserError(ValueError):
+    """Bad input found on the host side."""
+
+
+BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
+SelectOpt = typer.Option(None, "--select", help="Keep cases with key=value[,value]; repeatable.")
+ProfileOpt = typer.Option(
+    "auto", help="auto (quick on CPU, standard on GPU) | quick | standard | full."
+)
+BenchDirOpt = typer.Option(suite.DEFAULT_BENCH_DIR, help="Folder of bench files.")
+ResultsOpt = typer.Option(Path("results"), help="Where run folders are created.")
+OutOpt = typer.Option(None, "--out", help="Run folder to create (default: RESULTS_DIR/RUN_ID).")
+DeviceOpt = typer.Option("auto", help="Local runs: auto | cpu | cuda | cuda:N")
+ThreadsOpt = typer.Option(0, help="CPU threads for torch (default: all usable cores).")
+MatrixOpt = typer.Option(matrix.DEFAULT_MATRIX, "--matrix", help="The matrix file of cells.")
+CellOpt = typer.Option("", "--cell", help="Comma-separated cell names (default: all).")
+WheelhouseOpt = typer.Option(None, help="Folder of wheels for offline builds (pip --no-index).")
+CaFileOpt = typer.Option(None, help="CA bundle for pip behind a TLS-intercepting proxy.")
+GpusOpt = typer.Option("auto", help="auto | all | none | indices or UUIDs, e.g. 0,1")
+IpcHostOpt = typer.Option(False, "--ipc-host", help="Share the host's IPC namespace.")
+ShmOpt = typer.Option("16g", help="Container /dev/shm size (when not --ipc-host).")
+TimeoutOpt = typer.Option(3 * 3600.0, help="Per-cell time limit in seconds.")
+
+
+def names(text: str) -> list:
+    return [n for n in text.split(",") if n]
+
+
+def echo(line: str) -> None:
+    console.print(line, highlight=False, markup=False)

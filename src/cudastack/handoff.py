@@ -1,0 +1,128 @@
+"""Hand a cell to a teammate: push to a registry, export to one archive, import it back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .matrix import Cell
+
+EXPORT_FORMAT = 1
+CHUNK = 1 << 20
+
+
+class HandoffError(ValueError):
+    """A push, export or import that cannot go on; nothing was left half-done."""
+
+
+def pushed_record(locks_dir: Path, cell: Cell) -> Path:
+    """Where the pushed image reference is kept, beside the lock (and outside its hash)."""
+    return locks_dir / f"{cell.name}.pushed"
+
+
+def push(client: Any, tag: str, registry: str) -> str:
+    """Push the image as REGISTRY/<cell>:<hash>; returns ``registry/repo@sha256:...``."""
+    repo_tag = f"{registry.rstrip('/')}/{tag.split('/', 1)[1]}"
+    repo, _, version = repo_tag.rpartition(":")
+    image = client.images.get(tag)
+    image.tag(repo, version)
+    for chunk in client.images.push(repo, tag=version, stream=True, decode=True):
+        if "error" in chunk:
+            client.images.remove(repo_tag)
+            raise HandoffError(f"push to {registry} refused: {str(chunk['error']).strip()}")
+    image.reload()
+    for digest in image.attrs.get("RepoDigests") or []:
+        if digest.startswith(repo + "@"):
+            return str(digest)
+    raise HandoffError(f"push to {registry} finished but the engine reports no digest for {repo}")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict:
+    """One tar: manifest.json, lock.txt and the image (docker save), written atomically."""
+    image = client.images.get(tag)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".cudastack-export-") as tmp:
+        image_tar = Path(tmp) / "image.tar"
+        with open(image_tar, "wb") as f:
+            for block in image.save(named=True):
+                f.write(block)
+        manifest = {
+            "format": EXPORT_FORMAT,
+            "cell": cell.name,
+            "tag": tag,
+            "image_id": image.id,
+            "image_sha256": _sha256_file(image_tar),
+            "lock_sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
+            "labels": image.labels,
+        }
+        partial = out.with_name(out.name + ".partial")
+        with tarfile.open(partial, "w") as tar:
+            for name, data in (
+                ("manifest.json", json.dumps(manifest, indent=2).encode()),
+                ("lock.txt", lock_text.encode()),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            tar.add(image_tar, arcname="image.tar")
+        os.replace(partial, out)
+    return manifest
+
+
+def _member(tar: tarfile.TarFile, name: str) -> Any:
+    try:
+        return tar.getmember(name)
+    except KeyError:
+        raise HandoffError(f"not a cudastack export: it has no {name}") from None
+
+
+def import_archive(client: Any, path: Path) -> dict:
+    """Verify the archive's hashes first, then load it: a damaged archive loads nothing."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            manifest = json.loads(tar.extractfile(_member(tar, "manifest.json")).read())  # type: ignore[union-attr]
+            lock = tar.extractfile(_member(tar, "lock.txt")).read()  # type: ignore[union-attr]
+            digest = hashlib.sha256()
+            image = tar.extractfile(_member(tar, "image.tar"))
+            assert image is not None
+            for block in iter(lambda: image.read(CHUNK), b""):
+                digest.update(block)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise HandoffError(f"{path} is truncated or not a tar archive ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HandoffError(f"{path}: its manifest.json is not valid JSON") from None
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise HandoffError(f"{path}: export format {manifest.get('format')} is not supported")
+    if digest.hexdigest() != manifest["image_sha256"]:
+        raise HandoffError(
+            f"{path}: the image does not match its manifest's sha256 (damaged or "
+            "tampered with); nothing was loaded"
+        )
+    if hashlib.sha256(lock).hexdigest() != manifest["lock_sha256"]:
+        raise HandoffError(f"{path}: lock.txt does not match its manifest's sha256; nothing loaded")
+    with tarfile.open(path, "r:") as tar:
+        stream = tar.extractfile("image.tar")
+        loaded = client.images.load(stream)
+    ids = {img.id for img in loaded}
+    if manifest["image_id"] not in ids:
+        raise HandoffError(f"{path}: loaded image {sorted(ids)} is not {manifest['image_id']}")
+    manifest["lock_text"] = lock.decode()
+    return manifest
+
+
+def lock_text(locks_dir: Path, cell: Cell) -> str:
+    path = cell.lock_path(locks_dir)
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
