@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from docker_env import base_image, engine, good_matrix, wheelhouse  # noqa: F401 (fixtures)
+from docker_env import (  # noqa: F401 (fixtures)
+    base_image,
+    clean_engine,
+    engine,
+    good_matrix,
+    registry,
+    wheelhouse,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

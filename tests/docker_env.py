@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,102 @@ def cpu_cell(name: str, torch: str = TORCH) -> str:
 @pytest.fixture(scope="session")
 def good_matrix(base_image, tmp_path_factory):
     return write_matrix(tmp_path_factory.mktemp("matrix"), cpu_cell("test-cpu"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(check, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not come up in {seconds:g} s")
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is needed (apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A real registry (Debian's docker-registry) on a free loopback port, no auth."""
+    binary = _tool("docker-registry", "docker-registry")
+    root = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = root / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(root / "log.txt", "w")  # noqa: SIM115 (lives as long as the server)
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    _wait_for(up, "docker-registry")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def clean_engine(tmp_path_factory):
+    """A second Docker engine with its own empty image store, for import on a clean engine."""
+    dockerd = _tool("dockerd", "docker.io")
+    # Socket paths are limited to ~100 characters: keep this folder's path short.
+    root = Path(tempfile.mkdtemp(prefix="cs-d2-", dir="/tmp"))
+    sock = root / "docker.sock"
+    log = open(root / "log.txt", "w")  # noqa: SIM115 (lives as long as the server)
+    # In a network namespace of its own: its default bridge is its own, never the main
+    # engine's docker0 (a second engine with --bridge=none would delete that one).
+    proc = subprocess.Popen(
+        [
+            _tool("unshare", "util-linux"),
+            "--net",
+            dockerd,
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "pid"),
+            "-H",
+            f"unix://{sock}",
+            "--iptables=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    host = f"unix://{sock}"
+    _wait_for(lambda: sock.exists() and _ping(host), "the second dockerd")
+    yield host
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _ping(host: str) -> bool:
+    import docker
+
+    try:
+        return bool(docker.DockerClient(base_url=host, timeout=5).ping())
+    except Exception:
+        return False

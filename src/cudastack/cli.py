@@ -44,6 +44,9 @@ from .display import case_summary, cell_matrix, reasons
 from .runners import ContainerOptions, SuiteArgs, run_local
 from .worker import new_run_id
 
+# pip's words when a wheel does not match its --hash in a --require-hashes install.
+HASH_MISMATCH = "DO NOT MATCH THE HASHES"
+
 
 def _new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
     run_dir = out or results_dir / run_id
@@ -103,10 +106,7 @@ def _inputs(
         raise UserError(f"--wheelhouse {wheelhouse} is not a folder")
     if ca_file is not None and not ca_file.is_file():
         raise UserError(f"--ca-file {ca_file} is not a file")
-    dockerfile = matrix_file.parent / "Dockerfile"
-    if not dockerfile.is_file():
-        dockerfile = matrix.DEFAULT_MATRIX.parent / "Dockerfile"
-    return pipeline.BuildInputs(dockerfile, matrix_file.parent / "locks", wheelhouse, ca_file)
+    return pipeline.BuildInputs.for_matrix(matrix_file, wheelhouse, ca_file)
 
 
 def _build_logger(cell: str) -> Callable[[str], None]:
@@ -322,6 +322,12 @@ def build(
             try:
                 tag, built = pipeline.ensure_image(client, c, inputs, on_line)
             except images.BuildFailed as exc:
+                if HASH_MISMATCH in str(exc):
+                    raise UserError(
+                        f"{c.name}: lock {c.lock_path(inputs.locks_dir)} does not match the "
+                        "wheels' hashes (edited by hand, or a wheel changed); re-run "
+                        f"`cudastack lock --cell {c.name}`"
+                    ) from None
                 failed.append(c.name)
                 err.print(f"[red]{escape(c.name)}: build failed[/]\n{escape(str(exc))}")
                 continue

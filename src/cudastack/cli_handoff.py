@@ -37,17 +37,13 @@ def _engine(what: str) -> object:
         raise UserError(f"{exc}; {what} needs a Docker engine") from None
 
 
-def _inputs(matrix_file: Path) -> pipeline.BuildInputs:
-    return pipeline.BuildInputs(matrix_file.parent / "Dockerfile", matrix_file.parent / "locks")
-
-
 def _one_cell(matrix_file: Path, name: str) -> matrix.Cell:
     (cell,) = matrix.select(matrix.load(matrix_file), [name])
     return cell
 
 
 def _existing_tag(client: object, cell: matrix.Cell, matrix_file: Path) -> str:
-    tag = _inputs(matrix_file).tag(cell)
+    tag = pipeline.BuildInputs.for_matrix(matrix_file).tag(cell)
     if not images.exists(client, tag):
         raise UserError(
             f"cell {cell.name} has no image {tag} here; run `cudastack build --cell "

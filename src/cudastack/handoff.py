@@ -30,12 +30,20 @@ def push(client: Any, tag: str, registry: str) -> str:
     """Push the image as REGISTRY/<cell>:<hash>; returns ``registry/repo@sha256:...``."""
     repo_tag = f"{registry.rstrip('/')}/{tag.split('/', 1)[1]}"
     repo, _, version = repo_tag.rpartition(":")
+    from docker.errors import APIError
+
     image = client.images.get(tag)
     image.tag(repo, version)
-    for chunk in client.images.push(repo, tag=version, stream=True, decode=True):
-        if "error" in chunk:
-            client.images.remove(repo_tag)
-            raise HandoffError(f"push to {registry} refused: {str(chunk['error']).strip()}")
+    try:
+        try:
+            for chunk in client.images.push(repo, tag=version, stream=True, decode=True):
+                if "error" in chunk:
+                    raise HandoffError(f"push to {registry} refused: {str(chunk['error']).strip()}")
+        except APIError as exc:
+            raise HandoffError(f"push to {registry} refused: {exc.explanation or exc}") from None
+    except HandoffError:
+        client.images.remove(repo_tag)  # leave no tag behind that points at nothing pushed
+        raise
     image.reload()
     for digest in image.attrs.get("RepoDigests") or []:
         if digest.startswith(repo + "@"):

@@ -13,7 +13,8 @@ from .matrix import Cell
 
 # Docker's predefined build args: passed through from the host, never written to image history.
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
-LOG_TAIL = 15  # lines of a failed build or run quoted in its failure row
+LOG_TAIL = 15
+OPERATION_TIMEOUT_S = 3600  # lines of a failed build or run quoted in its failure row
 
 
 class EngineUnavailable(RuntimeError):
@@ -38,6 +39,9 @@ def connect(timeout: int = 10) -> Any:
     except DockerException as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EngineUnavailable(f"no Docker engine reachable ({reason})") from None
+    # A short timeout tells a dead engine quickly; loading, saving or pushing a 10 GB image
+    # then needs a long one.
+    client.api.timeout = OPERATION_TIMEOUT_S
     return client
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import doctor, images, reproduce, results
-from .matrix import Cell
+from .matrix import DEFAULT_MATRIX, Cell
 from .runners import ContainerOptions, SuiteArgs, container_kwargs, run_container
 
 
@@ -22,6 +22,16 @@ class BuildInputs:
     locks_dir: Path
     wheelhouse: Optional[Path] = None
     ca_file: Optional[Path] = None
+
+    @classmethod
+    def for_matrix(
+        cls, matrix_file: Path, wheelhouse: Optional[Path] = None, ca_file: Optional[Path] = None
+    ) -> BuildInputs:
+        """A matrix's Dockerfile sits beside it (else the shipped one); its locks in locks/."""
+        dockerfile = matrix_file.parent / "Dockerfile"
+        if not dockerfile.is_file():
+            dockerfile = DEFAULT_MATRIX.parent / "Dockerfile"
+        return cls(dockerfile, matrix_file.parent / "locks", wheelhouse, ca_file)
 
     def tag(self, cell: Cell) -> str:
         return cell.image_tag(self.dockerfile, self.locks_dir)

@@ -13,7 +13,7 @@ import pytest
 from conftest import cli
 from docker_env import TORCH, cpu_cell, write_matrix
 
-from cudastack import images, matrix, results
+from cudastack import images, matrix, pipeline, results
 from cudastack.runners import NO_GPU_RUNTIME
 
 pytestmark = pytest.mark.docker
@@ -212,14 +212,21 @@ def test_a_lock_file_is_installed_with_hashes_required(engine, base_image, wheel
     lock.write_text("\n".join(lines) + "\n")
     built = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=1200)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr
-    assert "--require-hashes" in built.stdout  # the locked install path ran
+    (cell,) = matrix.load(path)
+    tag = pipeline.BuildInputs.for_matrix(path).tag(cell)
+    inside = engine.containers.run(tag, ["cat", "/opt/venv/cudastack-lock.txt"], remove=True)
+    assert inside.decode() == lock.read_text()  # the image was installed from this lock
     # A lock edited by hand: one hash no longer matches its wheel, and the build refuses it.
     bad = [line[:-8] + "00000000" if line.startswith("torch==") else line for line in lines]
     lock.write_text("\n".join(bad) + "\n")
     refused = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=1200)
-    assert refused.returncode == 1
-    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in refused.stdout + refused.stderr
-    assert "locked: build failed" in refused.stderr
+    assert refused.returncode == 2
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in refused.stdout  # pip's own words, streamed
+    assert refused.stderr == (
+        f"error: locked: lock {lock} does not match the wheels' hashes "
+        "(edited by hand, or a wheel changed); re-run "
+        "`cudastack lock --cell locked`\n"
+    )
 
 
 def test_ctrl_c_removes_the_container_and_keeps_what_finished(

@@ -1,0 +1,190 @@
+"""Lock, push, reproduce, export / import and shell against a real registry and engines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+from conftest import cli
+from docker_env import BASE_IMAGE, TORCH, cpu_cell, write_matrix
+
+import docker
+from cudastack import images, matrix, pipeline, results
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def locked(engine, base_image, registry, wheelhouse, tmp_path_factory):
+    """A cell whose base lives in the registry, locked, built and run once."""
+    base = f"{registry}/cudastack-test-base:bookworm"
+    engine.images.get(BASE_IMAGE).tag(base)
+    for chunk in engine.images.push(base, stream=True, decode=True):
+        assert "error" not in chunk, chunk
+    folder = tmp_path_factory.mktemp("locked")
+    path = write_matrix(folder, cpu_cell("reg-cpu").replace(BASE_IMAGE, base))
+    proc = cli("lock", "--matrix", str(path), "--wheelhouse", str(wheelhouse))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (cell,) = matrix.load(path)
+    tag = pipeline.BuildInputs.for_matrix(path).tag(cell)
+    if images.exists(engine, tag):
+        engine.images.remove(tag, force=True)
+    built = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=1200)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr
+    run = folder / "run"
+    ran = cli(
+        "run",
+        "--cell",
+        "reg-cpu",
+        "--matrix",
+        str(path),
+        "--bench",
+        "gemm",
+        "--select",
+        "n=512",
+        "--select",
+        "dtype=fp32",
+        "--profile",
+        "quick",
+        "--out",
+        str(run),
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr
+    return {"matrix": path, "cell": cell, "tag": tag, "base": base, "run": run}
+
+
+def test_lock_pins_the_registry_digest_and_every_wheel(engine, locked, wheelhouse):
+    digest = engine.images.get_registry_data(locked["base"]).id
+    assert locked["cell"].base_image == f"{locked['base']}@{digest}"
+    lock = locked["cell"].lock_path(locked["matrix"].parent / "locks").read_text()
+    for wheel in wheelhouse.iterdir():
+        sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        assert f"--hash=sha256:{sha}" in lock, wheel.name
+    assert f"torch=={TORCH}+cpu --hash=" in lock
+
+
+def test_a_tag_missing_from_its_registry_is_one_line(registry, tmp_path):
+    path = write_matrix(tmp_path, cpu_cell("x").replace(BASE_IMAGE, f"{registry}/nope:gone"))
+    before = path.read_text()
+    proc = cli("lock", "--matrix", str(path))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: base image {registry}/nope:gone: its registry has no")
+    assert path.read_text() == before and not (tmp_path / "locks").exists()
+
+
+def test_locked_build_and_records_carry_the_provenance(engine, locked):
+    lock_file = locked["cell"].lock_path(locked["matrix"].parent / "locks")
+    inside = engine.containers.run(
+        locked["tag"], ["cat", "/opt/venv/cudastack-lock.txt"], remove=True
+    ).decode()
+    assert inside == lock_file.read_text()  # the build installed exactly this lock
+    df = results.load_table(locked["run"])
+    lock_hash = "sha256:" + hashlib.sha256(lock_file.read_bytes()).hexdigest()
+    assert set(df["lock_hash"]) == {lock_hash}
+    assert set(df["image_digest"]) == {engine.images.get(locked["tag"]).id}
+    env = json.loads((locked["run"] / "reg-cpu" / results.ENV).read_text())
+    assert env["lock"]["text"] == lock_file.read_text()
+    assert env["installed"]["torch"] == f"{TORCH}+cpu"
+    recorded = json.loads((locked["run"] / "reg-cpu" / "cell.json").read_text())
+    assert recorded["build_args"]["BASE_IMAGE"] == locked["cell"].base_image
+    assert recorded["lock"] == lock_file.read_text() and recorded["tag"] == locked["tag"]
+
+
+def test_push_then_reproduce_from_the_registry_and_from_scratch(
+    engine, locked, registry, wheelhouse
+):
+    proc = cli(
+        "push", "reg-cpu", "--registry", f"{registry}/cells", "--matrix", str(locked["matrix"])
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pushed = (locked["matrix"].parent / "locks" / "reg-cpu.pushed").read_text().strip()
+    assert pushed.startswith(f"{registry}/cells/reg-cpu@sha256:")
+    # A teammate's engine has none of it: remove every local copy, then reproduce.
+    for ref in (locked["tag"], pushed.split("@")[0] + ":" + locked["tag"].rsplit(":", 1)[1]):
+        engine.images.remove(ref, force=True)
+    again = cli("reproduce", str(locked["run"]), "--matrix", str(locked["matrix"]))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"reg-cpu: image pulled as {locked['tag']}: identical environment" in again.stdout
+    rebuilt = cli(
+        "reproduce",
+        str(locked["run"]),
+        "--matrix",
+        str(locked["matrix"]),
+        "--rebuild",
+        "--wheelhouse",
+        str(wheelhouse),
+        timeout=1200,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "image rebuilt" in rebuilt.stdout and "identical environment" in rebuilt.stdout
+
+
+def test_reproduce_reports_a_changed_environment(engine, locked, tmp_path):
+    env_file = locked["run"] / "reg-cpu" / results.ENV
+    original = env_file.read_text()
+    changed = json.loads(original)
+    changed["installed"]["torch"] = "2.12.0+cpu"
+    changed["installed"]["extra-package"] = "1.0"
+    try:
+        env_file.write_text(json.dumps(changed))
+        proc = cli("reproduce", str(locked["run"]), "--matrix", str(locked["matrix"]))
+    finally:
+        env_file.write_text(original)
+    assert proc.returncode == 1
+    assert "2 differences" in proc.stdout
+    assert f"torch: 2.12.0+cpu -> {TORCH}+cpu" in proc.stdout
+    assert "extra-package: 1.0 -> (absent)" in proc.stdout
+
+
+def test_a_refused_push_is_one_line(locked):
+    proc = cli(
+        "push", "reg-cpu", "--registry", "127.0.0.1:1/nothing", "--matrix", str(locked["matrix"])
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: push to 127.0.0.1:1/nothing refused: ")
+
+
+def test_export_imports_on_a_clean_engine_and_damage_is_refused(
+    engine, locked, clean_engine, tmp_path
+):
+    archive = tmp_path / "reg-cpu.tar"
+    proc = cli("export", "reg-cpu", "-o", str(archive), "--matrix", str(locked["matrix"]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = archive.read_bytes()
+    (tmp_path / "truncated.tar").write_bytes(data[: len(data) // 2])
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 0xFF
+    (tmp_path / "tampered.tar").write_bytes(bytes(tampered))
+    env = {**os.environ, "DOCKER_HOST": clean_engine}
+    clean = docker.DockerClient(base_url=clean_engine)
+    for name in ("truncated.tar", "tampered.tar"):
+        bad = cli("import", str(tmp_path / name), env=env)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert not clean.images.list(), f"{name} left an image behind"
+    good = cli("import", str(archive), env=env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "hashes verified" in good.stdout
+    assert clean.images.get(locked["tag"]).id == engine.images.get(locked["tag"]).id
+    exists = cli("export", "reg-cpu", "-o", str(archive), "--matrix", str(locked["matrix"]))
+    assert exists.returncode == 2 and "already exists" in exists.stderr
+
+
+def test_shell_runs_in_the_cell_with_this_folder_mounted(locked, tmp_path):
+    (tmp_path / "mine.txt").write_text("hello")
+    proc = cli(
+        "shell",
+        "reg-cpu",
+        "--matrix",
+        str(locked["matrix"]),
+        "--gpus",
+        "none",
+        "--",
+        "python",
+        "-c",
+        "import torch; print(torch.__version__, open('mine.txt').read())",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == f"{TORCH}+cpu hello"
