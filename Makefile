@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'a-zA-Z0-9.=\n' _)
 ARGS ?=
 
-.PHONY: setup bench test perf lint format clean
+.PHONY: setup bench test perf lint format clean images reproduce
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: $(STAMP)  ## unit and integration tests (real torch on this device)
 perf: $(STAMP)  ## the harness's own speed, with pytest-benchmark (not part of make test)
 	$(PY) -m pytest -q -p no:cacheprovider tests/perf --benchmark-only -o addopts="" $(ARGS)
 	$(PY) tests/perf/gemm_overhead.py
+
+images: $(STAMP)  ## build every cell's image (skips those already built)
+	$(VENV)/bin/cudastack build $(ARGS)
+
+reproduce: $(STAMP)  ## rebuild and verify a past run's cells: make reproduce RUN=<run id>
+	@test -n "$(RUN)" || { echo "usage: make reproduce RUN=<run id or folder>" >&2; exit 2; }
+	$(VENV)/bin/cudastack reproduce $(RUN) $(ARGS)
 
 lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check .
