@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import typer
 from rich.markup import escape
 
-from . import doctor, images, matrix, pipeline, results, suite
+from . import compare, doctor, explain, images, matrix, pipeline, report, results, suite
 from .cli_common import (
     EXIT_BAD_INPUT,
     BenchDirOpt,
@@ -72,7 +72,13 @@ def _finish(run_dir: Path, run_id: str, failed: bool) -> None:
         console.print(case_summary(table, f"run {run_id}"))
     for line in reasons(table) if table is not None else []:
         console.print(f"  {line}", highlight=False, markup=False)
-    console.print(f"results: {run_dir / results.TABLE} and {results.CSV}", highlight=False)
+    if len(df):
+        side = df.assign(side=compare.label_sides(df))
+        envs = {c: explain.load_env(run_dir, c) for c in side["cell"].unique()}
+        report.write(run_dir / "report.html", report.html_report(side, envs))
+    console.print(
+        f"results: {run_dir / results.TABLE}, {results.CSV} and report.html", highlight=False
+    )
     if failed:
         raise typer.Exit(1)
 
@@ -403,7 +409,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    from . import cli_handoff  # noqa: F401  (registers lock, reproduce, push, export, ...)
+    from . import cli_compare, cli_handoff  # noqa: F401  (register their commands)
 
     signal.signal(signal.SIGTERM, _terminate)
     try:

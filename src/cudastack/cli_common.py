@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -18,8 +19,10 @@ app = typer.Typer(
     help="Benchmark PyTorch across pinned CUDA / cuDNN / PyTorch stacks.",
 )
 # soft_wrap: long lines (paths, case ids, errors) stay whole so they can be copied and grepped.
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped into a file or CI log there is no terminal width: tables get room instead of 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
 class UserError(ValueError):

@@ -83,3 +83,43 @@ def reasons(cases: pd.DataFrame) -> list:
     not_ok = cases[cases["status"] != "ok"]
     prefix = not_ok["cell"] + ": " if cases["cell"].nunique() > 1 else ""
     return list(prefix + not_ok["case"] + " " + not_ok["status"] + ": " + not_ok["reason"])
+
+
+VERDICT_STYLE = {"faster": "green", "slower": "red", "noisy": "yellow", "same": ""}
+
+
+def comparison(table: pd.DataFrame, title: str) -> Table:
+    """One line per compared case: medians, oriented ratio with its 95 % interval, verdict."""
+    out = Table(title=title, title_justify="left")
+    for name in (
+        "case",
+        "side",
+        "baseline",
+        "compared",
+        "unit",
+        "ratio",
+        "95% CI",
+        "p adj",
+        "verdict",
+    ):
+        out.add_column(
+            name,
+            overflow="fold",
+            justify="left" if name in ("case", "side", "unit", "verdict") else "right",
+        )
+    for r in table.to_dict("records"):
+        style = VERDICT_STYLE[r["verdict"]]
+        verdict = f"[{style}]{r['verdict']}[/]" if style else r["verdict"]
+        out.add_row(
+            escape(r["case"]),
+            escape(str(r["side"])),
+            _num(r["median_base"]),
+            _num(r["median_side"]),
+            str(r["unit"]),
+            f"{r['ratio']:.3f}",
+            f"{r['ci_low']:.3f}–{r['ci_high']:.3f}",
+            f"{r['p_adj']:.2g}",
+            verdict,
+        )
+    out.caption = "ratio > 1: the compared side is better (higher rate or lower time)"
+    return out

@@ -67,22 +67,29 @@ def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     # Write beside the target and rename: a reader never sees half a file, a crash leaves none.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_tables(df: pd.DataFrame, folder: Path) -> None:
     """results.parquet (exact round trip) and results.csv (for spreadsheets), each atomically."""
-    _atomic(folder / TABLE, lambda p: df.to_parquet(p, index=False))
-    _atomic(folder / CSV, lambda p: df.to_csv(p, index=False))
+    atomic_write(folder / TABLE, lambda p: df.to_parquet(p, index=False))
+    atomic_write(folder / CSV, lambda p: df.to_csv(p, index=False))
 
 
 def load_table(run_dir: Path) -> pd.DataFrame:

@@ -1,0 +1,96 @@
+"""Explain a difference: what differs between two environments, and which kernels moved too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Kernel micro-benchmarks: what end-to-end workloads are made of.
+KERNEL_BENCHES = ("gemm", "conv", "sdpa", "elementwise", "bandwidth", "launch")
+
+# (label, path into env.json): what most often explains a speed difference.
+FINGERPRINT = (
+    ("torch", ("torch", "version")),
+    ("CUDA runtime", ("torch", "cuda")),
+    ("cuDNN", ("torch", "cudnn")),
+    ("NCCL", ("torch", "nccl")),
+    ("GPU", ("gpu", "name")),
+    ("driver", ("gpu", "nvml", "driver")),
+    ("max SM clock MHz", ("gpu", "nvml", "max_sm_clock_mhz")),
+    ("power limit mW", ("gpu", "nvml", "power_limit_mw")),
+    ("CPU", ("cpu", "model")),
+    ("threads", ("threads",)),
+    ("Python", ("python", "version")),
+    ("TF32 matmul", ("flags", "matmul_allow_tf32")),
+    ("cudnn.benchmark", ("flags", "cudnn_benchmark")),
+    ("image", ("image_digest",)),
+    ("lock", ("lock", "hash")),
+)
+# Differences that make two runs measure different machines, not different software.
+HARDWARE = ("GPU", "driver", "max SM clock MHz", "power limit mW", "CPU", "threads")
+
+
+def _get(env: dict, path: tuple) -> Any:
+    for key in path:
+        if not isinstance(env, dict):
+            return None
+        env = env.get(key)  # type: ignore[assignment]
+    return env
+
+
+def load_env(run_dir: Path, cell: str) -> dict:
+    path = run_dir / cell / "env.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def env_diff(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+    """(label, value in a, value in b) for every fingerprint field that differs."""
+    out = []
+    for label, path in FINGERPRINT:
+        va, vb = _get(a, path), _get(b, path)
+        if va != vb and (va is not None or vb is not None):
+            out.append((label, va, vb))
+    return out
+
+
+def hardware_warning(diffs: list[tuple[str, Any, Any]]) -> str:
+    hw = [f"{label} {va} vs {vb}" for label, va, vb in diffs if label in HARDWARE]
+    return (
+        "different hardware, so differences are not only software: " + "; ".join(hw) if hw else ""
+    )
+
+
+def moved_kernels(table: pd.DataFrame, side: str) -> str:
+    """For one compared side: each kernel bench's median oriented ratio, e.g. 'conv -22 %'."""
+    rows = table[(table["side"] == side) & table["bench"].isin(KERNEL_BENCHES)]
+    parts = []
+    for bench, group in rows.groupby("bench"):
+        change = group["ratio"].median() - 1
+        parts.append(f"{bench} {100 * change:+.0f} %" if abs(change) >= 0.005 else f"{bench} ±0 %")
+    return ", ".join(parts)
+
+
+def explain(table: pd.DataFrame, diffs: dict) -> list[str]:
+    """One line per changed workload (not a kernel): its change, how kernels moved, what differs.
+
+    ``diffs`` maps a compared side to its env_diff against the baseline."""
+    lines = []
+    changed = table[
+        table["verdict"].isin(["faster", "slower"]) & ~table["bench"].isin(KERNEL_BENCHES)
+    ]
+    for row in changed.to_dict("records"):
+        stack = "; ".join(
+            f"{label} {va} -> {vb}"
+            for label, va, vb in diffs.get(row["side"], [])
+            if label not in ("image", "lock")
+        )
+        kernels = moved_kernels(table, row["side"])
+        lines.append(
+            f"{row['case']} {100 * (row['ratio'] - 1):+.0f} % ({row['side']} vs "
+            f"{row['baseline']}); kernels: {kernels or 'none measured'}"
+            + (f"; {stack}" if stack else "")
+        )
+    return lines
