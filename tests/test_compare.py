@@ -9,11 +9,20 @@ from cudastack.compare import Settings
 
 
 def samples(side, case, values, metric="tflops", better="higher", run="r1"):
-    return pd.DataFrame({
-        "run_id": run, "cell": side, "bench": case.split("[")[0], "case": case, "metric": metric,
-        "unit": "TFLOP/s" if metric == "tflops" else "ms", "better": better, "status": "ok",
-        "value": values, "rep": range(len(values)),
-    })
+    return pd.DataFrame(
+        {
+            "run_id": run,
+            "cell": side,
+            "bench": case.split("[")[0],
+            "case": case,
+            "metric": metric,
+            "unit": "TFLOP/s" if metric == "tflops" else "ms",
+            "better": better,
+            "status": "ok",
+            "value": values,
+            "rep": range(len(values)),
+        }
+    )
 
 
 def rng(seed=1):
@@ -26,22 +35,31 @@ def table(*parts):
 
 def test_equal_distributions_are_the_same():
     r = rng()
-    df = table(samples("a", "gemm[n=1]", 100 + r.normal(0, 1, 200)),
-               samples("b", "gemm[n=1]", 100 + r.normal(0, 1, 200)))
+    df = table(
+        samples("a", "gemm[n=1]", 100 + r.normal(0, 1, 200)),
+        samples("b", "gemm[n=1]", 100 + r.normal(0, 1, 200)),
+    )
     (row,) = compare.compare(df).to_dict("records")
     assert row["verdict"] == "same"
     assert row["ci_low"] < 1 < row["ci_high"]
 
 
-@pytest.mark.parametrize(("better", "factor", "expected"), [
-    ("higher", 1.10, "faster"), ("higher", 0.90, "slower"),
-    ("lower", 0.90, "faster"), ("lower", 1.10, "slower"),
-])
+@pytest.mark.parametrize(
+    ("better", "factor", "expected"),
+    [
+        ("higher", 1.10, "faster"),
+        ("higher", 0.90, "slower"),
+        ("lower", 0.90, "faster"),
+        ("lower", 1.10, "slower"),
+    ],
+)
 def test_a_ten_percent_shift_is_found_with_the_right_sign(better, factor, expected):
     r = rng()
     metric = "tflops" if better == "higher" else "latency"
-    df = table(samples("a", "x[n=1]", 100 + r.normal(0, 1, 50), metric, better),
-               samples("b", "x[n=1]", factor * (100 + r.normal(0, 1, 50)), metric, better))
+    df = table(
+        samples("a", "x[n=1]", 100 + r.normal(0, 1, 50), metric, better),
+        samples("b", "x[n=1]", factor * (100 + r.normal(0, 1, 50)), metric, better),
+    )
     (row,) = compare.compare(df).to_dict("records")
     assert row["verdict"] == expected
     oriented = factor if better == "higher" else 1 / factor
@@ -51,16 +69,20 @@ def test_a_ten_percent_shift_is_found_with_the_right_sign(better, factor, expect
 
 def test_heavy_noise_is_noisy_not_a_regression():
     r = rng()
-    df = table(samples("a", "x[n=1]", 100 * r.lognormal(0, 0.4, 30)),
-               samples("b", "x[n=1]", 85 * r.lognormal(0, 0.4, 30)))
+    df = table(
+        samples("a", "x[n=1]", 100 * r.lognormal(0, 0.4, 30)),
+        samples("b", "x[n=1]", 85 * r.lognormal(0, 0.4, 30)),
+    )
     (row,) = compare.compare(df).to_dict("records")
     assert row["verdict"] == "noisy"
 
 
 def test_small_changes_below_the_threshold_are_the_same():
     r = rng()
-    df = table(samples("a", "x[n=1]", 100 + r.normal(0, 0.2, 400)),
-               samples("b", "x[n=1]", 102 + r.normal(0, 0.2, 400)))
+    df = table(
+        samples("a", "x[n=1]", 100 + r.normal(0, 0.2, 400)),
+        samples("b", "x[n=1]", 102 + r.normal(0, 0.2, 400)),
+    )
     (row,) = compare.compare(df, settings=Settings(threshold=0.05)).to_dict("records")
     assert row["p_adj"] < 1e-6 and row["verdict"] == "same"  # significant, but only 2 %
     (row,) = compare.compare(df, settings=Settings(threshold=0.01)).to_dict("records")
@@ -91,9 +113,11 @@ def test_the_correction_is_applied_across_cases():
 
 def test_baseline_and_sides():
     r = rng()
-    df = table(samples("a", "x[n=1]", 100 + r.normal(0, 1, 20)),
-               samples("b", "x[n=1]", 100 + r.normal(0, 1, 20)),
-               samples("c", "x[n=1]", 100 + r.normal(0, 1, 20)))
+    df = table(
+        samples("a", "x[n=1]", 100 + r.normal(0, 1, 20)),
+        samples("b", "x[n=1]", 100 + r.normal(0, 1, 20)),
+        samples("c", "x[n=1]", 100 + r.normal(0, 1, 20)),
+    )
     out = compare.compare(df, baseline="b")
     assert set(out["side"]) == {"a", "c"} and set(out["baseline"]) == {"b"}
     with pytest.raises(ValueError, match="unknown baseline 'z'; choose one of: a, b, c"):
@@ -104,17 +128,21 @@ def test_baseline_and_sides():
 
 def test_runs_become_sides_when_several_are_given():
     r = rng()
-    df = table(samples("local", "x[n=1]", 100 + r.normal(0, 1, 20), run="r1"),
-               samples("local", "x[n=1]", 100 + r.normal(0, 1, 20), run="r2"))
+    df = table(
+        samples("local", "x[n=1]", 100 + r.normal(0, 1, 20), run="r1"),
+        samples("local", "x[n=1]", 100 + r.normal(0, 1, 20), run="r2"),
+    )
     (row,) = compare.compare(df).to_dict("records")
     assert (row["baseline"], row["side"]) == ("r1", "r2")
 
 
 def test_only_the_headline_metric_is_compared():
     r = rng()
-    df = table(samples("a", "x[n=1]", 10 + r.normal(0, 0.1, 20)),
-               samples("a", "x[n=1]", 5 + r.normal(0, 0.1, 20), "latency", "lower"),
-               samples("b", "x[n=1]", 10 + r.normal(0, 0.1, 20)),
-               samples("b", "x[n=1]", 5 + r.normal(0, 0.1, 20), "latency", "lower"))
+    df = table(
+        samples("a", "x[n=1]", 10 + r.normal(0, 0.1, 20)),
+        samples("a", "x[n=1]", 5 + r.normal(0, 0.1, 20), "latency", "lower"),
+        samples("b", "x[n=1]", 10 + r.normal(0, 0.1, 20)),
+        samples("b", "x[n=1]", 5 + r.normal(0, 0.1, 20), "latency", "lower"),
+    )
     out = compare.compare(df)
     assert list(out["metric"]) == ["tflops"]

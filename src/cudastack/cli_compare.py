@@ -21,6 +21,8 @@ def load_runs(runs: list[str], results_dir: Path) -> tuple[pd.DataFrame, dict]:
     frames, dirs = [], {}
     for ref in runs:
         run_dir = Path(ref) if Path(ref).is_dir() else results_dir / ref
+        if not run_dir.is_dir():
+            raise UserError(f"no run {ref}: neither a run folder nor a run id under {results_dir}")
         df = results.load_table(run_dir)
         frames.append(df)
         for run_id in df["run_id"].unique():

@@ -74,3 +74,33 @@ def test_case_table_over_one_million_rows(benchmark):
     big = pd.concat([big.assign(rep=r, value=1.0 + r * 1e-3) for r in range(50)], ignore_index=True)
     table = benchmark(results.case_table, big)
     assert len(big) == 1_000_000 and len(table) == 20_000
+
+
+def test_compare_one_million_rows(benchmark):
+    """Two cells x 500 cases x 1000 samples: the bootstrap and the tests per case."""
+    import numpy as np
+    import pandas as pd
+
+    from cudastack import compare
+
+    rng = np.random.default_rng(0)
+    n_cases, n = 500, 1000
+    frames = [
+        pd.DataFrame(
+            {
+                "run_id": "r",
+                "cell": side,
+                "bench": "gemm",
+                "metric": "tflops",
+                "unit": "TFLOP/s",
+                "better": "higher",
+                "status": "ok",
+                "case": np.repeat([f"gemm[i={i}]" for i in range(n_cases)], n),
+                "value": 100 + rng.normal(0, 1, n_cases * n),
+            }
+        )
+        for side in ("a", "b")
+    ]
+    df = pd.concat(frames, ignore_index=True)
+    table = benchmark.pedantic(compare.compare, args=(df,), rounds=3, iterations=1)
+    assert len(df) == 1_000_000 and len(table) == n_cases
