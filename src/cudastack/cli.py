@@ -214,9 +214,14 @@ def run(
     ipc_host: bool = IpcHostOpt,
     shm_size: str = ShmOpt,
     timeout: float = TimeoutOpt,
+    extra_work: float = typer.Option(
+        0.0, hidden=True, help="Testing aid: every timed call this fraction slower (CPU)."
+    ),
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
-    args = SuiteArgs(names(bench), list(select or []), profile, bench_dir, device, threads)
+    args = SuiteArgs(
+        names(bench), list(select or []), profile, bench_dir, device, threads, extra_work
+    )
     if not cell:
         _run_here(args, out, results_dir)
         return

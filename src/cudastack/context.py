@@ -49,6 +49,7 @@ class Context:
     profile: Profile
     peaks: Optional[dict[str, float]]
     seed: int = 0
+    extra_work: float = 0.0  # a known slowdown, to measure what `compare` detects (CPU clocks)
     _flusher: Optional[timing.L2Flusher] = None
 
     @property
@@ -114,6 +115,8 @@ class Context:
         """Seconds per call. ``clock='host'`` times wall clock up to a synchronize instead of
         device events, for costs the host pays (launch overhead, pageable copies)."""
         s = self.settings()
+        if self.extra_work:
+            fn = timing.with_extra_work(fn, self.extra_work)
         if clock == "host":
             return timing.time_host(fn, s, self.sync)
         if not self.is_cuda:

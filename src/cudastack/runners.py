@@ -31,6 +31,7 @@ class SuiteArgs:
     bench_dir: Path = suite.DEFAULT_BENCH_DIR
     device: str = "auto"
     threads: int = 0
+    extra_work: float = 0.0
 
     def validate(self) -> int:
         """Raise SuiteError on bad input; return how many cases the largest profile would run."""
@@ -73,6 +74,8 @@ class SuiteArgs:
             argv += ["--select", item]
         if self.threads:
             argv += ["--threads", str(self.threads)]
+        if self.extra_work:
+            argv += ["--extra-work", str(self.extra_work)]
         if image_digest:
             argv += ["--image-digest", image_digest]
         return argv

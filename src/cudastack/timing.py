@@ -117,3 +117,19 @@ def time_host(fn: Callable[[], Any], s: TimerSettings, sync: Callable[[], None])
         sync()
 
     return time_cpu(call, s)
+
+
+def with_extra_work(fn: Callable[[], Any], fraction: float) -> Callable[[], Any]:
+    """``fn`` followed by host busy-work lasting ``fraction`` of its own time: every call
+    becomes exactly (1 + fraction) times slower on a host clock. A test aid for the power of
+    comparisons; device (CUDA event) timings do not see it."""
+
+    def call() -> Any:
+        start = time.perf_counter_ns()
+        out = fn()
+        end = time.perf_counter_ns() + int((time.perf_counter_ns() - start) * fraction)
+        while time.perf_counter_ns() < end:
+            pass
+        return out
+
+    return call

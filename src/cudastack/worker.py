@@ -58,6 +58,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         default=0.0,
         help="seconds before a case is failed (default: the profile's)",
     )
+    p.add_argument(
+        "--extra-work",
+        type=float,
+        default=0.0,
+        help="testing aid: make every timed call this fraction slower (CPU clocks)",
+    )
     p.add_argument("--cell", default="local")
     p.add_argument("--run-id", default="")
     p.add_argument("--image-digest", default="")
@@ -281,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
         for i, case in enumerate(cases, 1):
-            ctx = Context(torch, device, profile, ctx_peaks)
+            ctx = Context(torch, device, profile, ctx_peaks, extra_work=args.extra_work)
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, modules, case)
             rows = list(case_rows({**base, "started_at": at}, case, status, reason, metrics))
