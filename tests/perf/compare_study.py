@@ -1,6 +1,6 @@
 """How often `compare` is wrong on this machine: A/A false alarms and the power to see a slowdown.
 
-Runs the `quick` suite three times in this environment — A1, A2 unchanged and B with every timed
+Runs the suite (`quick` unless --profile) three times in this environment — A1, A2 unchanged and B with every timed
 call made a known fraction slower (--extra-work) — then compares A1 with A2 (every "faster" or
 "slower" there is a false alarm) and A1 with B (every case should be "slower").
 Run: ``.venv/bin/python tests/perf/compare_study.py [--extra-work 0.15] [--out DIR]``.
@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 
-def run(out: Path, extra: float, bench: str) -> None:
-    cmd = [sys.executable, "-m", "cudastack", "run", "--profile", "quick", "--out", str(out)]
+def run(out: Path, extra: float, bench: str, profile: str) -> None:
+    cmd = [sys.executable, "-m", "cudastack", "run", "--profile", profile, "--out", str(out)]
     if bench:
         cmd += ["--bench", bench]
     if extra:
@@ -35,11 +35,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--extra-work", type=float, default=0.15)
     p.add_argument("--bench", default="")
+    p.add_argument("--profile", default="quick")
     p.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="cudastack-study-")))
     args = p.parse_args()
     a1, a2, b = args.out / "A1", args.out / "A2", args.out / "B"
     for folder, extra in ((a1, 0.0), (b, args.extra_work), (a2, 0.0)):  # B between the As
-        run(folder, extra, args.bench)
+        run(folder, extra, args.bench, args.profile)
     aa, ab = verdicts(a1, a2), verdicts(a1, b)
     alarms = [r for r in aa if r["verdict"] in ("faster", "slower")]
     print(f"A/A: {len(alarms)} of {len(aa)} cases flagged as changed "
