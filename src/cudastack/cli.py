@@ -37,6 +37,7 @@ from .cli_common import (
     app,
     console,
     echo,
+    engine,
     err,
     names,
 )
@@ -315,10 +316,7 @@ def build(
     """Build the cells' images; a cell whose content-hash tag exists is not rebuilt."""
     cells = matrix.select(matrix.load(matrix_file), names(cell))
     inputs = _inputs(matrix_file, wheelhouse, ca_file)
-    try:
-        client = images.connect()
-    except images.EngineUnavailable as exc:
-        raise UserError(f"{exc}; building images needs a Docker engine") from None
+    client = engine("building images")
     failed = []
     for c in cells:
         started = time.perf_counter()

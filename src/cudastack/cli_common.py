@@ -55,3 +55,13 @@ def names(text: str) -> list:
 
 def echo(line: str) -> None:
     console.print(line, highlight=False, markup=False)
+
+
+def engine(what: str) -> object:
+    """A Docker client, or the one-line error that says what needed it."""
+    from . import images
+
+    try:
+        return images.connect()
+    except images.EngineUnavailable as exc:
+        raise UserError(f"{exc}; {what} needs a Docker engine") from None

@@ -25,16 +25,10 @@ from .cli_common import (
     WheelhouseOpt,
     app,
     console,
+    engine,
     names,
 )
 from .runners import HARNESS_SRC, IN_SRC
-
-
-def _engine(what: str) -> object:
-    try:
-        return images.connect()
-    except images.EngineUnavailable as exc:
-        raise UserError(f"{exc}; {what} needs a Docker engine") from None
 
 
 def _one_cell(matrix_file: Path, name: str) -> matrix.Cell:
@@ -61,7 +55,7 @@ def lock_cmd(
 ) -> None:
     """Pin each cell's base image to its registry digest and its packages to hashes."""
     cells = matrix.select(matrix.load(matrix_file), names(cell))
-    client = _engine("resolving base image digests")
+    client = engine("resolving base image digests")
     locks_dir = matrix_file.parent / "locks"
     try:
         for c in cells:
@@ -104,7 +98,7 @@ def reproduce_cmd(
             f"unknown cell {', '.join(w for w in wanted if w not in known)}; "
             f"cells of this run: {', '.join(known)}"
         )
-    client = _engine("reproducing cells")
+    client = engine("reproducing cells")
     locks_dir = matrix_file.parent / "locks"
     differs = False
     for path in recorded:
@@ -146,7 +140,7 @@ def push_cmd(
 ) -> None:
     """Push a cell's image and record the pushed digest beside its lock."""
     c = _one_cell(matrix_file, cell)
-    client = _engine("pushing")
+    client = engine("pushing")
     tag = _existing_tag(client, c, matrix_file)
     try:
         ref = handoff.push(client, tag, registry)
@@ -170,7 +164,7 @@ def export_cmd(
         raise UserError(f"{out} already exists; choose another -o")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
-    client = _engine("exporting")
+    client = engine("exporting")
     tag = _existing_tag(client, c, matrix_file)
     manifest = handoff.export(
         client, c, tag, handoff.lock_text(matrix_file.parent / "locks", c), out
@@ -188,7 +182,7 @@ def import_cmd(
     """Load an exported cell after checking its hashes; a damaged archive loads nothing."""
     if not archive.is_file():
         raise UserError(f"{archive} is not a file")
-    client = _engine("importing")
+    client = engine("importing")
     try:
         manifest = handoff.import_archive(client, archive)
     except handoff.HandoffError as exc:
@@ -212,7 +206,7 @@ def shell_cmd(
     c = _one_cell(matrix_file, cell)
     if shutil.which("docker") is None:
         raise UserError("the docker command line is needed for an interactive shell")
-    client = _engine("a shell")
+    client = engine("a shell")
     tag = _existing_tag(client, c, matrix_file)
     argv = [
         "docker",
