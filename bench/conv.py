@@ -58,6 +58,10 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
     conv2d = torch.nn.functional.conv2d
     if benchmark and not ctx.is_cuda:
         ctx.skip("cudnn.benchmark only changes cuDNN's algorithm choice; this run is on cpu")
+    bwd = direction == "fwd_bwd"
+    if dtype == "fp16" and bwd and not ctx.is_cuda:
+        # Its weight gradient takes a fallback path 30-100x slower than bf16's: minutes a case.
+        ctx.skip("fp16 conv backward on cpu is a slow fallback kernel, not a rate worth timing")
     dt = ctx.dtype(dtype)
     # TF32 is a math mode of fp32 storage, on by default for cuDNN: fp32 turns it off so fp32
     # means IEEE fp32 as in gemm. The worker restores both flags after the case.
@@ -67,7 +71,6 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
     pad = k // 2
     side = (size + 2 * pad - k) // stride + 1
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    bwd = direction == "fwd_bwd"
     x = ctx.randn(batch, c_in, size, size, dtype=dt).to(memory_format=fmt).requires_grad_(bwd)
     w = ctx.randn(c_out, c_in, k, k, dtype=dt).to(memory_format=fmt).requires_grad_(bwd)
 

@@ -69,7 +69,8 @@ def test_max_reps_holds_between_noise_checkpoints():
 
 def test_extra_work_makes_each_call_that_fraction_slower():
     plain = timing.time_cpu(lambda: time.sleep(0.004), settings(max_reps=5))
-    slower = timing.time_cpu(timing.with_extra_work(lambda: time.sleep(0.004), 0.5),
-                             settings(max_reps=5))
+    slower = timing.time_cpu(
+        timing.with_extra_work(lambda: time.sleep(0.004), 0.5), settings(max_reps=5)
+    )
     assert min(slower) >= 1.5 * 0.004
     assert sorted(slower)[2] > 1.3 * sorted(plain)[2]

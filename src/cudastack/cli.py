@@ -132,6 +132,7 @@ def _run_matrix(
     report: doctor.HostReport,
     out: Optional[Path],
     results_dir: Path,
+    fallback_local: bool = False,
 ) -> None:
     run_id = new_run_id()
     run_dir = _new_run_dir(out, results_dir, run_id)
@@ -163,7 +164,14 @@ def _run_matrix(
         row = results.harness_row(run_id, current, "run", "failed", "interrupted by the user")
         results.append_records(run_dir / current, [row])
         _finish(run_dir, run_id, True)
-    _finish(run_dir, run_id, any(o.status == "failed" for o in outcomes))
+    failed = any(o.status == "failed" for o in outcomes)
+    if fallback_local and all(o.status == "skipped" for o in outcomes):
+        console.print(
+            "cudastack bench: no cell of the matrix could run here (see the reasons "
+            "above): running the suite locally in this Python environment as well"
+        )
+        failed = run_local(args, run_dir / "local", run_id, on_line=echo) != 0
+    _finish(run_dir, run_id, failed)
 
 
 def _resolve_gpus(gpus: str, report: doctor.HostReport) -> str:
@@ -187,6 +195,7 @@ def _containers(
     out: Optional[Path],
     results_dir: Path,
     client: Optional[object] = None,
+    fallback_local: bool = False,
 ) -> None:
     args.validate()
     cells = matrix.select(matrix.load(matrix_file), names(cell))
@@ -194,7 +203,7 @@ def _containers(
     client = client or images.connect()
     report = doctor.inspect(client)
     opts = ContainerOptions(_resolve_gpus(gpus, report), shm_size, ipc_host, timeout)
-    _run_matrix(args, client, cells, inputs, opts, report, out, results_dir)
+    _run_matrix(args, client, cells, inputs, opts, report, out, results_dir, fallback_local)
 
 
 @app.command()
@@ -295,6 +304,7 @@ def bench(
                     out,
                     results_dir,
                     client,
+                    fallback_local=True,
                 )
                 return
             console.print(

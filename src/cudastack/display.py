@@ -74,7 +74,7 @@ def cell_matrix(cases: pd.DataFrame, title: str) -> Table:
             else:
                 cols.append(_num(r["median"]) + ("*" if r["noisy"] else ""))
         table.add_row(escape(str(case)), units[0] if units else "", *cols)
-    table.caption = "* noisy (relative IQR > 10 %); reasons for skipped / failed in results.csv"
+    table.caption = "* noisy (relative IQR > 10 %); why a case was skipped or failed: below"
     return table
 
 

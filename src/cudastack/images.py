@@ -25,6 +25,10 @@ class BuildFailed(RuntimeError):
     """A cell's image did not build; the message ends with the last lines of its log."""
 
 
+class BaseUnavailable(BuildFailed):
+    """The base image could not be pulled (offline, no such tag, no access)."""
+
+
 def connect(timeout: int = 10) -> Any:
     """A Docker client for the engine DOCKER_HOST names (or the local socket), checked by ping."""
     try:
@@ -125,8 +129,13 @@ def build(
                     on_line(line)
             if "error" in chunk:
                 error = str(chunk["error"]).strip()
+                at_from = bool(tail) and " : FROM " in tail[-1]  # failed pulling the base
                 tail.append(error)
                 on_line(error)
+                if at_from:
+                    raise BaseUnavailable(
+                        f"base image {cell.base_image} cannot be pulled here: {error}"
+                    )
                 raise BuildFailed(_failure(f"build of {cell.name} failed: {error}", tail))
             image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:

@@ -101,6 +101,12 @@ def run_cell(
                 log(line)
 
             tag, built = ensure_image(client, cell, inputs, build_line)
+    except images.BaseUnavailable as exc:
+        # Like a missing GPU, a base that cannot be had here is a fact about this host.
+        results.append_records(
+            cell_dir, [results.harness_row(run_id, cell.name, "build", "skipped", str(exc))]
+        )
+        return CellResult(cell.name, "skipped", str(exc), time.perf_counter() - started)
     except images.BuildFailed as exc:
         headline = str(exc).split("\n--- last log lines ---\n")
         reason = headline[0] + (

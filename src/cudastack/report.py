@@ -144,8 +144,17 @@ def html_report(
         "<h2>Environments</h2>",
         _table_html(_env_table(envs)),
     ]
-    if df["side"].nunique() > 1:
-        table = compare.compare(df, baseline, settings)
+    comparable = (df["status"] == "ok").groupby(df["side"]).any().sum() > 1
+    if comparable:
+        # Sides that share no case (a cell that did not run) leave nothing to compare.
+        try:
+            table = compare.compare(df, baseline, settings)
+        except ValueError as exc:
+            if baseline is not None:
+                raise
+            parts.append(f"<p>No comparison: {html.escape(str(exc))}.</p>")
+            comparable = False
+    if comparable:
         base = table["baseline"].iloc[0]
         diffs = {
             s: explain.env_diff(envs.get(base, {}), envs.get(s, {})) for s in table["side"].unique()

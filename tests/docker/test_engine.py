@@ -266,3 +266,33 @@ def test_ctrl_c_removes_the_container_and_keeps_what_finished(
     df = results.load_table(tmp_path / "run")
     assert (df["status"] == "ok").any() or (df["status"] == "skipped").any()
     assert df.iloc[-1]["reason"] == "interrupted by the user"
+
+
+def test_bench_runs_here_when_no_cell_can_get_its_base(engine, tmp_path):
+    path = write_matrix(
+        tmp_path / "m",
+        cpu_cell("offline").replace("cudastack-test-base:bookworm", "127.0.0.1:1/nowhere:latest"),
+    )
+    proc = cli(
+        "bench",
+        "--matrix",
+        str(path),
+        "--bench",
+        "gemm",
+        "--select",
+        "n=512",
+        "--select",
+        "dtype=fp32",
+        "--profile",
+        "quick",
+        "--out",
+        "run",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "no cell of the matrix could run here" in proc.stdout
+    df = results.load_table(tmp_path / "run")
+    (skipped,) = df[df["cell"] == "offline"].to_dict("records")
+    assert skipped["status"] == "skipped"
+    assert skipped["reason"].startswith("base image 127.0.0.1:1/nowhere:latest cannot be pulled")
+    assert set(df[df["cell"] == "local"]["status"]) == {"ok"}
