@@ -152,7 +152,7 @@ def _run_matrix(
             )
             outcomes.append(res)
             results.ingest_run(run_dir)  # each finished cell is in the table at once
-            colour = "green" if res.status == "ok" else "red"
+            colour = {"ok": "green", "skipped": "yellow"}.get(res.status, "red")
             timing = f"build {res.build_s:.1f} s, run {res.run_s:.1f} s"
             if res.status == "ok":
                 timing += f" (suite {res.suite_s:.1f} s, overhead {res.overhead_s:.1f} s)"
