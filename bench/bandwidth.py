@@ -55,7 +55,7 @@ def run(ctx, copy, size_mib):
         return _device_copy(ctx, n)
     direction, memory = copy.split("_")
     # On a CPU run host and device memory are the same: there is no link to measure.
-    ctx.require_cuda(f"a {direction} copy from {memory} host memory")
+    ctx.require_cuda(f"{direction} copy from {memory} host memory")
     pinned = memory == "pinned"
     host = torch.empty(n, dtype=torch.float32, pin_memory=pinned)
     dev = ctx.randn(n)

@@ -48,8 +48,7 @@ LAYERS = {
 TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 5e-2}
 
 
-def _check(ctx, actual, expected, dtype, terms, what):
-    tol = TOLERANCE[dtype]
+def _check(ctx, actual, expected, tol, terms, what):
     ctx.check_close(actual, expected, rtol=tol, atol=tol * math.sqrt(terms), what=what)
 
 
@@ -84,7 +83,7 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
         out = forward()
         # One image's output depends only on that image: checking the first is enough and cheap.
         ref = conv2d(x[:1].double(), w.double(), None, stride, pad)
-        _check(ctx, out[:1], ref, dtype, c_in * k * k, "output")
+        _check(ctx, out[:1], ref, TOLERANCE[dtype], c_in * k * k, "output")
         return ctx.measure(forward, flops=flops, peak=dtype)
 
     # The gradient arrives in the layout the forward produced, as it would inside a network.
@@ -102,7 +101,11 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     ref = conv2d(x64, w64, None, stride, pad)
     dx64, dw64 = torch.autograd.grad(ref, (x64, w64), grad_out.double())
-    _check(ctx, out, ref, dtype, c_in * k * k, "output")
-    _check(ctx, dx, dx64, dtype, c_out * k * k, "input gradient")
-    _check(ctx, dw, dw64, dtype, batch * side * side, "weight gradient")
+    tol = TOLERANCE[dtype]
+    _check(ctx, out, ref, tol, c_in * k * k, "output")
+    _check(ctx, dx, dx64, tol, c_out * k * k, "input gradient")
+    # wgrad sums N*H*W products (800K for the stem at batch 64): fp32 rounding grows with the
+    # count, so fp32 gets 1e-3 there, still far below the O(1) error of a wrong kernel.
+    _check(ctx, dw, dw64, max(tol, 1e-3), batch * side * side, "weight gradient")
+    del out, dx, dw, x64, w64, ref, dx64, dw64  # the fp64 copies need not stay on the device
     return ctx.measure(call, flops=3 * flops, peak=dtype)
