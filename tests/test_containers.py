@@ -3,13 +3,14 @@
 import os
 from pathlib import Path
 
-from cudastack import doctor, matrix, runners
-from cudastack.runners import ContainerOptions, SuiteArgs
+from cudastack import containers, doctor, matrix, suite
+from cudastack.containers import ContainerOptions
+from cudastack.runners import SuiteArgs
 
 
 def kwargs(tmp_path, **opts):
     args = SuiteArgs(["gemm"], ["dtype=bf16"], "quick")
-    return runners.container_kwargs(
+    return containers.container_kwargs(
         "cudastack/x:1", args, tmp_path, "cellA", "run1", "sha256:abc", ContainerOptions(**opts)
     )
 
@@ -17,8 +18,8 @@ def kwargs(tmp_path, **opts):
 def test_harness_read_only_results_read_write_and_user(tmp_path):
     kw = kwargs(tmp_path)
     vols = kw["volumes"]
-    assert vols[str(runners.HARNESS_SRC)] == {"bind": "/harness/src", "mode": "ro"}
-    assert vols[str(Path(runners.suite.DEFAULT_BENCH_DIR).resolve())]["mode"] == "ro"
+    assert vols[str(containers.HARNESS_SRC)] == {"bind": "/harness/src", "mode": "ro"}
+    assert vols[str(Path(suite.DEFAULT_BENCH_DIR).resolve())]["mode"] == "ro"
     assert vols[str(tmp_path.resolve())] == {"bind": "/results", "mode": "rw"}
     assert kw["user"] == f"{os.getuid()}:{os.getgid()}"
     assert kw["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

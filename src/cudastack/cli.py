@@ -41,8 +41,9 @@ from .cli_common import (
     err,
     names,
 )
+from .containers import ContainerOptions
 from .display import case_summary, cell_matrix, reasons
-from .runners import ContainerOptions, SuiteArgs, run_local
+from .runners import SuiteArgs, run_local
 from .worker import new_run_id
 
 # pip's words when a wheel does not match its --hash in a --require-hashes install.

@@ -28,7 +28,7 @@ from .cli_common import (
     engine,
     names,
 )
-from .runners import HARNESS_SRC, IN_SRC
+from .containers import HARNESS_SRC, IN_SRC
 
 
 def _one_cell(matrix_file: Path, name: str) -> matrix.Cell:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import doctor, images, reproduce, results
+from .containers import ContainerOptions, container_kwargs, run_container
 from .matrix import DEFAULT_MATRIX, Cell
-from .runners import ContainerOptions, SuiteArgs, container_kwargs, run_container
+from .runners import SuiteArgs
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import images
+from .containers import HARNESS_SRC, IN_SRC
 from .matrix import Cell
-from .runners import HARNESS_SRC, IN_SRC
 
 INPUTS = "cell.json"  # what a run records about each cell's image, beside its results
 

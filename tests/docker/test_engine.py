@@ -14,7 +14,7 @@ from conftest import cli
 from docker_env import TORCH, cpu_cell, write_matrix
 
 from cudastack import images, matrix, pipeline, results
-from cudastack.runners import NO_GPU_RUNTIME
+from cudastack.containers import NO_GPU_RUNTIME
 
 pytestmark = pytest.mark.docker
 

@@ -1,0 +1,197 @@
+"""Run a cell's worker in its container: mounts, user, GPUs, limits, logs, time limit, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .runners import LOG, SuiteArgs
+
+HARNESS_SRC = Path(__file__).resolve().parents[1]  # the folder holding the cudastack package
+IN_SRC, IN_BENCH, IN_RESULTS = "/harness/src", "/harness/bench", "/results"
+NO_GPU_RUNTIME = (
+    "the Docker engine has no GPU runtime: install the NVIDIA Container Toolkit, run "
+    "`sudo nvidia-ctk runtime configure --runtime=docker` and restart dockerd (or set up CDI); "
+    "`cudastack doctor` checks it"
+)
+
+
+@dataclass(frozen=True)
+class ContainerOptions:
+    """How a cell's container runs."""
+
+    gpus: str = "all"  # none | all | comma-separated indices or UUIDs
+    shm_size: str = "16g"  # Docker's default /dev/shm is 64 MB: DataLoader workers die of it
+    ipc_host: bool = False
+    timeout_s: float = 3 * 3600
+
+
+def device_requests(gpus: str) -> list:
+    """GPUs as the engine API wants them (docker run --gpus)."""
+    from docker.types import DeviceRequest
+
+    if gpus in ("", "none"):
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+
+
+def container_kwargs(
+    image: str,
+    args: SuiteArgs,
+    cell_dir: Path,
+    cell: str,
+    run_id: str,
+    image_ref: str,
+    opts: ContainerOptions,
+) -> dict:
+    """Everything ``containers.create`` gets: harness read-only, results read-write, the invoking
+    user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need."""
+    from docker.types import Ulimit
+
+    command = [
+        "python",
+        "-m",
+        "cudastack.worker",
+        *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref),
+    ]
+    kwargs = {
+        "image": image,
+        "command": command,
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "volumes": {
+            str(HARNESS_SRC): {"bind": IN_SRC, "mode": "ro"},
+            str(args.bench_dir.resolve()): {"bind": IN_BENCH, "mode": "ro"},
+            str(cell_dir.resolve()): {"bind": IN_RESULTS, "mode": "rw"},
+        },
+        "environment": {
+            "PYTHONPATH": IN_SRC,
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # torch and NVML number GPUs alike
+            "HOME": "/tmp",  # the invoking uid has no home in the image; caches go to /tmp
+            "PYTHONDONTWRITEBYTECODE": "1",
+        },
+        "working_dir": IN_RESULTS,
+        "device_requests": device_requests(opts.gpus),
+        "ulimits": [
+            Ulimit(name="memlock", soft=-1, hard=-1),
+            Ulimit(name="stack", soft=67108864, hard=67108864),
+        ],
+        "labels": {"dev.cudastack.run": run_id, "dev.cudastack.cell": cell},
+    }
+    if opts.ipc_host:
+        kwargs["ipc_mode"] = "host"
+    else:
+        kwargs["shm_size"] = opts.shm_size
+    return kwargs
+
+
+@dataclass
+class Outcome:
+    """How a cell's container ended: ok, or failed with a reason."""
+
+    ok: bool
+    reason: str = ""
+
+
+def run_container(
+    client: Any,
+    kwargs: dict,
+    cell_dir: Path,
+    timeout_s: float,
+    on_line: Optional[Callable[[str], None]] = None,
+) -> Outcome:
+    """Run one cell's worker container; stream its output to log.txt; always remove it."""
+    from docker.errors import APIError
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import ReadTimeout
+
+    tail: deque = deque(maxlen=15)
+    try:
+        container = _start(client, kwargs, cell_dir, on_line)
+    except APIError as exc:
+        text = str(exc.explanation or exc)
+        if "could not select device driver" in text:
+            return Outcome(False, NO_GPU_RUNTIME)
+        return Outcome(False, f"container did not start: {text}")
+    log_thread = threading.Thread(
+        target=_follow_logs, args=(container, cell_dir / LOG, tail, on_line), daemon=True
+    )
+    log_thread.start()
+    try:
+        try:
+            code = int(container.wait(timeout=timeout_s)["StatusCode"])
+        except (ReadTimeout, RequestsConnectionError):
+            container.kill()
+            log_thread.join(timeout=10)
+            return Outcome(False, f"timed out after {timeout_s:g} s (per-cell limit)" + _tail(tail))
+        log_thread.join(timeout=30)
+        container.reload()
+        if container.attrs["State"].get("OOMKilled"):
+            return Outcome(False, f"container was OOM-killed (exit {code})" + _tail(tail))
+        if code != 0:
+            return Outcome(False, f"container exited with code {code}" + _tail(tail))
+        return Outcome(True)
+    finally:
+        # Ctrl-C lands here too: the container never outlives the run.
+        with contextlib.suppress(APIError):
+            container.remove(force=True)
+
+
+def _start(
+    client: Any, kwargs: dict, cell_dir: Path, on_line: Optional[Callable[[str], None]]
+) -> Any:
+    """Create and start the container, removing it again if it does not start.
+
+    An engine whose own limits forbid raising memlock (some sandboxes and rootless engines) refuses
+    the ulimits; the run goes on without them, and says so in the log, since only multi-GPU NCCL
+    needs them."""
+    from docker.errors import APIError
+
+    container = client.containers.create(**kwargs)
+    try:
+        container.start()
+        return container
+    except APIError as exc:
+        container.remove(force=True)
+        if "rlimit" not in str(exc) or "ulimits" not in kwargs:
+            raise
+    note = (
+        "cudastack: the engine refused the memlock/stack ulimits (its own limits are lower); "
+        "running without them: NCCL may fail to register memory"
+    )
+    with open(cell_dir / LOG, "a", encoding="utf-8") as log:
+        log.write(note + "\n")
+    if on_line:
+        on_line(note)
+    return _start(client, {k: v for k, v in kwargs.items() if k != "ulimits"}, cell_dir, on_line)
+
+
+def _follow_logs(
+    container: Any, path: Path, tail: deque, on_line: Optional[Callable[[str], None]]
+) -> None:
+    with open(path, "a", encoding="utf-8") as log:
+        buffer = b""
+        for chunk in container.logs(stream=True, follow=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                log.write(line + "\n")
+                log.flush()
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+        if buffer:
+            log.write(buffer.decode("utf-8", "replace") + "\n")
+            tail.append(buffer.decode("utf-8", "replace"))
+
+
+def _tail(lines: deque) -> str:
+    return "; last log lines: " + " | ".join(list(lines)[-5:]) if lines else ""
