@@ -117,7 +117,7 @@ def reproduce_cmd(
         try:
             how = reproduce.obtain(client, record, ref, rebuild, build)
         except images.BuildFailed as exc:
-            raise UserError(str(exc).splitlines()[0]) from None
+            raise UserError(exc.headline) from None
         now = reproduce.probe(client, record["tag"])
         original = json.loads((path.parent / results.ENV).read_text())
         lines = reproduce.diff(original, now)

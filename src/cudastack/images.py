@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,7 +24,12 @@ class EngineUnavailable(RuntimeError):
 
 
 class BuildFailed(RuntimeError):
-    """A cell's image did not build; the message ends with the last lines of its log."""
+    """A cell's image did not build: a one-line headline and the last lines of its log."""
+
+    def __init__(self, headline: str, tail: Sequence[str] = ()) -> None:
+        self.headline = headline
+        self.tail = list(tail)
+        super().__init__(headline + "".join("\n  " + line for line in self.tail))
 
 
 class BaseUnavailable(BuildFailed):
@@ -136,18 +143,14 @@ def build(
                     raise BaseUnavailable(
                         f"base image {cell.base_image} cannot be pulled here: {error}"
                     )
-                raise BuildFailed(_failure(f"build of {cell.name} failed: {error}", tail))
+                raise BuildFailed(f"build of {cell.name} failed: {error}", tail)
             image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:
-        raise BuildFailed(
-            _failure(f"build of {cell.name} failed: {exc.explanation or exc}", tail)
-        ) from None
+        raise BuildFailed(f"build of {cell.name} failed: {exc.explanation or exc}", tail) from None
     finally:
         # The builder stage (wheels, CA, lock) stays behind as untagged images, after a
         # success and after a failure alike: remove them.
-        client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
+        # Best effort: another build on the same engine may be pruning at this very moment.
+        with contextlib.suppress(APIError):
+            client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
     return image_id or str(client.images.get(tag).id)
-
-
-def _failure(headline: str, tail: deque) -> str:
-    return headline + "\n--- last log lines ---\n" + "\n".join(tail)

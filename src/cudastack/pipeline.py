@@ -109,12 +109,9 @@ def run_cell(
         )
         return CellResult(cell.name, "skipped", str(exc), time.perf_counter() - started)
     except images.BuildFailed as exc:
-        headline = str(exc).split("\n--- last log lines ---\n")
-        reason = headline[0] + (
-            f"; last log lines: {' | '.join(headline[1].splitlines()[-5:])}"
-            if len(headline) > 1
-            else ""
-        )
+        reason = exc.headline
+        if exc.tail:
+            reason += "; last log lines: " + " | ".join(exc.tail[-5:])
         results.append_records(
             cell_dir, [results.harness_row(run_id, cell.name, "build", "failed", reason)]
         )
