@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The torch the suite runs with in this environment; override for another build, e.g.
-#   make bench TORCH_SPEC='torch==2.9.1'
-TORCH_SPEC ?= torch==2.13.0
+# The torch (and torchvision, for the training and data-loading benches) the suite runs with in
+# this environment; override for another build, e.g.
+#   make bench TORCH_SPEC='torch==2.9.1 torchvision==0.24.1'
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC)' | tr -c 'a-zA-Z0-9.=\n' _)
 ARGS ?=
 
@@ -12,7 +13,7 @@ ARGS ?=
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet '$(TORCH_SPEC)'
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[bench,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -12,7 +12,20 @@ from cudastack.suite import DEFAULT_BENCH_DIR
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "--bench", "nope"], "error: unknown bench nope; choose from: bandwidth"),
+        (["run", "--bench", "nope"], "error: unknown bench nope; choose from: allreduce, bandw"),
+        (["run", "--set", "batch"], "error: malformed --set 'batch'"),
+        (["run", "--set", "colour=red"], "error: --set colour: no bench has that parameter"),
+        (["run", "--set", "batch=big"], "error: --set batch=big: batch takes a number"),
+        (
+            ["run", "--bench", "finetune", "--set", "weights=no/such/dir"],
+            "error: --set weights=no/such/dir: no such folder on this host",
+        ),
+        (["run", "--nproc", "64"], "error: --nproc 64 is more than the "),
+        (["run", "--nproc", "0"], "error: --nproc 0: give 1 or more processes"),
+        (
+            ["run", "--nproc", "2", "--bench", "gemm"],
+            "error: gemm does not run data parallel; --nproc applies to: allreduce, train_gpt,",
+        ),
         (["run", "--select", "dtype"], "error: malformed --select 'dtype'"),
         (["run", "--select", "dtype=fp64"], "error: dtype=fp64 matches no case; values: "),
         (["run", "--select", "colour=red"], "error: no selected bench has parameter 'colour'"),

@@ -24,7 +24,9 @@ def quick_run(tmp_path_factory):
 def test_every_bench_produced_rows(quick_run):
     run_dir, proc = quick_run
     df = results.load_table(run_dir)
-    assert set(df["bench"]) == {"gemm", "conv", "sdpa", "bandwidth", "elementwise", "launch"}
+    kernels = {"gemm", "conv", "sdpa", "bandwidth", "elementwise", "launch"}
+    workloads = {"train_resnet", "train_gpt", "seed_cnn", "finetune", "dataloader"}
+    assert set(df["bench"]) == kernels | workloads | {"infer_precision", "allreduce"}
     assert "profile quick" in proc.stdout
     assert "run " in proc.stdout and "median" in proc.stdout  # the summary table
 
@@ -37,8 +39,12 @@ def test_every_record_is_sane(quick_run):
     assert (df["status"] != "failed").all(), df[df["status"] == "failed"][["case", "reason"]]
     ok = df[df["status"] == "ok"]
     assert len(ok) > 0
-    assert ok["value"].map(math.isfinite).all() and (ok["value"] > 0).all()
+    assert ok["value"].map(math.isfinite).all()
+    can_be_zero = ok["metric"].isin(["output_err", "data_wait_pct"])  # fp32's own error is 0
+    assert (ok.loc[~can_be_zero, "value"] > 0).all() and (ok["value"] >= 0).all()
     for metric, unit in UNITS.items():
+        if not unit:
+            continue
         assert (ok.loc[ok["metric"] == metric, "unit"] == unit).all(), metric
     assert set(ok["better"]) <= {"higher", "lower"}
     assert (ok.loc[ok["metric"].isin(["latency", "latency_us"]), "better"] == "lower").all()
@@ -86,3 +92,64 @@ def test_show_prints_the_same_run(quick_run):
     proc = cli("show", str(quick_run[0]))
     assert proc.returncode == 0, proc.stderr
     assert "gemm[dtype=fp32,n=2048]" in proc.stdout
+
+
+TRAINING_UNITS = {"train_resnet": "img/s", "train_gpt": "tokens/s", "seed_cnn": "img/s"}
+
+
+def _metric(rows, name):
+    return rows.loc[rows["metric"] == name, "value"].tolist()
+
+
+def test_every_training_case_learns_and_states_its_throughput(quick_run):
+    df = results.load_table(quick_run[0])
+    ok = df[(df["status"] == "ok") & df["bench"].isin([*TRAINING_UNITS, "finetune"])]
+    assert set(ok["bench"]) == {*TRAINING_UNITS, "finetune"}
+    for case, rows in ok.groupby("case"):
+        (start,), (end,) = _metric(rows, "loss_start"), _metric(rows, "loss_end")
+        assert end < start, case
+        rate = rows[rows["metric"] == "items_per_s"]
+        assert len(rate) == 6 and (rate["value"] > 0).all(), case  # one sample per window
+        bench = rows["bench"].iloc[0]
+        expected = TRAINING_UNITS.get(bench) or (
+            "samples/s" if "model=bert" in case else "tokens/s"
+        )
+        assert (rate["unit"] == expected).all(), case
+        wait = _metric(rows, "data_wait_pct")
+        assert len(wait) == 6 and all(0 <= w < 100 for w in wait), case
+        assert not _metric(rows, "peak_mem"), "peak_mem is a GPU measurement"
+
+
+def test_lora_trains_fewer_parameters_than_full_fine_tuning(quick_run):
+    df = results.load_table(quick_run[0])
+    ft = df[(df["bench"] == "finetune") & (df["metric"] == "trainable_params")]
+    for model in ("bert", "gpt2"):
+        rows = ft[ft["case"].str.contains(f"model={model},")]
+        full = rows[rows["case"].str.contains("mode=full")]["value"]
+        lora = rows[rows["case"].str.contains("mode=lora")]["value"]
+        assert len(full) and len(lora)
+        assert lora.max() < full.min() / 20, model
+
+
+def test_gpt_states_model_flops_but_no_mfu_without_a_known_peak(quick_run):
+    df = results.load_table(quick_run[0])
+    gpt = df[(df["bench"] == "train_gpt") & (df["status"] == "ok")]
+    assert (gpt.loc[gpt["metric"] == "tflops", "value"] > 0).all()
+    assert "mfu" not in set(gpt["metric"])  # a CPU has no spec peak in the table
+
+
+def test_inference_records_its_error_against_fp32(quick_run):
+    df = results.load_table(quick_run[0])
+    inf = df[(df["bench"] == "infer_precision") & (df["metric"] == "output_err")]
+    err = {json.loads(p)["precision"]: v for p, v in zip(inf["params"], inf["value"])}
+    assert err["fp32"] == 0.0
+    assert 0 < err["bf16"] < 0.05 and 0 < err["int8_dynamic"] < 0.05
+    skipped = df[(df["bench"] == "infer_precision") & (df["status"] == "skipped")]
+    assert skipped["case"].str.contains("precision=fp16").all()
+
+
+def test_a_cpu_run_samples_no_telemetry_and_says_so(quick_run):
+    env = json.loads((quick_run[0] / "local" / results.ENV).read_text())
+    assert env["telemetry"] == "none: no NVIDIA GPU in use (device cpu)"
+    df = results.load_table(quick_run[0])
+    assert not set(df["metric"]) & {"power_w", "sm_clock_mhz", "energy_per_item", "throttled"}

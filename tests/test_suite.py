@@ -103,3 +103,42 @@ def test_shipped_suite_discovers_and_every_bench_has_a_quick_grid():
         assert name in specs, name
         assert specs[name].doc, f"{name} has no docstring"
         assert specs[name].cases("quick"), f"{name} has no quick cases"
+
+
+def test_set_replaces_values_with_the_parameters_type(make_bench):
+    make_bench("toy", GRID)
+    specs = suite.discover(make_bench("other", '"""Other."""\nPARAMS = {"n": [1.5], "w": [""]}\n'))
+    overrides = suite.parse_set(["n=7", "fused=false", "w=/models/x"], specs)
+    assert overrides == {"n": "7", "fused": "false", "w": "/models/x"}
+    cases = suite.plan(specs, "standard", None, None, overrides)
+    assert [c.id for c in cases] == [
+        "other[n=7.0,w=/models/x]",  # each bench reads the value as its own type
+        "toy[dtype=fp32,n=7,fused=false]",
+        "toy[dtype=bf16,n=7,fused=false]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["n"], "malformed --set 'n'"),
+        (["colour=red"], "no bench has that parameter"),
+        (["n=two"], "n takes a number"),
+        (["fused=yes"], "write true or false"),
+    ],
+)
+def test_bad_set(make_bench, items, message):
+    specs = suite.discover(make_bench("toy", GRID))
+    with pytest.raises(SuiteError, match=message):
+        suite.parse_set(items, specs)
+
+
+def test_data_parallel_keeps_only_benches_that_declare_it(make_bench):
+    make_bench("toy", GRID)
+    specs = suite.discover(
+        make_bench("ddp", '"""DP."""\nDATA_PARALLEL = True\nPARAMS = {"n": [1]}\n')
+    )
+    assert specs["ddp"].data_parallel and not specs["toy"].data_parallel
+    assert [c.bench for c in suite.plan(specs, "quick", data_parallel=True)] == ["ddp"]
+    with pytest.raises(SuiteError, match="toy does not run data parallel; --nproc applies to: ddp"):
+        suite.plan(specs, "quick", ["toy"], data_parallel=True)

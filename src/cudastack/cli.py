@@ -23,13 +23,16 @@ from .cli_common import (
     GpusOpt,
     IpcHostOpt,
     MatrixOpt,
+    NprocOpt,
     OutOpt,
     ProfileOpt,
     ResultsOpt,
     SelectOpt,
+    SetOpt,
     ShmOpt,
     ThreadsOpt,
     TimeoutOpt,
+    TraceOpt,
     UserError,
     WheelhouseOpt,
     app,
@@ -63,13 +66,25 @@ def run(
     ipc_host: bool = IpcHostOpt,
     shm_size: str = ShmOpt,
     timeout: float = TimeoutOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    trace: bool = TraceOpt,
+    nproc: int = NprocOpt,
     extra_work: float = typer.Option(
         0.0, hidden=True, help="Testing aid: every timed call this fraction slower (CPU)."
     ),
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
     args = SuiteArgs(
-        names(bench), list(select or []), profile, bench_dir, device, threads, extra_work
+        names(bench),
+        list(select or []),
+        profile,
+        bench_dir,
+        device,
+        threads,
+        extra_work,
+        list(overrides or []),
+        trace,
+        nproc,
     )
     if not cell:
         cli_runs.run_here(args, out, results_dir)
@@ -112,10 +127,23 @@ def bench(
     ipc_host: bool = IpcHostOpt,
     shm_size: str = ShmOpt,
     timeout: float = TimeoutOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    trace: bool = TraceOpt,
+    nproc: int = NprocOpt,
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
-    args = SuiteArgs(names(bench), list(select or []), profile, bench_dir, device, threads)
+    args = SuiteArgs(
+        names(bench),
+        list(select or []),
+        profile,
+        bench_dir,
+        device,
+        threads,
+        overrides=list(overrides or []),
+        trace=trace,
+        nproc=nproc,
+    )
     args.validate()
     cells = matrix.select(matrix.load(matrix_file), names(cell))
     if not local:

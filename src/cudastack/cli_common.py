@@ -46,6 +46,13 @@ CaFileOpt = typer.Option(None, help="CA bundle for pip behind a TLS-intercepting
 GpusOpt = typer.Option("auto", help="auto | all | none | indices or UUIDs, e.g. 0,1")
 IpcHostOpt = typer.Option(False, "--ipc-host", help="Share the host's IPC namespace.")
 ShmOpt = typer.Option("16g", help="Container /dev/shm size (when not --ipc-host).")
+SetOpt = typer.Option(
+    None, "--set", help="key=value: replace a parameter's values, e.g. batch=128, weights=DIR."
+)
+TraceOpt = typer.Option(False, "--trace", help="Save a torch.profiler Chrome trace per case.")
+NprocOpt = typer.Option(
+    1, "--nproc", help="Data-parallel processes (torchrun): NCCL on GPUs, gloo on CPUs."
+)
 TimeoutOpt = typer.Option(3 * 3600.0, help="Per-cell time limit in seconds.")
 
 

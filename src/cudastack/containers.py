@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections import deque
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .runners import LOG, SuiteArgs
+from .runners import LOG, PATH_PARAMS, SuiteArgs
 
 HARNESS_SRC = Path(__file__).resolve().parents[1]  # the folder holding the cudastack package
 IN_SRC, IN_BENCH, IN_RESULTS = "/harness/src", "/harness/bench", "/results"
+IN_INPUTS = "/inputs"
 NO_GPU_RUNTIME = (
     "the Docker engine has no GPU runtime: install the NVIDIA Container Toolkit, run "
     "`sudo nvidia-ctk runtime configure --runtime=docker` and restart dockerd (or set up CDI); "
@@ -43,6 +45,20 @@ def device_requests(gpus: str) -> list:
     return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
 
 
+def _inputs_in_container(args: SuiteArgs) -> tuple[SuiteArgs, dict]:
+    """Host folders given as parameters (--set weights=DIR) are mounted read-only under /inputs
+    and the parameter is rewritten to the path the container sees."""
+    overrides, mounts = [], {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key.strip() in PATH_PARAMS and value.strip():
+            inside = f"{IN_INPUTS}/{key.strip()}"
+            mounts[str(Path(value.strip()).resolve())] = {"bind": inside, "mode": "ro"}
+            item = f"{key.strip()}={inside}"
+        overrides.append(item)
+    return dataclasses.replace(args, overrides=overrides), mounts
+
+
 def container_kwargs(
     image: str,
     args: SuiteArgs,
@@ -56,10 +72,10 @@ def container_kwargs(
     user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need."""
     from docker.types import Ulimit
 
+    args, inputs = _inputs_in_container(args)
     command = [
         "python",
-        "-m",
-        "cudastack.worker",
+        *args.launcher(),
         *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref),
     ]
     kwargs = {
@@ -70,6 +86,7 @@ def container_kwargs(
             str(HARNESS_SRC): {"bind": IN_SRC, "mode": "ro"},
             str(args.bench_dir.resolve()): {"bind": IN_BENCH, "mode": "ro"},
             str(cell_dir.resolve()): {"bind": IN_RESULTS, "mode": "rw"},
+            **inputs,
         },
         "environment": {
             "PYTHONPATH": IN_SRC,

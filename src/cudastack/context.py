@@ -5,12 +5,17 @@ Environment side: standard library and torch only.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
 from . import timing
 from .suite import Profile
+from .world import World
 
 DTYPES = {
     "fp32": "float32",
@@ -50,6 +55,10 @@ class Context:
     peaks: Optional[dict[str, float]]
     seed: int = 0
     extra_work: float = 0.0  # a known slowdown, to measure what `compare` detects (CPU clocks)
+    world: World = field(default_factory=World)
+    nvml: Any = None  # telemetry.Nvml where an NVIDIA GPU is in use, else None: nothing sampled
+    trace_dir: Optional[Path] = None  # --trace: a Chrome trace of each case is saved here
+    case_id: str = ""
     _flusher: Optional[timing.L2Flusher] = None
 
     @property
@@ -103,6 +112,35 @@ class Context:
                 f"rtol={rtol} atol={atol} (max relative error {err:.3g})"
             )
 
+    def sampler(self) -> Any:
+        """A telemetry sampler for one measured window, or a no-op where nothing is sampled."""
+        return self.nvml.sampler() if self.nvml is not None else contextlib.nullcontext()
+
+    def telemetry(self, sampler: Any, items: Optional[float] = None) -> list[Metric]:
+        return list(sampler.metrics(items)) if self.nvml is not None else []
+
+    def trace(self, fn: Callable[[], Any], calls: int = 3) -> None:
+        """With --trace, save a torch.profiler Chrome trace of a few more calls of ``fn``.
+
+        Traced after the timing, never during it: the profiler's own cost would be measured."""
+        if self.trace_dir is None:
+            return
+        prof_mod = self.torch.profiler
+        activities = [prof_mod.ProfilerActivity.CPU]
+        if self.is_cuda:
+            activities.append(prof_mod.ProfilerActivity.CUDA)
+        with prof_mod.profile(activities=activities) as prof:
+            for _ in range(calls):
+                fn()
+            self.sync()
+        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", self.case_id).strip("_") or "case"
+        if self.world.distributed:
+            name += f".rank{self.world.rank}"
+        self.trace_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.trace_dir / f".{name}.json.tmp"
+        prof.export_chrome_trace(str(tmp))
+        os.replace(tmp, self.trace_dir / f"{name}.json")
+
     def settings(self) -> timing.TimerSettings:
         p = self.profile
         return timing.TimerSettings(
@@ -140,10 +178,18 @@ class Context:
         ``gbps`` from ``nbytes`` (bytes read + written), and ``pct_of_peak`` against the
         device's spec peak named by ``peak`` (a dtype name, ``mem`` or ``h2d``) when known.
         ``per_call`` divides each sample when ``fn`` repeats the operation several times."""
-        seconds = [s / per_call for s in self.time(fn, flush_l2=flush_l2, clock=clock)]
-        return rate_metrics(
+        # Host-clock cases (launch overhead) are not sampled: the sampler thread would compete
+        # for the interpreter with the very host work being timed.
+        sampler = self.sampler() if clock == "device" else contextlib.nullcontext()
+        with sampler:
+            seconds = [s / per_call for s in self.time(fn, flush_l2=flush_l2, clock=clock)]
+        metrics = rate_metrics(
             seconds, flops=flops, nbytes=nbytes, peak=(self.peaks or {}).get(peak) if peak else None
         )
+        if clock == "device":
+            metrics += self.telemetry(sampler)
+        self.trace(fn)
+        return metrics
 
 
 def rate_metrics(

@@ -22,7 +22,7 @@ TABLE = "results.parquet"
 CSV = "results.csv"
 
 # The metric that best states a case's result in one number, in order of preference.
-HEADLINE_METRICS = ("tflops", "gbps", "items_per_s", "latency_us", "latency")
+HEADLINE_METRICS = ("items_per_s", "tflops", "gbps", "latency_us", "latency")
 
 
 class ResultsError(ValueError):

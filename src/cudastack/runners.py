@@ -13,8 +13,21 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import suite
+from .doctor import nvml_host
+from .envinfo import usable_cores
 
 LOG = "log.txt"
+# Parameters whose values are folders on the host: checked here, mounted into containers.
+PATH_PARAMS = ("weights",)
+
+
+def device_limit(device: str) -> tuple[int, str]:
+    """How many data-parallel processes this host can give a device each: GPUs, else cores."""
+    if device != "cpu":
+        gpus = nvml_host()[2]
+        if gpus:
+            return len(gpus), "GPU(s)"
+    return usable_cores(), "CPU cores"
 
 
 @dataclass(frozen=True)
@@ -28,11 +41,28 @@ class SuiteArgs:
     device: str = "auto"
     threads: int = 0
     extra_work: float = 0.0
+    overrides: list[str] = field(default_factory=list)  # --set key=value
+    trace: bool = False
+    nproc: int = 1  # data-parallel processes under torchrun
 
     def validate(self) -> int:
         """Raise SuiteError on bad input; return how many cases the largest profile would run."""
         specs = suite.discover(self.bench_dir)
         selection = suite.parse_select(self.select)
+        overrides = suite.parse_set(self.overrides, specs)
+        for key in PATH_PARAMS:
+            folder = overrides.get(key)
+            if folder and not Path(folder).is_dir():
+                raise suite.SuiteError(f"--set {key}={folder}: no such folder on this host")
+        if self.nproc < 1:
+            raise suite.SuiteError(f"--nproc {self.nproc}: give 1 or more processes")
+        if self.nproc > 1:
+            limit, what = device_limit(self.device)
+            if self.nproc > limit:
+                raise suite.SuiteError(
+                    f"--nproc {self.nproc} is more than the {limit} {what} here; "
+                    "data parallel runs one process per device"
+                )
         # `auto` becomes quick or standard only where the worker sees its device: the input
         # must make sense for at least one of them.
         profiles = [self.profile] if self.profile != "auto" else ["quick", "standard"]
@@ -40,7 +70,8 @@ class SuiteArgs:
         for name in profiles:
             suite.resolve_profile(name, has_gpu=False)
             try:
-                counts.append(len(suite.plan(specs, name, self.benches, selection)))
+                cases = suite.plan(specs, name, self.benches, selection, overrides, self.nproc > 1)
+                counts.append(len(cases))
             except suite.SuiteError as exc:
                 errors.append(exc)
         if not counts:
@@ -72,9 +103,26 @@ class SuiteArgs:
             argv += ["--threads", str(self.threads)]
         if self.extra_work:
             argv += ["--extra-work", str(self.extra_work)]
+        for item in self.overrides:
+            argv += ["--set", item]
+        if self.trace:
+            argv.append("--trace")
         if image_digest:
             argv += ["--image-digest", image_digest]
         return argv
+
+    def launcher(self) -> list[str]:
+        """The interpreter's arguments before the worker's: torchrun when data parallel."""
+        if self.nproc > 1:
+            return [
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={self.nproc}",
+                "-m",
+                "cudastack.worker",
+            ]
+        return ["-m", "cudastack.worker"]
 
 
 def run_local(
@@ -84,8 +132,7 @@ def run_local(
     cell_dir.mkdir(parents=True)
     argv = [
         sys.executable,
-        "-m",
-        "cudastack.worker",
+        *args.launcher(),
         *args.worker_argv(cell_dir, "local", run_id, args.bench_dir),
     ]
     with open(cell_dir / LOG, "w", encoding="utf-8") as log:

@@ -39,11 +39,33 @@ COLUMNS = {
 
 STATUSES = ("ok", "skipped", "failed")
 
-# Public metric names and their units.
+# Public metric names and their units. ``items_per_s`` states its items in the unit: img/s,
+# samples/s, tokens/s or seq/s.
 UNITS = {
     "latency": "ms",
     "latency_us": "us",
     "tflops": "TFLOP/s",
     "gbps": "GB/s",
     "pct_of_peak": "%",
+    # training, fine-tuning, data loading
+    "data_wait_pct": "%",  # host time blocked on the input pipeline, share of the window
+    "loss_start": "loss",  # mean loss over the first measured pass over the fixed batches
+    "loss_end": "loss",  # ... and over the last: it must be lower
+    "peak_mem": "GiB",  # torch.cuda.max_memory_allocated over the window (GPU only)
+    "mfu": "%",  # model FLOPs utilisation (train_gpt)
+    "trainable_params": "count",
+    "output_err": "rel",  # relative L2 error against the fp32 output (infer_precision)
+    "algbw_gbps": "GB/s",
+    # data parallel (--nproc N)
+    "baseline_items_per_s": "",  # one process's rate, in the case's items_per_s unit
+    "scaling_efficiency": "%",  # N processes' rate over N x one process's rate
+    # NVML telemetry over the measured window (NVIDIA GPUs only)
+    "power_w": "W",
+    "energy_per_item": "J/item",
+    "sm_clock_mhz": "MHz",
+    "mem_clock_mhz": "MHz",
+    "temp_c": "°C",
+    "gpu_util_pct": "%",
+    "throttled": "flag",  # 1 when any sample had a power, thermal or slowdown clock reason
+    "throttled_pct": "%",
 }

@@ -86,12 +86,16 @@ class BenchSpec:
     doc: str
     params: dict[str, list[Any]]
     profiles: dict[str, dict[str, list[Any]]]
+    data_parallel: bool = False  # DATA_PARALLEL = True: runs under torchrun with --nproc N
 
     def grid(self, profile: str) -> dict[str, list[Any]]:
         return {**self.params, **self.profiles.get(profile, {})}
 
-    def cases(self, profile: str) -> list[Case]:
+    def cases(self, profile: str, overrides: Optional[dict[str, str]] = None) -> list[Case]:
         grid = self.grid(profile)
+        for key, text in (overrides or {}).items():
+            if key in grid:
+                grid[key] = [typed(key, text, grid[key][0])]
         keys = list(grid)
         return [
             Case(self.name, dict(zip(keys, combo))) for combo in itertools.product(*grid.values())
@@ -127,7 +131,8 @@ def load_spec(path: Path) -> BenchSpec:
         unknown = set(grid) - set(params)
         if unknown:
             raise SuiteError(f"{path.name}: PROFILES[{prof!r}] sets unknown {sorted(unknown)}")
-    return BenchSpec(path.stem, path, doc[0] if doc else "", params, profiles)
+    data_parallel = _literal(tree, "DATA_PARALLEL", path) is True
+    return BenchSpec(path.stem, path, doc[0] if doc else "", params, profiles, data_parallel)
 
 
 def discover(bench_dir: Path) -> dict[str, BenchSpec]:
@@ -155,21 +160,69 @@ def parse_select(items: Sequence[str]) -> dict[str, list[str]]:
     return selection
 
 
+def parse_set(items: Sequence[str], specs: dict[str, BenchSpec]) -> dict[str, str]:
+    """``key=value`` pairs that replace a parameter's values in every bench that has it. Each
+    bench reads the value as the type of its own listed values (bool, int, float or text)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise SuiteError(f"malformed --set {item!r}; write key=value (e.g. batch=128)")
+        having = [spec for spec in specs.values() if key in spec.params]
+        if not having:
+            keys = sorted({k for spec in specs.values() for k in spec.params})
+            raise SuiteError(
+                f"--set {key}: no bench has that parameter; parameters: {', '.join(keys)}"
+            )
+        for spec in having:
+            typed(key, text, spec.params[key][0])  # refuse a value some bench cannot take
+        out[key] = text
+    return out
+
+
+def typed(key: str, text: str, example: Any) -> Any:
+    """``text`` as the type of ``example``, a value the parameter already lists."""
+    if isinstance(example, bool):
+        if text.lower() not in ("true", "false"):
+            raise SuiteError(f"--set {key}={text}: write true or false")
+        return text.lower() == "true"
+    for kind in (int, float):
+        if isinstance(example, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise SuiteError(f"--set {key}={text}: {key} takes a number") from None
+    return text
+
+
 def plan(
     specs: dict[str, BenchSpec],
     profile: str,
     benches: Optional[Sequence[str]] = None,
     select: Optional[dict[str, list[str]]] = None,
+    overrides: Optional[dict[str, str]] = None,
+    data_parallel: bool = False,
 ) -> list[Case]:
-    """The cases to run, in bench then grid order, after --bench and --select filters.
+    """The cases to run, in bench then grid order, after --bench, --set and --select.
 
     A bench lacking a selected key is left out: asking for dtype=bf16 means cases that have one.
+    ``data_parallel`` (--nproc above 1) keeps only the benches that run under torchrun.
     """
     chosen = list(benches) if benches else list(specs)
     unknown = [b for b in chosen if b not in specs]
     if unknown:
         raise SuiteError(f"unknown bench {', '.join(unknown)}; choose from: {', '.join(specs)}")
-    cases = [c for b in chosen for c in specs[b].cases(profile)]
+    if data_parallel:
+        dp = [b for b in specs if specs[b].data_parallel]
+        named = [b for b in chosen if not specs[b].data_parallel]
+        if benches and named:
+            raise SuiteError(
+                f"{', '.join(named)} does not run data parallel; --nproc applies to: "
+                f"{', '.join(dp) or 'no bench'}"
+            )
+        chosen = [b for b in chosen if specs[b].data_parallel]
+    cases = [c for b in chosen for c in specs[b].cases(profile, overrides)]
     for key, wanted in (select or {}).items():
         known = list(dict.fromkeys(format_value(c.params[key]) for c in cases if key in c.params))
         if not known:

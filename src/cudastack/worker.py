@@ -24,10 +24,12 @@ from types import ModuleType
 from typing import Any, Optional
 
 from . import envinfo, suite
+from . import world as worldmod
 from .context import CheckFailed, Context, Metric, Skip
 from .peaks import peaks_for
 from .schema import SCHEMA_VERSION
 from .stats import summarize
+from .telemetry import Nvml
 
 EXIT_BAD_INPUT = 2
 
@@ -64,6 +66,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         default=0.0,
         help="testing aid: make every timed call this fraction slower (CPU clocks)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="key=value: replace a parameter's values (e.g. batch=128, weights=DIR)",
+    )
+    p.add_argument("--trace", action="store_true", help="save a torch.profiler trace per case")
     p.add_argument("--cell", default="local")
     p.add_argument("--run-id", default="")
     p.add_argument("--image-digest", default="")
@@ -88,11 +98,19 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _pick_device(torch: Any, wanted: str) -> Any:
+def _pick_device(torch: Any, wanted: str, world: worldmod.World) -> Any:
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
         raise suite.SuiteError("--device cuda asked for, but torch sees no CUDA device here")
+    if world.distributed and wanted.startswith("cuda"):
+        # One GPU per process: rank r on the r-th GPU this container or host can see.
+        count = torch.cuda.device_count()
+        if world.size > count:
+            raise suite.SuiteError(
+                f"--nproc {world.size} asks for more processes than the {count} GPU(s) here"
+            )
+        wanted = f"cuda:{world.local_rank}"
     device = torch.device(wanted)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -220,9 +238,10 @@ def case_rows(
 
 
 def headline(metrics: list[Metric]) -> str:
-    """The most telling number of a case for the progress line: its rate, else its latency."""
+    """The most telling number of a case for the progress line: its rate, else its latency
+    (the order of results.HEADLINE_METRICS)."""
     by_name = {m.name: m for m in metrics}
-    m = by_name.get("tflops") or by_name.get("gbps") or metrics[0]
+    m = by_name.get("items_per_s") or by_name.get("tflops") or by_name.get("gbps") or metrics[0]
     s = summarize(m.values)
     noisy = ", noisy" if s.noisy else ""
     return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
@@ -230,10 +249,12 @@ def headline(metrics: list[Metric]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    world = worldmod.from_env()
     try:
         specs = suite.discover(args.bench_dir)
         benches = [b for b in args.bench.split(",") if b]
         selection = suite.parse_select(args.select)
+        overrides = suite.parse_set(args.overrides, specs)
         if args.profile != "auto":
             suite.resolve_profile(args.profile, has_gpu=False)  # validate before importing torch
         try:
@@ -242,18 +263,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise suite.SuiteError(
                 f"torch is not installed in {sys.executable}; install it (pip install torch) first"
             ) from None
-        device = _pick_device(torch, args.device)
+        device = _pick_device(torch, args.device, world)
         profile = suite.resolve_profile(args.profile, has_gpu=device.type == "cuda")
         if args.case_timeout > 0:
             profile = dataclasses.replace(profile, case_timeout_s=args.case_timeout)
-        cases = suite.plan(specs, profile.name, benches, selection)
-        _out_dir_ready(args.out)
+        cases = suite.plan(
+            specs, profile.name, benches, selection, overrides, data_parallel=world.distributed
+        )
+        cores = envinfo.usable_cores()
+        if world.distributed and device.type == "cpu" and world.size > cores:
+            raise suite.SuiteError(
+                f"--nproc {world.size} asks for more CPU processes than the {cores} cores here"
+            )
+        if world.is_main:
+            _out_dir_ready(args.out)
     except suite.SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    threads = args.threads or envinfo.usable_cores()
+    # Data-parallel CPU processes share the cores; each gets its share, and so does the
+    # one-process baseline that scaling efficiency is measured against.
+    threads = args.threads or max(1, envinfo.usable_cores() // world.size)
     torch.set_num_threads(threads)
+    worldmod.init(torch, world, device)
+    try:
+        return _run_suite(args, torch, device, profile, cases, threads, world, specs)
+    finally:
+        if world.distributed:
+            torch.distributed.destroy_process_group()
+
+
+def _run_suite(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    cases: list[suite.Case],
+    threads: int,
+    world: worldmod.World,
+    specs: dict[str, suite.BenchSpec],
+) -> int:
+    nvml, telemetry_note = Nvml.open(torch, device)
+    if not world.is_main:
+        return _follow(args, torch, device, profile, cases, world, specs, nvml)
     run_id = args.run_id or new_run_id()
     rev = envinfo.harness_rev([Path(__file__).resolve().parent, args.bench_dir])
     fp = envinfo.fingerprint(
@@ -266,6 +318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         harness_rev=rev,
         threads=threads,
         cases=len(cases),
+        nproc=world.size,
+        telemetry=telemetry_note,
     )
     _write_json_atomic(args.out / "env.json", fp)
     base = {
@@ -278,16 +332,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     ctx_peaks = peaks_for(fp["gpu"]["name"]) if fp["gpu"] else None
     modules = _Modules(specs)
+    procs = f", {world.size} data-parallel processes" if world.distributed else ""
     print(
         f"cudastack worker: {len(cases)} cases, profile {profile.name}, device "
-        f"{base['device_name']} ({device}), torch {torch.__version__}, {threads} threads",
+        f"{base['device_name']} ({device}), torch {torch.__version__}, {threads} threads{procs}; "
+        f"telemetry: {fp['telemetry']}",
         flush=True,
     )
     started = time.perf_counter()
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
         for i, case in enumerate(cases, 1):
-            ctx = Context(torch, device, profile, ctx_peaks, extra_work=args.extra_work)
+            ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case)
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, modules, case)
             rows = list(case_rows({**base, "started_at": at}, case, status, reason, metrics))
@@ -303,6 +359,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"done in {elapsed:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True
     )
+    return 0
+
+
+def _context(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    peaks: Optional[dict[str, float]],
+    world: worldmod.World,
+    nvml: Optional[Nvml],
+    case: suite.Case,
+) -> Context:
+    return Context(
+        torch,
+        device,
+        profile,
+        peaks,
+        # Each rank draws its own data, as data-parallel training does.
+        seed=world.rank * 1_000_003,
+        extra_work=args.extra_work,
+        world=world,
+        nvml=nvml,
+        trace_dir=args.out / "traces" if args.trace else None,
+        case_id=case.id,
+    )
+
+
+def _follow(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    cases: list[suite.Case],
+    world: worldmod.World,
+    specs: dict[str, suite.BenchSpec],
+    nvml: Optional[Nvml],
+) -> int:
+    """A rank other than 0: run every case for its collectives; rank 0 records the results."""
+    modules = _Modules(specs)
+    for case in cases:
+        run_case(_context(args, torch, device, profile, None, world, nvml, case), modules, case)
     return 0
 
 

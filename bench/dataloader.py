@@ -1,0 +1,56 @@
+"""JPEG decode + Resize + ToTensor throughput of an ImageFolder DataLoader alone, in img/s."""
+
+# The input pipeline without a model: if this rate is below a training case's img/s with the
+# same loader settings, that training case is input-bound, not GPU-bound. On a GPU each batch is
+# also copied to the device (the copy pin_memory exists to speed up).
+import time
+
+PARAMS = {
+    "num_workers": [0, 2, 4, 8, 16],
+    "pin_memory": [False, True],
+    "batch": [64],
+    "image": [224],
+}
+PROFILES = {
+    "quick": {"num_workers": [0, 2], "pin_memory": [False], "batch": [16], "image": [64]},
+}
+CLASSES = 4
+SOURCE_SCALE = 8 / 7
+EPOCHS = {"quick": 5, "standard": 8, "full": 20}  # one throughput sample per epoch
+
+
+def run(ctx, num_workers, pin_memory, batch, image):
+    from cudastack import jpegs
+    from cudastack.context import Metric
+
+    torch = ctx.torch
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        ctx.skip("torchvision is not installed in this environment")
+    if pin_memory and not ctx.is_cuda:
+        ctx.skip("pin_memory only speeds copies to a GPU; this run is on cpu")
+    # Sixteen batches an epoch: long enough that worker start-up is not what is timed.
+    root = jpegs.folder(CLASSES, 16 * batch // CLASSES, round(image * SOURCE_SCALE))
+    batches = jpegs.loader(torch, root, image, batch, num_workers, pin_memory)
+
+    def epoch():
+        n = 0
+        for x, _ in batches:
+            x = x.to(ctx.device, non_blocking=pin_memory)
+            n += x.shape[0]
+        ctx.sync()
+        return n
+
+    epoch()  # warm-up: starts the (persistent) workers and fills the page cache
+    seconds, items = [], []
+    with ctx.sampler() as sampler:
+        for _ in range(EPOCHS[ctx.profile.name]):
+            start = time.perf_counter()
+            items.append(epoch())
+            seconds.append(time.perf_counter() - start)
+    return [
+        Metric("items_per_s", "img/s", "higher", [n / s for n, s in zip(items, seconds)]),
+        Metric("latency", "ms", "lower", [1e3 * s * batch / n for n, s in zip(items, seconds)]),
+        *ctx.telemetry(sampler, sum(items)),
+    ]

@@ -1,0 +1,61 @@
+"""Data-parallel processes under torchrun: this process's rank, the world's size, its backend.
+
+Environment side: standard library and torch only. A plain run is a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands among the data-parallel processes torchrun started."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the results; the other ranks only take part in the collectives."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def from_env() -> World:
+    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for each process it starts."""
+    return World(
+        rank=int(os.environ.get("RANK", "0")),
+        size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def backend(device: Any) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(torch: Any, world: World, device: Any) -> None:
+    if world.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend(device))
+
+
+def barrier(torch: Any, world: World) -> None:
+    if world.distributed:
+        torch.distributed.barrier()
+
+
+def max_over_ranks(torch: Any, world: World, device: Any, values: list[float]) -> list[float]:
+    """Element-wise maximum across ranks: a data-parallel step lasts as long as its slowest rank."""
+    if not world.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [float(v) for v in t.cpu()]
