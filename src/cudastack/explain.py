@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 # Kernel micro-benchmarks: what end-to-end workloads are made of.
-KERNEL_BENCHES = ("gemm", "conv", "sdpa", "elementwise", "bandwidth", "launch")
+KERNEL_BENCHES = ("gemm", "conv", "sdpa", "elementwise", "bandwidth", "launch", "allreduce")
 
 # (label, path into env.json): what most often explains a speed difference.
 FINGERPRINT = (
@@ -23,6 +23,7 @@ FINGERPRINT = (
     ("power limit mW", ("gpu", "nvml", "power_limit_mw")),
     ("CPU", ("cpu", "model")),
     ("threads", ("threads",)),
+    ("data-parallel processes", ("nproc",)),
     ("Python", ("python", "version")),
     ("TF32 matmul", ("flags", "matmul_allow_tf32")),
     ("cudnn.benchmark", ("flags", "cudnn_benchmark")),

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from . import timing
 from . import world as worldmod
 from .context import CheckFailed, Context, Metric
 
@@ -64,6 +65,8 @@ def _run_windows(ctx: Context, work: Workload, wrap: Callable[[Any], Any]) -> _W
     sched = SCHEDULES[ctx.profile.name]
     torch.manual_seed(0)  # the same initial weights in every cell and on every rank
     step = work.make_step(wrap)
+    if ctx.extra_work:  # the known slowdown `compare` is tested against (see Context)
+        step = timing.with_extra_work(step, ctx.extra_work)
     for _ in range(max(sched.warmup_steps, work.cycle)):
         step(work.next_batch())
     # Align with the fixed batches' order so each window is exactly one pass over them.
