@@ -1,5 +1,6 @@
 """The command line as a user meets it: one-line errors, exit code 2, nothing half-written."""
 
+import json
 import os
 
 import pytest
@@ -22,6 +23,7 @@ from cudastack.suite import DEFAULT_BENCH_DIR
         ),
         (["run", "--nproc", "64"], "error: --nproc 64 is more than the "),
         (["run", "--nproc", "0"], "error: --nproc 0: give 1 or more processes"),
+        (["run", "--repeat", "0"], "error: --repeat 0: give 1 or more processes per cell"),
         (
             ["run", "--nproc", "2", "--bench", "gemm"],
             "error: gemm does not run data parallel; --nproc applies to: allreduce, train_gpt,",
@@ -126,3 +128,21 @@ def test_matrix_input_errors(tmp_path, args, message):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith(message), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_repeat_runs_worker_processes_that_compare_takes_as_its_unit(tmp_path):
+    for name in ("a", "b"):
+        proc = cli(
+            "run", "--repeat", "3", "--bench", "launch", "--select", "mode=eager",
+            "--profile", "quick", "--out", name, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "process 3 of 3" in proc.stdout
+    df = results.load_table(tmp_path / "a")
+    assert sorted(df["process"].unique()) == [0, 1, 2]
+    assert (df.groupby("process")["case"].nunique() == 2).all()  # every process ran every case
+    proc = cli("compare", "a", "b", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["comparison"]
+    assert len(rows) == 2
+    assert all(r["unit_of_n"] == "processes" and r["n_base"] == r["n_side"] == 3 for r in rows)

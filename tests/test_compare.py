@@ -8,7 +8,7 @@ from cudastack import compare
 from cudastack.compare import Settings
 
 
-def samples(side, case, values, metric="tflops", better="higher", run="r1"):
+def samples(side, case, values, metric="tflops", better="higher", run="r1", process=0):
     return pd.DataFrame(
         {
             "run_id": run,
@@ -21,6 +21,7 @@ def samples(side, case, values, metric="tflops", better="higher", run="r1"):
             "status": "ok",
             "value": values,
             "rep": range(len(values)),
+            "process": process,
         }
     )
 
@@ -146,3 +147,40 @@ def test_only_the_headline_metric_is_compared():
     )
     out = compare.compare(df)
     assert list(out["metric"]) == ["tflops"]
+
+
+def processes(side, case, centres, r, spread=0.002, per=40):
+    """Worker processes with their own centre each, and tight samples around it."""
+    return [
+        samples(side, case, c * (1 + r.normal(0, spread, per)), process=i)
+        for i, c in enumerate(centres)
+    ]
+
+
+def test_process_to_process_drift_is_not_a_change_once_processes_are_the_unit():
+    r = rng(3)
+    # Each process lands 0-8 % apart, samples within a process agree to 0.2 %: per sample,
+    # two single processes 6 % apart look decisively different...
+    one_each = table(*processes("a", "gemm[n=1]", [100], r), *processes("b", "gemm[n=1]", [94], r))
+    (row,) = compare.compare(one_each).to_dict("records")
+    assert row["unit_of_n"] == "samples" and row["verdict"] == "slower"
+    # ... while five processes a side drawn from the same spread are the same.
+    five = table(
+        *processes("a", "gemm[n=1]", [100, 94, 97, 101, 96], r),
+        *processes("b", "gemm[n=1]", [95, 100, 98, 94, 99], r),
+    )
+    (row,) = compare.compare(five).to_dict("records")
+    assert row["unit_of_n"] == "processes" and row["n_base"] == row["n_side"] == 5
+    assert row["verdict"] == "same"
+
+
+def test_a_fifteen_percent_slowdown_is_found_across_processes():
+    r = rng(4)
+    centres = np.array([100, 97, 99, 101, 98])
+    df = table(
+        *processes("a", "gemm[n=1]", centres, r),
+        *processes("b", "gemm[n=1]", centres / 1.15 * r.normal(1, 0.01, 5), r),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == "processes" and row["verdict"] == "slower"
+    assert row["ratio"] == pytest.approx(1 / 1.15, rel=0.03) and row["ci_high"] < 1

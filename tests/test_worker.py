@@ -115,3 +115,19 @@ def test_an_existing_results_folder_is_refused(make_bench, tmp_path):
     (out / "records.jsonl").write_text("")
     proc = worker("--out", str(out), "--bench-dir", str(folder))
     assert proc.returncode == 2 and "already holds results" in proc.stderr
+
+
+def test_a_repeated_process_appends_its_rows_with_its_index(make_bench, tmp_path):
+    folder = make_bench("statuses", STATUS_BENCH)
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--bench-dir", str(folder), "--select", "mode=ok"]
+    assert worker(*common).returncode == 0
+    env = (out / "env.json").read_text()
+    proc = worker(*common, "--process", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = read(out)
+    assert {r["process"] for r in rows} == {0, 1}
+    cases = [{(r["case"], r["metric"]) for r in rows if r["process"] == i} for i in (0, 1)]
+    assert cases[0] == cases[1] and len(cases[0]) > 0  # sample counts follow the stop rule
+    assert (out / "env.json").read_text() == env  # the first process describes the environment
+    assert json.loads((out / "done.json").read_text())["process"] == 1

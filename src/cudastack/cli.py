@@ -26,6 +26,7 @@ from .cli_common import (
     NprocOpt,
     OutOpt,
     ProfileOpt,
+    RepeatOpt,
     ResultsOpt,
     SelectOpt,
     SetOpt,
@@ -69,6 +70,7 @@ def run(
     overrides: Optional[list[str]] = SetOpt,
     trace: bool = TraceOpt,
     nproc: int = NprocOpt,
+    repeat: int = RepeatOpt,
     extra_work: float = typer.Option(
         0.0, hidden=True, help="Testing aid: every timed call this fraction slower (CPU)."
     ),
@@ -85,6 +87,7 @@ def run(
         list(overrides or []),
         trace,
         nproc,
+        repeat,
     )
     if not cell:
         cli_runs.run_here(args, out, results_dir)
@@ -130,6 +133,7 @@ def bench(
     overrides: Optional[list[str]] = SetOpt,
     trace: bool = TraceOpt,
     nproc: int = NprocOpt,
+    repeat: int = RepeatOpt,
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
@@ -143,6 +147,7 @@ def bench(
         overrides=list(overrides or []),
         trace=trace,
         nproc=nproc,
+        repeat=repeat,
     )
     args.validate()
     cells = matrix.select(matrix.load(matrix_file), names(cell))

@@ -53,6 +53,12 @@ TraceOpt = typer.Option(False, "--trace", help="Save a torch.profiler Chrome tra
 NprocOpt = typer.Option(
     1, "--nproc", help="Data-parallel processes (torchrun): NCCL on GPUs, gloo on CPUs."
 )
+RepeatOpt = typer.Option(
+    1,
+    "--repeat",
+    help="Worker processes per cell, taking turns across cells; compare tests process "
+    "medians from 3 on (steadier verdicts on shared machines).",
+)
 TimeoutOpt = typer.Option(3 * 3600.0, help="Per-cell time limit in seconds.")
 
 

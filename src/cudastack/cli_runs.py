@@ -108,41 +108,60 @@ def run_matrix(
     run_id = new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: {len(cells)} cells -> {run_dir}", highlight=False)
-    outcomes = []
+    outcomes: dict[str, pipeline.CellResult] = {}
     current = ""
+    plan = pipeline.plan_cells(cells, report, opts.gpus)
     try:
-        for cell, runnable, why in pipeline.plan_cells(cells, report, opts.gpus):
-            current = cell.name
-            if not runnable:
-                outcomes.append(pipeline.skip_cell(run_dir, run_id, cell, why))
-                console.print(f"[yellow]{escape(cell.name)}: skipped[/] ({escape(why)})")
-                continue
-            console.rule(escape(cell.name))
-            res = pipeline.run_cell(
-                client, cell, inputs, args, run_dir, run_id, opts, echo, build_logger(cell.name)
-            )
-            outcomes.append(res)
-            results.ingest_run(run_dir)  # each finished cell is in the table at once
-            colour = {"ok": "green", "skipped": "yellow"}.get(res.status, "red")
-            timing = f"build {res.build_s:.1f} s, run {res.run_s:.1f} s"
-            if res.status == "ok":
-                timing += f" (suite {res.suite_s:.1f} s, overhead {res.overhead_s:.1f} s)"
-            console.print(
-                f"[{colour}]{escape(cell.name)}: {res.status}[/] {timing} {escape(res.reason)}"
-            )
+        # With --repeat N the cells take turns (a, b, a, b, ...): a drift of the machine over
+        # the run then touches every cell alike instead of whichever ran last.
+        for process in range(args.repeat):
+            for cell, runnable, why in plan:
+                current = cell.name
+                if process == 0 and not runnable:
+                    outcomes[cell.name] = pipeline.skip_cell(run_dir, run_id, cell, why)
+                    console.print(f"[yellow]{escape(cell.name)}: skipped[/] ({escape(why)})")
+                if not runnable or (process > 0 and outcomes[cell.name].status != "ok"):
+                    continue
+                title = (
+                    cell.name if args.repeat == 1 else f"{cell.name} ({process + 1}/{args.repeat})"
+                )
+                console.rule(escape(title))
+                res = pipeline.run_cell(
+                    client,
+                    cell,
+                    inputs,
+                    args,
+                    run_dir,
+                    run_id,
+                    opts,
+                    echo,
+                    build_logger(cell.name),
+                    process,
+                )
+                outcomes[cell.name] = res
+                _report_cell(run_dir, res)
     except KeyboardInterrupt:
         err.print("interrupted: containers removed, keeping the cells that finished")
         row = results.harness_row(run_id, current, "run", "failed", "interrupted by the user")
         results.append_records(run_dir / current, [row])
         finish(run_dir, run_id, True)
-    failed = any(o.status == "failed" for o in outcomes)
-    if fallback_local and all(o.status == "skipped" for o in outcomes):
+    failed = any(o.status == "failed" for o in outcomes.values())
+    if fallback_local and all(o.status == "skipped" for o in outcomes.values()):
         console.print(
             "cudastack bench: no cell of the matrix could run here (see the reasons "
             "above): running the suite locally in this Python environment as well"
         )
         failed = run_local(args, run_dir / "local", run_id, on_line=echo) != 0
     finish(run_dir, run_id, failed)
+
+
+def _report_cell(run_dir: Path, res: pipeline.CellResult) -> None:
+    results.ingest_run(run_dir)  # each finished cell is in the table at once
+    colour = {"ok": "green", "skipped": "yellow"}.get(res.status, "red")
+    timing = f"build {res.build_s:.1f} s, run {res.run_s:.1f} s"
+    if res.status == "ok":
+        timing += f" (suite {res.suite_s:.1f} s, overhead {res.overhead_s:.1f} s)"
+    console.print(f"[{colour}]{escape(res.cell)}: {res.status}[/] {timing} {escape(res.reason)}")
 
 
 def resolve_gpus(gpus: str, report: doctor.HostReport) -> str:

@@ -67,6 +67,7 @@ def container_kwargs(
     run_id: str,
     image_ref: str,
     opts: ContainerOptions,
+    process: int = 0,
 ) -> dict:
     """Everything ``containers.create`` gets: harness read-only, results read-write, the invoking
     user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need."""
@@ -76,7 +77,7 @@ def container_kwargs(
     command = [
         "python",
         *args.launcher(),
-        *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref),
+        *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref, process),
     ]
     kwargs = {
         "image": image,

@@ -89,13 +89,15 @@ def run_cell(
     opts: ContainerOptions,
     say: Callable[[str], None],
     log: Callable[[str], None],
+    process: int = 0,
 ) -> CellResult:
-    """Build (if needed) and run one cell; any failure becomes a harness row, never an exception."""
+    """Build (if needed) and run one cell; any failure becomes a harness row, never an exception.
+    ``process`` above 0 is a repeat (--repeat): the cell's folder exists and is added to."""
     cell_dir = run_dir / cell.name
-    cell_dir.mkdir(parents=True)
+    cell_dir.mkdir(parents=True, exist_ok=process > 0)
     started = time.perf_counter()
     try:
-        with open(cell_dir / "build.log", "w", encoding="utf-8") as build_log:
+        with open(cell_dir / "build.log", "a", encoding="utf-8") as build_log:
 
             def build_line(line: str) -> None:
                 build_log.write(line + "\n")
@@ -129,7 +131,7 @@ def run_cell(
         ref,
         cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
     )
-    kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts)
+    kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts, process)
     started = time.perf_counter()
     outcome = run_container(client, kwargs, cell_dir, opts.timeout_s, log)
     run_s = time.perf_counter() - started

@@ -194,12 +194,13 @@ def html_report(
             "<h2>Achieved % of peak</h2>",
             f"<img alt='percent of peak' src='{bar_plot(pct, 'pct_of_peak', '% of peak')}'>",
         ]
-    train = ok[ok["metric"] == "items_per_s"]
-    if len(train):
-        parts += [
-            "<h2>Training throughput</h2>",
-            f"<img alt='training throughput' src='{bar_plot(train, 'items_per_s', 'items/s')}'>",
-        ]
+    workloads = ok[ok["metric"] == "items_per_s"]
+    if len(workloads):
+        parts.append("<h2>Training and workload throughput</h2>")
+        # One plot per unit: images, tokens and samples per second do not share an axis.
+        for unit, rows in workloads.groupby("unit", sort=True):
+            alt = html.escape(f"throughput in {unit}")
+            parts.append(f"<img alt='{alt}' src='{bar_plot(rows, 'items_per_s', str(unit))}'>")
     parts += [
         "<h2>Results per case</h2>",
         _table_html(ok[["side", "case", "median", "unit", "rel_iqr", "n", "pct_of_peak"]]),

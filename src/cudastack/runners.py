@@ -44,6 +44,10 @@ class SuiteArgs:
     overrides: list[str] = field(default_factory=list)  # --set key=value
     trace: bool = False
     nproc: int = 1  # data-parallel processes under torchrun
+    # Worker processes per cell: a process is the unit `compare` tests with once there are 3+,
+    # since on shared machines one process's speed differs from the next one's by more than
+    # its samples differ from each other.
+    repeat: int = 1
 
     def validate(self) -> int:
         """Raise SuiteError on bad input; return how many cases the largest profile would run."""
@@ -54,6 +58,8 @@ class SuiteArgs:
             folder = overrides.get(key)
             if folder and not Path(folder).is_dir():
                 raise suite.SuiteError(f"--set {key}={folder}: no such folder on this host")
+        if self.repeat < 1:
+            raise suite.SuiteError(f"--repeat {self.repeat}: give 1 or more processes per cell")
         if self.nproc < 1:
             raise suite.SuiteError(f"--nproc {self.nproc}: give 1 or more processes")
         if self.nproc > 1:
@@ -79,7 +85,13 @@ class SuiteArgs:
         return max(counts)
 
     def worker_argv(
-        self, out: Path, cell: str, run_id: str, bench_dir: Path, image_digest: str = ""
+        self,
+        out: Path,
+        cell: str,
+        run_id: str,
+        bench_dir: Path,
+        image_digest: str = "",
+        process: int = 0,
     ) -> list[str]:
         argv = [
             "--out",
@@ -107,6 +119,8 @@ class SuiteArgs:
             argv += ["--set", item]
         if self.trace:
             argv.append("--trace")
+        if process:
+            argv += ["--process", str(process)]
         if image_digest:
             argv += ["--image-digest", image_digest]
         return argv
@@ -128,14 +142,25 @@ class SuiteArgs:
 def run_local(
     args: SuiteArgs, cell_dir: Path, run_id: str, on_line: Optional[Callable[[str], None]] = None
 ) -> int:
-    """Run the worker in this Python; its output goes to <cell_dir>/log.txt and ``on_line``."""
+    """Run the worker in this Python, ``args.repeat`` processes one after another; their output
+    goes to <cell_dir>/log.txt and ``on_line``. Returns the first non-zero exit code, else 0."""
     cell_dir.mkdir(parents=True)
-    argv = [
-        sys.executable,
-        *args.launcher(),
-        *args.worker_argv(cell_dir, "local", run_id, args.bench_dir),
-    ]
-    with open(cell_dir / LOG, "w", encoding="utf-8") as log:
+    for process in range(args.repeat):
+        if args.repeat > 1 and on_line:
+            on_line(f"process {process + 1} of {args.repeat}")
+        argv = [
+            sys.executable,
+            *args.launcher(),
+            *args.worker_argv(cell_dir, "local", run_id, args.bench_dir, process=process),
+        ]
+        code = _run_worker(argv, cell_dir / LOG, on_line)
+        if code != 0:
+            return code
+    return 0
+
+
+def _run_worker(argv: list[str], log_path: Path, on_line: Optional[Callable[[str], None]]) -> int:
+    with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )

@@ -3,11 +3,12 @@
 History of SCHEMA_VERSION:
   1 — first version.
   2 — lock_hash: the sha256 of the cell's hash-pinned requirements ('' when unlocked).
+  3 — process: which of a cell's repeated worker processes (--repeat N) wrote the row.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Column -> type. Order is the order of the results table.
 COLUMNS = {
@@ -20,7 +21,8 @@ COLUMNS = {
     "metric": str,
     "unit": str,
     "better": str,  # higher | lower
-    "rep": int,
+    "rep": int,  # the sample's number within its metric, from 0
+    "process": int,  # which worker process of the cell (--repeat N) measured it, from 0
     "value": float,  # NaN on a failed or skipped row
     "status": str,  # ok | skipped | failed
     "reason": str,

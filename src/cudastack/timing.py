@@ -119,14 +119,14 @@ def time_host(fn: Callable[[], Any], s: TimerSettings, sync: Callable[[], None])
     return time_cpu(call, s)
 
 
-def with_extra_work(fn: Callable[[], Any], fraction: float) -> Callable[[], Any]:
+def with_extra_work(fn: Callable[..., Any], fraction: float) -> Callable[..., Any]:
     """``fn`` followed by host busy-work lasting ``fraction`` of its own time: every call
     becomes exactly (1 + fraction) times slower on a host clock. A test aid for the power of
     comparisons; device (CUDA event) timings do not see it."""
 
-    def call() -> Any:
+    def call(*args: Any) -> Any:
         start = time.perf_counter_ns()
-        out = fn()
+        out = fn(*args)
         end = time.perf_counter_ns() + int((time.perf_counter_ns() - start) * fraction)
         while time.perf_counter_ns() < end:
             pass

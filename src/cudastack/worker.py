@@ -74,6 +74,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="key=value: replace a parameter's values (e.g. batch=128, weights=DIR)",
     )
     p.add_argument("--trace", action="store_true", help="save a torch.profiler trace per case")
+    p.add_argument(
+        "--process",
+        type=int,
+        default=0,
+        help="index of this process among a cell's repeats; above 0 appends to --out's records",
+    )
     p.add_argument("--cell", default="local")
     p.add_argument("--run-id", default="")
     p.add_argument("--image-digest", default="")
@@ -275,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise suite.SuiteError(
                 f"--nproc {world.size} asks for more CPU processes than the {cores} cores here"
             )
-        if world.is_main:
+        if world.is_main and args.process == 0:
             _out_dir_ready(args.out)
     except suite.SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -321,13 +327,15 @@ def _run_suite(
         nproc=world.size,
         telemetry=telemetry_note,
     )
-    _write_json_atomic(args.out / "env.json", fp)
+    if args.process == 0:  # a repeat runs in the same environment: the first one records it
+        _write_json_atomic(args.out / "env.json", fp)
     base = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "cell": args.cell,
         "image_digest": args.image_digest,
         "harness_rev": rev,
+        "process": args.process,
         **envinfo.record_fields(fp),
     }
     ctx_peaks = peaks_for(fp["gpu"]["name"]) if fp["gpu"] else None
@@ -354,8 +362,10 @@ def _run_suite(
             detail = headline(metrics) if status == "ok" else rows[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
     elapsed = time.perf_counter() - started
-    # done.json marks a finished suite; its time lets the host tell suite time from overhead.
-    _write_json_atomic(args.out / "done.json", {"suite_s": round(elapsed, 3), **counts})
+    # done.json marks a finished suite (of the latest process, with --repeat); its time lets
+    # the host tell suite time from overhead.
+    done = {"suite_s": round(elapsed, 3), "process": args.process, **counts}
+    _write_json_atomic(args.out / "done.json", done)
     print(
         f"done in {elapsed:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True
     )

@@ -1,10 +1,11 @@
 """How often `compare` is wrong on this machine: A/A false alarms and the power to see a slowdown.
 
-Runs the suite (`quick` unless --profile) three times in this environment — A1, A2 unchanged
-and B with every timed call made a known fraction slower (--extra-work) — then compares A1 with
-A2 (every "faster" or
-"slower" there is a false alarm) and A1 with B (every case should be "slower").
-Run: ``.venv/bin/python tests/perf/compare_study.py [--extra-work 0.15] [--out DIR]``.
+Three sides run the suite (`quick` unless --profile) in this environment: A1 and A2 unchanged,
+B with every timed call or training step made a known fraction slower (--extra-work). Each side
+gets --repeat worker processes, taking turns (A1, B, A2, A1, B, A2, ...) as `cudastack run
+--repeat` does across cells. Then A1 is compared with A2 (every "faster" or "slower" is a false
+alarm) and with B (every case should be "slower"), with `cudastack compare`.
+Run: ``.venv/bin/python tests/perf/compare_study.py [--repeat 5] [--extra-work 0.15] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,24 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
+from cudastack import results
 
-def run(out: Path, extra: float, bench: str, profile: str) -> None:
-    cmd = [sys.executable, "-m", "cudastack", "run", "--profile", profile, "--out", str(out)]
-    if bench:
-        cmd += ["--bench", bench]
+SIDES = {"A1": 0.0, "B": None, "A2": 0.0}  # None: the injected slowdown
+
+
+def run_process(
+    cell_dir: Path, side: str, process: int, extra: float, args: argparse.Namespace
+) -> None:
+    cmd = [sys.executable, "-m", "cudastack.worker", "--out", str(cell_dir), "--run-id", side]
+    cmd += ["--profile", args.profile, "--process", str(process)]
+    if args.bench:
+        cmd += ["--bench", args.bench]
     if extra:
         cmd += ["--extra-work", str(extra)]
-    subprocess.run(cmd, check=False, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True)
 
 
 def verdicts(a: Path, b: Path) -> list[dict]:
@@ -39,31 +48,40 @@ def verdicts(a: Path, b: Path) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--extra-work", type=float, default=0.15)
+    p.add_argument("--repeat", type=int, default=5, help="worker processes per side")
     p.add_argument("--bench", default="")
     p.add_argument("--profile", default="quick")
     p.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="cudastack-study-")))
     args = p.parse_args()
-    a1, a2, b = args.out / "A1", args.out / "A2", args.out / "B"
-    for folder, extra in ((a1, 0.0), (b, args.extra_work), (a2, 0.0)):  # B between the As
-        run(folder, extra, args.bench, args.profile)
-    aa, ab = verdicts(a1, a2), verdicts(a1, b)
+    for process in range(args.repeat):
+        for side, extra in SIDES.items():
+            cell_dir = args.out / side / "local"
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            run_process(cell_dir, side, process, args.extra_work if extra is None else 0.0, args)
+            print(f"round {process + 1}/{args.repeat}: {side} done", flush=True)
+    for side in SIDES:
+        results.ingest_run(args.out / side)
+    aa, ab = verdicts(args.out / "A1", args.out / "A2"), verdicts(args.out / "A1", args.out / "B")
+    unit = {r["unit_of_n"] for r in aa}
+    print(f"{args.repeat} process(es) a side; compare's unit: {', '.join(sorted(unit))}")
     alarms = [r for r in aa if r["verdict"] in ("faster", "slower")]
     print(
         f"A/A: {len(alarms)} of {len(aa)} cases flagged as changed "
-        f"({100 * len(alarms) / len(aa):.1f} %); noisy {sum(r['verdict'] == 'noisy' for r in aa)}"
+        f"({100 * len(alarms) / len(aa):.1f} %); verdicts {dict(Counter(r['verdict'] for r in aa))}"
     )
     for r in alarms:
         print(f"  false alarm: {r['case']} ratio {r['ratio']:.3f} ({r['verdict']})")
     slower = [r for r in ab if r["verdict"] == "slower"]
-    quiet = [r for r in ab if r["verdict"] != "noisy"]
     print(
         f"power at +{100 * args.extra_work:.0f} % work: {len(slower)} of {len(ab)} cases detected "
-        f"as slower ({100 * len(slower) / len(ab):.1f} %); of the {len(quiet)} not noisy: "
-        f"{100 * len(slower) / max(1, len(quiet)):.1f} %"
+        f"as slower ({100 * len(slower) / len(ab):.1f} %); verdicts "
+        f"{dict(Counter(r['verdict'] for r in ab))}"
     )
-    for r in ab:
-        if r["verdict"] != "slower":
-            print(f"  missed: {r['case']} ratio {r['ratio']:.3f} ({r['verdict']})")
+    ratios = sorted(r["ratio"] for r in ab)
+    print(
+        f"  B/A ratio: median {ratios[len(ratios) // 2]:.3f}, "
+        f"range {ratios[0]:.3f}-{ratios[-1]:.3f}"
+    )
     print(f"runs kept in {args.out}")
 
 
