@@ -53,3 +53,50 @@ def test_the_sampler_reads_about_every_interval_until_the_window_ends():
     m = by_name(sampler.metrics(items=100))
     assert m["power_w"] == [250.0]
     assert m["energy_per_item"] == pytest.approx([250.0 * sampler.seconds / 100])
+
+
+class FakeBinding:
+    """The slice of nvidia-ml-py that Nvml calls, as an older binding with a board that lacks
+    a power sensor: no GPU is needed to check names, units and gaps."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    class NVMLError(Exception):
+        pass
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        raise self.NVMLError("Not Supported")
+
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        return {1: 1980, 2: 3201}[clock]
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        return 55
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return type("Utilization", (), {"gpu": 97, "memory": 40})()
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle):
+        return 0x4  # no ...ClocksEventReasons in this binding: the older name answers
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return 123_456  # mJ
+
+
+def test_nvml_readings_convert_units_and_leave_unsupported_fields_empty():
+    from cudastack.telemetry import Nvml
+
+    nvml = Nvml(FakeBinding(), handle=object())
+    r = nvml.read()
+    assert (r.sm_clock_mhz, r.mem_clock_mhz, r.temp_c, r.util_pct) == (1980, 3201, 55, 97)
+    assert r.power_w is None and r.reasons == 0x4
+    assert nvml.energy_j() == pytest.approx(123.456)
+
+
+def test_no_nvidia_gpu_means_no_sampler_and_a_reason():
+    import torch
+
+    from cudastack.telemetry import Nvml
+
+    nvml, why = Nvml.open(torch, torch.device("cpu"))
+    assert nvml is None and why == "none: no NVIDIA GPU in use (device cpu)"

@@ -64,25 +64,30 @@ class Nvml:
             return None, f"none: NVML unavailable ({exc})"
         return cls(pynvml, handle), "nvml"
 
-    def _get(self, call: Callable[..., Any], *args: Any) -> Any:
+    def _get(self, name: str, *args: Any) -> Any:
+        """An NVML query by name; None where this board, driver or binding lacks it."""
+        call = getattr(self._nv, name, None)
+        if call is None:
+            return None
         try:
             return call(self._h, *args)
-        except (self._nv.NVMLError, AttributeError):
-            return None  # not supported on this board or driver: leave the field empty
+        except self._nv.NVMLError:
+            return None
 
     def read(self) -> Reading:
         nv = self._nv
-        power = self._get(nv.nvmlDeviceGetPowerUsage)
-        util = self._get(nv.nvmlDeviceGetUtilizationRates)
-        reasons = self._get(nv.nvmlDeviceGetCurrentClocksEventReasons)
+        power = self._get("nvmlDeviceGetPowerUsage")
+        util = self._get("nvmlDeviceGetUtilizationRates")
+        # Renamed in newer bindings ("clocks event"); older ones have only the throttle name.
+        reasons = self._get("nvmlDeviceGetCurrentClocksEventReasons")
         if reasons is None:
-            reasons = self._get(nv.nvmlDeviceGetCurrentClocksThrottleReasons)
+            reasons = self._get("nvmlDeviceGetCurrentClocksThrottleReasons")
         return Reading(
             t=time.perf_counter(),
-            sm_clock_mhz=self._get(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM),
-            mem_clock_mhz=self._get(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM),
+            sm_clock_mhz=self._get("nvmlDeviceGetClockInfo", nv.NVML_CLOCK_SM),
+            mem_clock_mhz=self._get("nvmlDeviceGetClockInfo", nv.NVML_CLOCK_MEM),
             power_w=power / 1000 if power is not None else None,
-            temp_c=self._get(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU),
+            temp_c=self._get("nvmlDeviceGetTemperature", nv.NVML_TEMPERATURE_GPU),
             util_pct=util.gpu if util is not None else None,
             reasons=reasons,
         )
@@ -92,7 +97,7 @@ class Nvml:
 
     def energy_j(self) -> Optional[float]:
         """The board's energy counter (mJ since driver load) in J; None where unsupported."""
-        mj = self._get(self._nv.nvmlDeviceGetTotalEnergyConsumption)
+        mj = self._get("nvmlDeviceGetTotalEnergyConsumption")
         return mj / 1000 if mj is not None else None
 
 
