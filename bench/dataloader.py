@@ -14,8 +14,6 @@ PARAMS = {
 PROFILES = {
     "quick": {"num_workers": [0, 2], "pin_memory": [False], "batch": [16], "image": [64]},
 }
-CLASSES = 4
-SOURCE_SCALE = 8 / 7
 EPOCHS = {"quick": 5, "standard": 8, "full": 20}  # one throughput sample per epoch
 
 
@@ -23,16 +21,8 @@ def run(ctx, num_workers, pin_memory, batch, image):
     from cudastack import jpegs
     from cudastack.context import Metric
 
-    torch = ctx.torch
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        ctx.skip("torchvision is not installed in this environment")
-    if pin_memory and not ctx.is_cuda:
-        ctx.skip("pin_memory only speeds copies to a GPU; this run is on cpu")
     # Sixteen batches an epoch: long enough that worker start-up is not what is timed.
-    root = jpegs.folder(CLASSES, 16 * batch // CLASSES, round(image * SOURCE_SCALE))
-    batches = jpegs.loader(torch, root, image, batch, num_workers, pin_memory)
+    batches = jpegs.image_batches(ctx, 16, image, batch, num_workers, pin_memory)
 
     def epoch():
         n = 0

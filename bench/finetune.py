@@ -5,6 +5,7 @@
 # never contacted. Sequence lengths follow a long-tailed (log-uniform) spread like instruction
 # data: padding every row to seq_len wastes most of each row, packing fills rows with real
 # tokens, which is why the layout changes tokens/s several-fold and is a parameter here.
+import itertools
 import math
 import os
 import random
@@ -123,17 +124,9 @@ def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
     from cudastack.precision import autocast
 
     torch = ctx.torch
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        ctx.skip("transformers is not installed in this environment")
+    ctx.require("transformers").logging.set_verbosity_error()
     if mode == "lora":
-        try:
-            import peft
-        except ImportError:
-            ctx.skip("peft is not installed in this environment (needed for mode=lora)")
+        peft = ctx.require("peft", " (needed for mode=lora)")
     if model == "bert" and layout == "packed":
         ctx.skip(
             "packing several sequences into one row needs per-sequence attention masks, which "
@@ -147,11 +140,8 @@ def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
     if seq_len > max_pos:
         ctx.skip(f"seq_len={seq_len} is longer than this model's {max_pos} positions")
     batches = _batches(ctx, model, layout, seq_len, batch, vocab)
-    order = iter(range(1 << 62))
+    next_batch = itertools.cycle([inputs for inputs, _ in batches]).__next__
     trainable = []
-
-    def next_batch():
-        return batches[next(order) % DISTINCT_BATCHES][0]
 
     def make_step(wrap):
         net = _model(ctx, model, size, weights)
@@ -166,15 +156,7 @@ def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
         trainable.append(sum(p.numel() for p in params))
         opt = torch.optim.AdamW(params, lr=LR[mode], fused=ctx.is_cuda)
         net = wrap(net)
-
-        def step(inputs):
-            with amp.context():
-                loss = net(**inputs).loss
-            amp.backward(loss, opt)
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        return step
+        return training.optimizer_step(lambda inputs: net(**inputs).loss, opt, amp)
 
     tokens = sum(n for _, n in batches) // DISTINCT_BATCHES
     # Throughput counts real tokens (the causal LM) or samples (the classifier), never padding.

@@ -12,27 +12,14 @@ PARAMS = {
 PROFILES = {
     "quick": {"num_workers": [0, 2], "pin_memory": [False], "batch": [16], "image": [64]},
 }
-CLASSES = 4
-# Files are written a little larger than the model's input, so Resize does real work.
-SOURCE_SCALE = 8 / 7
-
-
-def images_per_class(batch):
-    return 4 * batch // CLASSES  # four batches an epoch: every window is one epoch
+BATCHES_PER_EPOCH = 4  # every window is one epoch: the same four batches each time
 
 
 def run(ctx, num_workers, pin_memory, batch, image):
     from cudastack import jpegs, training
 
     torch = ctx.torch
-    try:
-        import torchvision  # noqa: F401  (ImageFolder and transforms)
-    except ImportError:
-        ctx.skip("torchvision is not installed in this environment")
-    if pin_memory and not ctx.is_cuda:
-        ctx.skip("pin_memory only speeds copies to a GPU; this run is on cpu")
-    root = jpegs.folder(CLASSES, images_per_class(batch), round(image * SOURCE_SCALE))
-    batches = jpegs.loader(torch, root, image, batch, num_workers, pin_memory)
+    batches = jpegs.image_batches(ctx, BATCHES_PER_EPOCH, image, batch, num_workers, pin_memory)
     stream = jpegs.forever(batches)
 
     def next_batch():
@@ -49,21 +36,12 @@ def run(ctx, num_workers, pin_memory, batch, image):
             nn.Flatten(),
             nn.Linear(16 * (image // 2) ** 2, 128),
             nn.ReLU(),
-            nn.Linear(128, CLASSES),
+            nn.Linear(128, jpegs.CLASSES),
         ).to(ctx.device)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         net = wrap(net)
         loss_fn = nn.CrossEntropyLoss()
-
-        def step(b):
-            x, y = b
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        return step
+        return training.optimizer_step(lambda b: loss_fn(net(b[0]), b[1]), opt)
 
     # The loader's worker processes end with it, when this case's objects are collected.
     return training.measure(

@@ -7,6 +7,8 @@
 # twice that for the backward. The second term is attention's two T x T matmuls per layer (L
 # layers, H heads of size Q, sequence T), again x3 for forward + backward. MFU is that times
 # tokens/s over the device's dense peak for the precision in use.
+import itertools
+
 DATA_PARALLEL = True
 PARAMS = {
     "size": ["124m"],
@@ -44,15 +46,11 @@ def run(ctx, size, seq_len, precision, compile, batch):
     from cudastack.precision import autocast
 
     torch = ctx.torch
-    try:
-        from transformers import GPT2Config, GPT2LMHeadModel
-    except ImportError:
-        ctx.skip("transformers is not installed in this environment")
+    transformers = ctx.require("transformers")
     amp = autocast(ctx, precision)
-    if compile and not ctx.is_cuda:
-        ctx.skip("torch.compile of a training step takes minutes on a CPU; compile=false runs")
+    training.check_compile(ctx, compile)
     layers, heads, width, vocab = SIZES[size]
-    config = GPT2Config(
+    config = transformers.GPT2Config(
         n_layer=layers,
         n_head=heads,
         n_embd=width,
@@ -67,25 +65,16 @@ def run(ctx, size, seq_len, precision, compile, batch):
         torch.randint(0, vocab, (batch, seq_len), generator=gen).to(ctx.device)
         for _ in range(DISTINCT_BATCHES)
     ]
-    order = iter(range(1 << 62))
-
-    def next_batch():
-        return tokens[next(order) % DISTINCT_BATCHES]
+    next_batch = itertools.cycle(tokens).__next__
 
     def make_step(wrap):
-        model = GPT2LMHeadModel(config).to(ctx.device)
+        model = transformers.GPT2LMHeadModel(config).to(ctx.device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=ctx.is_cuda)
         model = wrap(model)
-        forward = torch.compile(model) if compile else model
-
-        def step(ids):
-            with amp.context():
-                loss = forward(input_ids=ids, labels=ids).loss
-            amp.backward(loss, opt)
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        return step
+        forward = training.compiled(ctx, model, compile)
+        return training.optimizer_step(
+            lambda ids: forward(input_ids=ids, labels=ids).loss, opt, amp
+        )
 
     # Counted from the config (tied embedding once, position embeddings left out).
     n = vocab * width + layers * (12 * width * width + 13 * width) + 2 * width

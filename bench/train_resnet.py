@@ -3,6 +3,8 @@
 # The defaults are the practices behind the public anchors (NVIDIA's DeepLearningExamples
 # recipe, ~3,079 img/s on an H200): bf16 autocast, channels_last, torch.compile and
 # cudnn.benchmark. fp32/tf32 and the other switches are there to show what each practice buys.
+import itertools
+
 DATA_PARALLEL = True
 PARAMS = {
     "model": ["resnet50"],
@@ -36,13 +38,9 @@ def run(ctx, model, precision, channels_last, compile, batch, image):
     from cudastack.precision import autocast
 
     torch = ctx.torch
-    try:
-        import torchvision
-    except ImportError:
-        ctx.skip("torchvision is not installed in this environment")
+    torchvision = ctx.require("torchvision")
     amp = autocast(ctx, precision)
-    if compile and not ctx.is_cuda:
-        ctx.skip("torch.compile of a training step takes minutes on a CPU; compile=false runs")
+    training.check_compile(ctx, compile)
     torch.backends.cudnn.benchmark = ctx.is_cuda  # autotune conv algorithms for these shapes
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     images = [
@@ -53,11 +51,7 @@ def run(ctx, model, precision, channels_last, compile, batch, image):
         torch.randint(0, CLASSES, (batch,), generator=gen).to(ctx.device)
         for _ in range(DISTINCT_BATCHES)
     ]
-    order = iter(range(1 << 62))
-
-    def next_batch():
-        i = next(order) % DISTINCT_BATCHES
-        return images[i], labels[i]
+    next_batch = itertools.cycle(list(zip(images, labels))).__next__
 
     def make_step(wrap):
         net = getattr(torchvision.models, model)(num_classes=CLASSES)
@@ -66,20 +60,10 @@ def run(ctx, model, precision, channels_last, compile, batch, image):
         # rate small enough that a fixed set of random batches is learnt without diverging).
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         net = wrap(net)
-        forward = torch.compile(net) if compile else net
+        forward = training.compiled(ctx, net, compile)
         loss_fn = torch.nn.CrossEntropyLoss()
+        return training.optimizer_step(lambda b: loss_fn(forward(b[0]), b[1]), opt, amp)
 
-        def step(b):
-            x, y = b
-            with amp.context():
-                loss = loss_fn(forward(x), y)
-            amp.backward(loss, opt)
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        return step
-
-    # ResNet-50 at 224x224: 4.1 GMAC forward, about 3x that with backward (24.6 GFLOP/image).
     return training.measure(
         ctx,
         training.Workload(

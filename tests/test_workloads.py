@@ -55,7 +55,8 @@ def test_seed_cnn_reads_real_jpeg_files_through_imagefolder():
     spec.loader.exec_module(module)
     ctx = Context(torch, torch.device("cpu"), suite.PROFILES["quick"], None)
     metrics = {m.name: m.values for m in module.run(ctx, 0, False, 16, 64)}
-    root = jpegs.folder(module.CLASSES, module.images_per_class(16), round(64 * 8 / 7))
+    per_class = module.BATCHES_PER_EPOCH * 16 // jpegs.CLASSES
+    root = jpegs.folder(jpegs.CLASSES, per_class, round(64 * 8 / 7))
     files = sorted(root.rglob("*.jpg"))
     assert len(files) == 64 and all(f.read_bytes()[:3] == b"\xff\xd8\xff" for f in files)
     read = {str(p) for p in opened if isinstance(p, str) and p.endswith(".jpg")}

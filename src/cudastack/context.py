@@ -6,6 +6,7 @@ Environment side: standard library and torch only.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 from collections.abc import Sequence
@@ -71,6 +72,13 @@ class Context:
     def require_cuda(self, what: str) -> None:
         if not self.is_cuda:
             self.skip(f"{what} needs an NVIDIA GPU; this run is on {self.device.type}")
+
+    def require(self, module: str, why: str = "") -> Any:
+        """Import an optional package (torchvision, transformers, peft), or skip the case."""
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            self.skip(f"{module} is not installed in this environment{why}")
 
     def capability(self) -> tuple:
         return tuple(self.torch.cuda.get_device_capability(self.device)) if self.is_cuda else ()

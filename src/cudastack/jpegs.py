@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 _FOLDERS: dict[tuple[int, int, int], Path] = {}
+CLASSES = 4
 
 
 def folder(classes: int, per_class: int, side: int) -> Path:
@@ -51,6 +52,18 @@ def write_folder(root: Path, classes: int, per_class: int, side: int, seed: int 
             Image.merge("RGB", channels).save(path, "JPEG", quality=90)
             total += path.stat().st_size
     return total
+
+
+def image_batches(
+    ctx: Any, batches_per_epoch: int, image: int, batch: int, num_workers: int, pin_memory: bool
+) -> Any:
+    """The DataLoader over a JPEG folder of ``classes`` x enough images for the epoch, written
+    a little larger than ``image`` so Resize does real work; skips what this run cannot do."""
+    ctx.require("torchvision")
+    if pin_memory and not ctx.is_cuda:
+        ctx.skip("pin_memory only speeds copies to a GPU; this run is on cpu")
+    root = folder(CLASSES, batches_per_epoch * batch // CLASSES, round(image * 8 / 7))
+    return loader(ctx.torch, root, image, batch, num_workers, pin_memory)
 
 
 def loader(

@@ -22,6 +22,37 @@ Step = Callable[[Any], Any]  # batch -> loss tensor (after backward and the opti
 MakeStep = Callable[[Callable[[Any], Any]], Step]  # wrap(model) -> step; wrap is DDP or identity
 
 
+def optimizer_step(loss_of: Callable[[Any], Any], opt: Any, amp: Any = None) -> Step:
+    """The usual step: loss under the precision's autocast (``precision.Autocast``, or plain
+    fp32 when None), backward (loss-scaled for fp16), optimizer step, gradients cleared."""
+
+    def step(batch: Any) -> Any:
+        if amp is None:
+            loss = loss_of(batch)
+            loss.backward()
+            opt.step()
+        else:
+            with amp.context():
+                loss = loss_of(batch)
+            amp.backward(loss, opt)
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def check_compile(ctx: Context, compile: bool) -> None:
+    """A compile=true case skips on a CPU, where compiling a training step takes minutes."""
+    if compile and not ctx.is_cuda:
+        ctx.skip("torch.compile of a training step takes minutes on a CPU; compile=false runs")
+
+
+def compiled(ctx: Context, model: Any, compile: bool) -> Any:
+    """``torch.compile(model)`` when asked (see ``check_compile``), else the model itself."""
+    check_compile(ctx, compile)
+    return ctx.torch.compile(model) if compile else model
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How many steps to warm up and how many passes over the fixed batches to time."""
