@@ -40,7 +40,9 @@ def test_every_record_is_sane(quick_run):
     ok = df[df["status"] == "ok"]
     assert len(ok) > 0
     assert ok["value"].map(math.isfinite).all()
-    can_be_zero = ok["metric"].isin(["output_err", "data_wait_pct"])  # fp32's own error is 0
+    can_be_zero = ok["metric"].isin(
+        ["output_err", "data_wait_pct", "data_wait_ms"]
+    )  # fp32's own error is 0
     assert (ok.loc[~can_be_zero, "value"] > 0).all() and (ok["value"] >= 0).all()
     for metric, unit in UNITS.items():
         if not unit:
@@ -117,6 +119,8 @@ def test_every_training_case_learns_and_states_its_throughput(quick_run):
         assert (rate["unit"] == expected).all(), case
         wait = _metric(rows, "data_wait_pct")
         assert len(wait) == 6 and all(0 <= w < 100 for w in wait), case
+        step = [a + b for a, b in zip(_metric(rows, "data_wait_ms"), _metric(rows, "compute_ms"))]
+        assert step == pytest.approx(_metric(rows, "latency")), case  # the split adds up
         assert not _metric(rows, "peak_mem"), "peak_mem is a GPU measurement"
 
 

@@ -129,3 +129,13 @@ def test_trace_saves_a_chrome_trace_per_case(tmp_path):
     assert [t.name for t in traces] == ["gemm_dtype=fp32_n=512.json"]
     events = json.loads(traces[0].read_text())["traceEvents"]
     assert any("mm" in str(e.get("name", "")) for e in events)
+
+
+def test_the_injected_slowdown_reaches_training_steps(tmp_path):
+    proc = cli(
+        "run", "--bench", "train_gpt", "--profile", "quick", "--extra-work", "0.5",
+        "--out", "slow", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _, ok = table(tmp_path / "slow")
+    assert len(values(ok, "train_gpt", "items_per_s")) == 6  # ran, not failed

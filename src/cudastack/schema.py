@@ -51,6 +51,8 @@ UNITS = {
     "pct_of_peak": "%",
     # training, fine-tuning, data loading
     "data_wait_pct": "%",  # host time blocked on the input pipeline, share of the window
+    "data_wait_ms": "ms",  # ... per step
+    "compute_ms": "ms",  # the rest of a step: latency = data_wait_ms + compute_ms
     "loss_start": "loss",  # mean loss over the first measured pass over the fixed batches
     "loss_end": "loss",  # ... and over the last: it must be lower
     "peak_mem": "GiB",  # torch.cuda.max_memory_allocated over the window (GPU only)

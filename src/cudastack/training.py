@@ -179,7 +179,15 @@ def measure(ctx: Context, work: Workload) -> list[Metric]:
     out = [
         Metric("items_per_s", work.unit, "higher", rates),
         Metric("latency", "ms", "lower", [1e3 * s / w.steps_per_window for s in w.seconds]),
+        # The step's time split in two: waiting for the input pipeline, and the rest (compute).
         Metric("data_wait_pct", "%", "lower", [100 * d / s for d, s in zip(w.wait_s, w.seconds)]),
+        Metric("data_wait_ms", "ms", "lower", [1e3 * d / w.steps_per_window for d in w.wait_s]),
+        Metric(
+            "compute_ms",
+            "ms",
+            "lower",
+            [1e3 * (s - d) / w.steps_per_window for d, s in zip(w.wait_s, w.seconds)],
+        ),
         Metric("loss_start", "loss", "lower", [loss_start]),
         Metric("loss_end", "loss", "lower", [loss_end]),
     ]
