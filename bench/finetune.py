@@ -52,18 +52,22 @@ def _check_weights(ctx, weights):
         ctx.skip(f"weights={weights}: no model.safetensors or pytorch_model.bin there")
 
 
-def _model(ctx, model, size, weights):
+def _load_failed(ctx, weights, model, exc):
+    # A malformed folder is a row with the reason, not a crash.
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    ctx.skip(f"weights={weights}: cannot load it as {model}: {first}")
+
+
+def _config(ctx, model, size, weights):
+    """The model's config: read from weights=DIR, else built for the size."""
     import transformers as tf
 
-    head = tf.AutoModelForSequenceClassification if model == "bert" else tf.AutoModelForCausalLM
     if weights:
         _check_weights(ctx, weights)
         try:
-            kwargs = {"num_labels": 2} if model == "bert" else {}
-            return head.from_pretrained(weights, local_files_only=True, **kwargs)
-        except Exception as exc:  # a malformed folder is a row with the reason, not a crash
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            ctx.skip(f"weights={weights}: cannot load it as {model}: {first}")
+            return tf.AutoConfig.from_pretrained(weights, local_files_only=True, num_labels=2)
+        except Exception as exc:
+            _load_failed(ctx, weights, model, exc)
     layers, heads, width, vocab = SIZES[(model, size)]
     if model == "bert":
         config = tf.BertConfig(
@@ -84,7 +88,19 @@ def _model(ctx, model, size, weights):
             eos_token_id=0,
         )
     config._attn_implementation = "sdpa"
-    return head.from_config(config)
+    return config
+
+
+def _model(ctx, model, config, weights):
+    import transformers as tf
+
+    head = tf.AutoModelForSequenceClassification if model == "bert" else tf.AutoModelForCausalLM
+    if not weights:
+        return head.from_config(config)
+    try:
+        return head.from_pretrained(weights, config=config, local_files_only=True)
+    except Exception as exc:
+        _load_failed(ctx, weights, model, exc)
 
 
 def _lengths(rng, count, seq_len):
@@ -133,10 +149,9 @@ def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
             "BERT sequence classification does not take; layout=padded measures BERT"
         )
     amp = autocast(ctx, precision)
-    probe = _model(ctx, model, size, weights)
-    vocab = probe.config.vocab_size
-    max_pos = getattr(probe.config, "max_position_embeddings", None) or probe.config.n_positions
-    del probe
+    config = _config(ctx, model, size, weights)
+    vocab = config.vocab_size
+    max_pos = getattr(config, "max_position_embeddings", None) or config.n_positions
     if seq_len > max_pos:
         ctx.skip(f"seq_len={seq_len} is longer than this model's {max_pos} positions")
     batches = _batches(ctx, model, layout, seq_len, batch, vocab)
@@ -144,13 +159,13 @@ def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
     trainable = []
 
     def make_step(wrap):
-        net = _model(ctx, model, size, weights)
+        net = _model(ctx, model, config, weights)
         if mode == "lora":
             task = "SEQ_CLS" if model == "bert" else "CAUSAL_LM"
             # GPT-2 stores its projections as Conv1D (weights transposed): LoRA must know.
             conv1d = net.config.model_type == "gpt2"
-            config = peft.LoraConfig(task_type=task, fan_in_fan_out=conv1d, **LORA)
-            net = peft.get_peft_model(net, config)
+            lora = peft.LoraConfig(task_type=task, fan_in_fan_out=conv1d, **LORA)
+            net = peft.get_peft_model(net, lora)
         net = net.to(ctx.device)
         params = [p for p in net.parameters() if p.requires_grad]
         trainable.append(sum(p.numel() for p in params))

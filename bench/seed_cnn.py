@@ -20,12 +20,12 @@ def run(ctx, num_workers, pin_memory, batch, image):
 
     torch = ctx.torch
     batches = jpegs.image_batches(ctx, BATCHES_PER_EPOCH, image, batch, num_workers, pin_memory)
-    stream = jpegs.forever(batches)
+    # Data wait is the time the loader keeps the step waiting; the copy to the device belongs
+    # to the step (from pageable memory it also waits for the GPU's queue, which is not data).
+    next_batch = jpegs.forever(batches).__next__
 
-    def next_batch():
-        x, y = next(stream)
-        # The copy to the device is part of the input pipeline; pinned memory makes it async.
-        return x.to(ctx.device, non_blocking=pin_memory), y.to(ctx.device, non_blocking=pin_memory)
+    def to_device(t):
+        return t.to(ctx.device, non_blocking=pin_memory)  # asynchronous from pinned memory
 
     def make_step(wrap):
         nn = torch.nn
@@ -41,7 +41,9 @@ def run(ctx, num_workers, pin_memory, batch, image):
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         net = wrap(net)
         loss_fn = nn.CrossEntropyLoss()
-        return training.optimizer_step(lambda b: loss_fn(net(b[0]), b[1]), opt)
+        return training.optimizer_step(
+            lambda b: loss_fn(net(to_device(b[0])), to_device(b[1])), opt
+        )
 
     # The loader's worker processes end with it, when this case's objects are collected.
     return training.measure(

@@ -17,6 +17,7 @@ from cudastack.suite import DEFAULT_BENCH_DIR
         (["run", "--set", "batch"], "error: malformed --set 'batch'"),
         (["run", "--set", "colour=red"], "error: --set colour: no bench has that parameter"),
         (["run", "--set", "batch=big"], "error: --set batch=big: batch takes a number"),
+        (["run", "--set", "precision=fp12"], "error: --set precision=fp12: finetune knows amp_"),
         (
             ["run", "--bench", "finetune", "--set", "weights=no/such/dir"],
             "error: --set weights=no/such/dir: no such folder on this host",

@@ -184,3 +184,12 @@ def test_a_fifteen_percent_slowdown_is_found_across_processes():
     (row,) = compare.compare(df).to_dict("records")
     assert row["unit_of_n"] == "processes" and row["verdict"] == "slower"
     assert row["ratio"] == pytest.approx(1 / 1.15, rel=0.03) and row["ci_high"] < 1
+
+
+def test_processes_without_spread_that_differ_are_a_change():
+    df = table(
+        *[samples("a", "x[n=1]", [100.0] * 5, process=i) for i in range(3)],
+        *[samples("b", "x[n=1]", [80.0] * 5, process=i) for i in range(3)],
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == "processes" and row["p"] == 0.0 and row["verdict"] == "slower"

@@ -107,12 +107,13 @@ def test_shipped_suite_discovers_and_every_bench_has_a_quick_grid():
 
 def test_set_replaces_values_with_the_parameters_type(make_bench):
     make_bench("toy", GRID)
-    specs = suite.discover(make_bench("other", '"""Other."""\nPARAMS = {"n": [1.5], "w": [""]}\n'))
-    overrides = suite.parse_set(["n=7", "fused=false", "w=/models/x"], specs)
-    assert overrides == {"n": "7", "fused": "false", "w": "/models/x"}
+    other = '"""Other."""\nPARAMS = {"n": [1.5], "weights": [""]}\n'
+    specs = suite.discover(make_bench("other", other))
+    overrides = suite.parse_set(["n=7", "fused=false", "weights=/models/x"], specs)
+    assert overrides == {"n": "7", "fused": "false", "weights": "/models/x"}
     cases = suite.plan(specs, "standard", None, None, overrides)
     assert [c.id for c in cases] == [
-        "other[n=7.0,w=/models/x]",  # each bench reads the value as its own type
+        "other[n=7.0,weights=/models/x]",  # each bench reads the value as its own type
         "toy[dtype=fp32,n=7,fused=false]",
         "toy[dtype=bf16,n=7,fused=false]",
     ]
@@ -125,6 +126,7 @@ def test_set_replaces_values_with_the_parameters_type(make_bench):
         (["colour=red"], "no bench has that parameter"),
         (["n=two"], "n takes a number"),
         (["fused=yes"], "write true or false"),
+        (["dtype=fp12"], "--set dtype=fp12: toy knows fp32, bf16"),  # text: a listed value
     ],
 )
 def test_bad_set(make_bench, items, message):

@@ -62,6 +62,8 @@ def test_seed_cnn_reads_real_jpeg_files_through_imagefolder():
     read = {str(p) for p in opened if isinstance(p, str) and p.endswith(".jpg")}
     assert read == {str(f) for f in files}  # every file of the folder was read and decoded
     assert metrics["loss_end"][0] < metrics["loss_start"][0]
+    first_labels = next(iter(jpegs.loader(torch, root, 64, 16, 0, False)))[1]
+    assert set(first_labels.tolist()) == set(range(jpegs.CLASSES))  # classes interleaved
     assert all(r > 0 for r in metrics["items_per_s"])
 
 

@@ -189,7 +189,10 @@ def _p_value(a: np.ndarray, b: np.ndarray, by_process: bool) -> float:
         return 1.0
     if by_process:
         p = float(ttest_ind(np.log(a), np.log(b), equal_var=False).pvalue)
-        return p if np.isfinite(p) else 1.0  # identical values on both sides: no evidence
+        if np.isfinite(p):
+            return p
+        # No spread on either side: certain difference if the values differ, none if equal.
+        return 0.0 if np.median(a) != np.median(b) else 1.0
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 

@@ -69,18 +69,22 @@ def image_batches(
 def loader(
     torch: Any, root: Path, image: int, batch: int, num_workers: int, pin_memory: bool
 ) -> Any:
-    """ImageFolder with Resize + ToTensor, in a fixed order (so epochs repeat the same batches),
-    workers kept alive across epochs so an epoch boundary does not restart them."""
+    """ImageFolder with Resize + ToTensor in a fixed order, workers kept alive across epochs so
+    an epoch boundary does not restart them."""
     from torchvision import datasets, transforms
 
     data = datasets.ImageFolder(
         str(root),
         transform=transforms.Compose([transforms.Resize((image, image)), transforms.ToTensor()]),
     )
+    # Classes interleaved (ImageFolder lists them one after another), in the same order every
+    # epoch: each batch holds every class, and epochs repeat the same batches.
+    per_class = len(data) // len(data.classes)
+    order = [c * per_class + i for i in range(per_class) for c in range(len(data.classes))]
     return torch.utils.data.DataLoader(
         data,
         batch_size=batch,
-        shuffle=False,
+        sampler=order,
         drop_last=True,
         num_workers=num_workers,
         pin_memory=pin_memory,

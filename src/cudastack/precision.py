@@ -14,28 +14,29 @@ from .context import Context
 MODES = ("fp32", "tf32", "amp_bf16", "amp_fp16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Autocast:
     """How a training step runs its forward pass and applies its gradients in one mode."""
 
     torch: Any
     device_type: str
     dtype: Any  # autocast's dtype, or None for full fp32 math
-    scaler: Any  # a GradScaler for fp16, whose small range would underflow gradients
 
     def context(self) -> Any:
         if self.dtype is None:
             return contextlib.nullcontext()
         return self.torch.autocast(self.device_type, dtype=self.dtype)
 
-    def backward(self, loss: Any, opt: Any) -> None:
-        if self.scaler is None:
-            loss.backward()
-            opt.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
-        self.scaler.update()
+    def new_scaler(self) -> Any:
+        """A GradScaler for fp16, whose small range would underflow gradients; one per model,
+        since a scale carried over from another model's steps would be that model's, not this
+        one's (and under DDP every rank must start from the same scale). None otherwise."""
+        if self.dtype is not self.torch.float16:
+            return None
+        amp = self.torch.amp
+        if hasattr(amp, "GradScaler"):
+            return amp.GradScaler("cuda")
+        return self.torch.cuda.amp.GradScaler()  # torch before 2.3
 
 
 def autocast(ctx: Context, mode: str) -> Autocast:
@@ -52,10 +53,9 @@ def autocast(ctx: Context, mode: str) -> Autocast:
     if mode == "amp_fp16":
         if not ctx.is_cuda:
             ctx.skip("amp_fp16 training needs a GPU: CPU autocast in fp16 is a slow fallback")
-        scaler = torch.amp.GradScaler("cuda")
-        return Autocast(torch, ctx.device.type, torch.float16, scaler)
+        return Autocast(torch, ctx.device.type, torch.float16)
     if mode == "amp_bf16":
         if ctx.is_cuda and not torch.cuda.is_bf16_supported():
             ctx.skip("amp_bf16 needs a GPU with bfloat16 support (compute capability 8.0+)")
-        return Autocast(torch, ctx.device.type, torch.bfloat16, None)
-    return Autocast(torch, ctx.device.type, None, None)
+        return Autocast(torch, ctx.device.type, torch.bfloat16)
+    return Autocast(torch, ctx.device.type, None)

@@ -17,8 +17,7 @@ from .doctor import nvml_host
 from .envinfo import usable_cores
 
 LOG = "log.txt"
-# Parameters whose values are folders on the host: checked here, mounted into containers.
-PATH_PARAMS = ("weights",)
+PATH_PARAMS = suite.PATH_PARAMS  # folders on the host: checked here, mounted into containers
 
 
 def device_limit(device: str) -> tuple[int, str]:

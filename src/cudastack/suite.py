@@ -17,6 +17,10 @@ from typing import Any, Optional
 DEFAULT_BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
 
+# Parameters whose values are folders of the user's, not one of the values a bench lists.
+PATH_PARAMS = ("weights",)
+
+
 class SuiteError(ValueError):
     """Bad input about the suite (unknown bench, profile, parameter, malformed selection)."""
 
@@ -177,6 +181,15 @@ def parse_set(items: Sequence[str], specs: dict[str, BenchSpec]) -> dict[str, st
             )
         for spec in having:
             typed(key, text, spec.params[key][0])  # refuse a value some bench cannot take
+            listed = [
+                v for grid in (spec.params, *spec.profiles.values()) for v in grid.get(key, [])
+            ]
+            # A number may be any number; a text value must be one the bench knows (a
+            # precision or size it has code for), except a folder.
+            if isinstance(listed[0], str) and key not in PATH_PARAMS and text not in listed:
+                raise SuiteError(
+                    f"--set {key}={text}: {spec.name} knows {', '.join(dict.fromkeys(listed))}"
+                )
         out[key] = text
     return out
 

@@ -57,11 +57,12 @@ class Nvml:
             uuid = str(getattr(torch.cuda.get_device_properties(device), "uuid", "") or "")
             if uuid:
                 uuid = uuid if uuid.startswith("GPU-") else "GPU-" + uuid
-                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+                # Bytes: older bindings pass the argument to ctypes as it is.
+                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())
             else:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        except pynvml.NVMLError as exc:
-            return None, f"none: NVML unavailable ({exc})"
+        except Exception as exc:  # no driver, an old binding, a GPU NVML cannot see: no telemetry
+            return None, f"none: NVML unavailable ({type(exc).__name__}: {exc})"
         return cls(pynvml, handle), "nvml"
 
     def _get(self, name: str, *args: Any) -> Any:

@@ -10,6 +10,8 @@ Under torchrun the same measurement runs data parallel (DDP), after a one-proces
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -26,15 +28,18 @@ def optimizer_step(loss_of: Callable[[Any], Any], opt: Any, amp: Any = None) -> 
     """The usual step: loss under the precision's autocast (``precision.Autocast``, or plain
     fp32 when None), backward (loss-scaled for fp16), optimizer step, gradients cleared."""
 
+    scaler = amp.new_scaler() if amp is not None else None
+
     def step(batch: Any) -> Any:
-        if amp is None:
+        with amp.context() if amp is not None else contextlib.nullcontext():
             loss = loss_of(batch)
+        if scaler is None:
             loss.backward()
             opt.step()
         else:
-            with amp.context():
-                loss = loss_of(batch)
-            amp.backward(loss, opt)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         opt.zero_grad(set_to_none=True)
         return loss
 
@@ -48,8 +53,7 @@ def check_compile(ctx: Context, compile: bool) -> None:
 
 
 def compiled(ctx: Context, model: Any, compile: bool) -> Any:
-    """``torch.compile(model)`` when asked (see ``check_compile``), else the model itself."""
-    check_compile(ctx, compile)
+    """``torch.compile(model)`` when asked (after ``check_compile``), else the model itself."""
     return ctx.torch.compile(model) if compile else model
 
 
@@ -91,7 +95,9 @@ class _Windows:
     sampler: Any
 
 
-def _run_windows(ctx: Context, work: Workload, wrap: Callable[[Any], Any]) -> _Windows:
+def _run_windows(
+    ctx: Context, work: Workload, wrap: Callable[[Any], Any], trace: bool = True
+) -> _Windows:
     torch = ctx.torch
     sched = SCHEDULES[ctx.profile.name]
     torch.manual_seed(0)  # the same initial weights in every cell and on every rank
@@ -100,7 +106,7 @@ def _run_windows(ctx: Context, work: Workload, wrap: Callable[[Any], Any]) -> _W
         step = timing.with_extra_work(step, ctx.extra_work)
     for _ in range(max(sched.warmup_steps, work.cycle)):
         step(work.next_batch())
-    # Align with the fixed batches' order so each window is exactly one pass over them.
+    # Any `cycle` consecutive steps are one pass over the fixed batches, whatever the offset.
     per_window = work.cycle
     ctx.sync()
     if ctx.is_cuda:
@@ -123,7 +129,8 @@ def _run_windows(ctx: Context, work: Workload, wrap: Callable[[Any], Any]) -> _W
             seconds.append(time.perf_counter() - start)
             waits.append(wait)
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if ctx.is_cuda else None
-    ctx.trace(lambda: step(work.next_batch()))
+    if trace:
+        ctx.trace(lambda: step(work.next_batch()))
     values = [float(x) for x in torch.stack(losses).float().cpu()]
     return _Windows(seconds, waits, values, per_window, peak, sampler)
 
@@ -140,12 +147,6 @@ def _loss_check(w: _Windows) -> tuple[float, float]:
     return start, end
 
 
-def _median(values: list[float]) -> float:
-    s = sorted(values)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
-
-
 def measure(ctx: Context, work: Workload) -> list[Metric]:
     """Train and measure; under torchrun rank 0 returns the metrics and the others ``[]``."""
     torch = ctx.torch
@@ -155,8 +156,8 @@ def measure(ctx: Context, work: Workload) -> list[Metric]:
         # Scaling efficiency needs one process's rate on one device with this process's share
         # of threads: rank 0 measures it alone while the other ranks wait.
         if w1.is_main:
-            alone = _run_windows(ctx, work, lambda m: m)
-            baseline = _median(
+            alone = _run_windows(ctx, work, lambda m: m, trace=False)
+            baseline = statistics.median(
                 [work.items_per_step * alone.steps_per_window / s for s in alone.seconds]
             )
         worldmod.barrier(torch, w1)

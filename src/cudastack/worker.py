@@ -32,6 +32,9 @@ from .stats import summarize
 from .telemetry import Nvml
 
 EXIT_BAD_INPUT = 2
+# An exception under torchrun may leave the ranks at different collectives: nothing after it
+# would be measured in step, so the run ends there (torchrun then stops the other ranks).
+OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
 
 
 class CaseTimeout(Exception):
@@ -177,7 +180,9 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, st
     torch = ctx.torch
     saved = _flags(torch)
     timeout = ctx.profile.case_timeout_s
-    use_alarm = hasattr(signal, "setitimer")
+    # Under torchrun each rank's alarm would fire on its own and leave the others waiting in
+    # a collective: there, the host's per-cell time limit is what stops a case that hangs.
+    use_alarm = hasattr(signal, "setitimer") and not ctx.world.distributed
     if use_alarm:
         # The alarm interrupts Python code between bytecodes; a single kernel that never returns
         # is caught one level up, by the host's per-cell time limit.
@@ -196,11 +201,16 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, st
         reason = _first_line(exc)
         if "out of memory" in reason.lower():
             reason = "out of memory: " + reason
-        return "failed", reason, []
+        return "failed", reason + (OUT_OF_STEP if ctx.world.distributed else ""), []
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
         _restore_flags(torch, saved)
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is not None:
+            # Compiled graphs hold their models and count towards dynamo's recompile limit;
+            # every case compiles a model of its own.
+            dynamo.reset()
         gc.collect()
         if ctx.is_cuda:
             torch.cuda.empty_cache()
@@ -291,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # one-process baseline that scaling efficiency is measured against.
     threads = args.threads or max(1, envinfo.usable_cores() // world.size)
     torch.set_num_threads(threads)
-    worldmod.init(torch, world, device)
+    worldmod.init(torch, world, device, wait_s=max(1800.0, 2 * profile.case_timeout_s))
     try:
         return _run_suite(args, torch, device, profile, cases, threads, world, specs)
     finally:
@@ -361,6 +371,8 @@ def _run_suite(
             counts[status] += 1
             detail = headline(metrics) if status == "ok" else rows[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
+            if reason.endswith(OUT_OF_STEP):
+                return 1
     elapsed = time.perf_counter() - started
     # done.json marks a finished suite (of the latest process, with --repeat); its time lets
     # the host tell suite time from overhead.
@@ -410,7 +422,10 @@ def _follow(
     """A rank other than 0: run every case for its collectives; rank 0 records the results."""
     modules = _Modules(specs)
     for case in cases:
-        run_case(_context(args, torch, device, profile, None, world, nvml, case), modules, case)
+        ctx = _context(args, torch, device, profile, None, world, nvml, case)
+        if run_case(ctx, modules, case)[1].endswith(OUT_OF_STEP):
+            print(f"rank {world.rank}: {case.id} failed{OUT_OF_STEP}", flush=True)
+            return 1
     return 0
 
 

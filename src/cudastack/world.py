@@ -5,6 +5,7 @@ Environment side: standard library and torch only. A plain run is a world of one
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +43,13 @@ def backend(device: Any) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def init(torch: Any, world: World, device: Any) -> None:
+def init(torch: Any, world: World, device: Any, wait_s: float) -> None:
+    """Join the process group. ``wait_s`` bounds how long a collective may wait for the other
+    ranks: longer than a case, since ranks wait while rank 0 measures its one-process baseline
+    (NCCL's default is 10 minutes)."""
     if world.distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend(device))
+        timeout = datetime.timedelta(seconds=wait_s)
+        torch.distributed.init_process_group(backend(device), timeout=timeout)
 
 
 def barrier(torch: Any, world: World) -> None:
