@@ -188,11 +188,11 @@ def _p_value(a: np.ndarray, b: np.ndarray, by_process: bool) -> float:
     if min(len(a), len(b)) < 2:
         return 1.0
     if by_process:
-        p = float(ttest_ind(np.log(a), np.log(b), equal_var=False).pvalue)
-        if np.isfinite(p):
-            return p
-        # No spread on either side: certain difference if the values differ, none if equal.
-        return 0.0 if np.median(a) != np.median(b) else 1.0
+        log_a, log_b = np.log(a), np.log(b)
+        if np.ptp(log_a) == 0 and np.ptp(log_b) == 0:
+            # No spread on either side: a certain difference if the values differ, else none.
+            return 0.0 if log_a[0] != log_b[0] else 1.0
+        return float(ttest_ind(log_a, log_b, equal_var=False).pvalue)
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
