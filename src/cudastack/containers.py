@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .runners import LOG, PATH_PARAMS, SuiteArgs
+from .runners import LOG, SuiteArgs
+from .suite import PATH_PARAMS
 
 HARNESS_SRC = Path(__file__).resolve().parents[1]  # the folder holding the cudastack package
 IN_SRC, IN_BENCH, IN_RESULTS = "/harness/src", "/harness/bench", "/results"

@@ -17,7 +17,6 @@ from .doctor import nvml_host
 from .envinfo import usable_cores
 
 LOG = "log.txt"
-PATH_PARAMS = suite.PATH_PARAMS  # folders on the host: checked here, mounted into containers
 
 
 def device_limit(device: str) -> tuple[int, str]:
@@ -53,7 +52,7 @@ class SuiteArgs:
         specs = suite.discover(self.bench_dir)
         selection = suite.parse_select(self.select)
         overrides = suite.parse_set(self.overrides, specs)
-        for key in PATH_PARAMS:
+        for key in suite.PATH_PARAMS:  # folders: they must exist here
             folder = overrides.get(key)
             if folder and not Path(folder).is_dir():
                 raise suite.SuiteError(f"--set {key}={folder}: no such folder on this host")
