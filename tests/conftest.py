@@ -14,6 +14,7 @@ from docker_env import (  # noqa: F401 (fixtures)
     clean_engine,
     engine,
     good_matrix,
+    images_made_here,
     registry,
     wheelhouse,
 )

@@ -64,7 +64,25 @@ def base_image(engine, tmp_path_factory):
     repo, tag = BASE_IMAGE.split(":")
     engine.api.import_image_from_file(str(archive), repository=repo, tag=tag)
     archive.unlink()
+    shutil.rmtree(root, ignore_errors=True)
     return BASE_IMAGE
+
+
+CELL_LABEL = "dev.cudastack.cell"
+
+
+@pytest.fixture(scope="module")
+def images_made_here(engine):
+    """Remove the cell images a test module built or pulled once the module is done.
+
+    A cell image with its CPU torch is over 1 GB; left behind, a run's images add up to more
+    disk than a CI machine may have (the base image stays: every module uses it).
+    """
+    before = {image.id for image in engine.images.list(filters={"label": CELL_LABEL})}
+    yield
+    for image in engine.images.list(filters={"label": CELL_LABEL}):
+        if image.id not in before:
+            engine.images.remove(image.id, force=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,10 @@ import io
 import json
 import os
 import tarfile
-import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .matrix import Cell
 
@@ -51,42 +52,61 @@ def push(client: Any, tag: str, registry: str) -> str:
     raise HandoffError(f"push to {registry} finished but the engine reports no digest for {repo}")
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
+def _stream_member(f: BinaryIO, name: str, blocks: Iterable[bytes]) -> str:
+    """Write one tar member whose size is known only at its end; returns its sha256.
+
+    The image goes straight into the archive: a docker save into a temporary file first
+    would need twice the image's size on disk, and CUDA images run to 10 GB and more. The
+    header's 512 bytes are reserved, then written once the size is known (GNU format
+    encodes sizes past 8 GiB in the same block).
+    """
+    start = f.tell()
+    f.write(bytes(tarfile.BLOCKSIZE))
+    digest, size = hashlib.sha256(), 0
+    for block in blocks:
+        f.write(block)
+        digest.update(block)
+        size += len(block)
+    f.write(bytes(-size % tarfile.BLOCKSIZE))
+    end = f.tell()
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, int(time.time()), 0o644
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    assert len(header) == tarfile.BLOCKSIZE, "a member name this long needs a longer header"
+    f.seek(start)
+    f.write(header)
+    f.seek(end)
     return digest.hexdigest()
 
 
 def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict:
-    """One tar: manifest.json, lock.txt and the image (docker save), written atomically."""
+    """One tar: the image (docker save), then manifest.json and lock.txt, written atomically."""
     image = client.images.get(tag)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".cudastack-export-") as tmp:
-        image_tar = Path(tmp) / "image.tar"
-        with open(image_tar, "wb") as f:
-            for block in image.save(named=True):
-                f.write(block)
-        manifest = {
-            "format": EXPORT_FORMAT,
-            "cell": cell.name,
-            "tag": tag,
-            "image_id": image.id,
-            "image_sha256": _sha256_file(image_tar),
-            "lock_sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
-            "labels": image.labels,
-        }
-        partial = out.with_name(out.name + ".partial")
-        with tarfile.open(partial, "w") as tar:
-            for name, data in (
-                ("manifest.json", json.dumps(manifest, indent=2).encode()),
-                ("lock.txt", lock_text.encode()),
-            ):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            tar.add(image_tar, arcname="image.tar")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with open(partial, "wb") as f:
+            image_sha256 = _stream_member(f, "image.tar", image.save(named=True))
+            manifest = {
+                "format": EXPORT_FORMAT,
+                "cell": cell.name,
+                "tag": tag,
+                "image_id": image.id,
+                "image_sha256": image_sha256,
+                "lock_sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
+                "labels": image.labels,
+            }
+            # tarfile starts at the file's position: the two small members follow the image.
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name, data in (
+                    ("manifest.json", json.dumps(manifest, indent=2).encode()),
+                    ("lock.txt", lock_text.encode()),
+                ):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+                    tar.addfile(info, io.BytesIO(data))
         os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return manifest
 
 
@@ -101,6 +121,11 @@ def import_archive(client: Any, path: Path) -> dict:
     """Verify the archive's hashes first, then load it: a damaged archive loads nothing."""
     try:
         with tarfile.open(path, "r:") as tar:
+            # A cut-off archive reads as a shorter one: a member whose data runs past the end
+            # of the file is the sign of it (the manifest comes after the image).
+            size = path.stat().st_size
+            if any(m.offset_data + m.size > size for m in tar.getmembers()):
+                raise tarfile.ReadError("the file ends inside a member")
             manifest = json.loads(tar.extractfile(_member(tar, "manifest.json")).read())  # type: ignore[union-attr]
             lock = tar.extractfile(_member(tar, "lock.txt")).read()  # type: ignore[union-attr]
             digest = hashlib.sha256()

@@ -16,7 +16,7 @@ from docker_env import TORCH, cpu_cell, write_matrix
 from cudastack import images, matrix, pipeline, results
 from cudastack.containers import NO_GPU_RUNTIME
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
 
 def test_build_streams_logs_then_hits_the_cache(engine, good_matrix, wheelhouse, tmp_path):
@@ -253,6 +253,9 @@ def test_ctrl_c_removes_the_container_and_keeps_what_finished(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As from a terminal: a shell's background job (how CI may start pytest) ignores SIGINT,
+        # and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tarfile
 
 import pytest
 from conftest import cli
@@ -13,7 +14,7 @@ from docker_env import BASE_IMAGE, TORCH, cpu_cell, write_matrix
 import docker
 from cudastack import images, matrix, pipeline, results
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,7 @@ def test_push_then_reproduce_from_the_registry_and_from_scratch(
     again = cli("reproduce", str(locked["run"]), "--matrix", str(locked["matrix"]))
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"reg-cpu: image pulled as {locked['tag']}: identical environment" in again.stdout
+    pulled = engine.images.get(locked["tag"]).id
     rebuilt = cli(
         "reproduce",
         str(locked["run"]),
@@ -119,6 +121,8 @@ def test_push_then_reproduce_from_the_registry_and_from_scratch(
     )
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "image rebuilt" in rebuilt.stdout and "identical environment" in rebuilt.stdout
+    assert engine.images.get(locked["tag"]).id != pulled
+    engine.images.remove(pulled, force=True)  # the tag moved on: free its gigabyte now
 
 
 def test_reproduce_reports_a_changed_environment(engine, locked, tmp_path):
@@ -146,29 +150,49 @@ def test_a_refused_push_is_one_line(locked):
     assert proc.stderr.startswith("error: push to 127.0.0.1:1/nothing refused: ")
 
 
+def _flip_byte(path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
 def test_export_imports_on_a_clean_engine_and_damage_is_refused(
     engine, locked, clean_engine, tmp_path
 ):
     archive = tmp_path / "reg-cpu.tar"
     proc = cli("export", "reg-cpu", "-o", str(archive), "--matrix", str(locked["matrix"]))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    data = archive.read_bytes()
-    (tmp_path / "truncated.tar").write_bytes(data[: len(data) // 2])
-    tampered = bytearray(data)
-    tampered[len(data) // 2] ^= 0xFF
-    (tmp_path / "tampered.tar").write_bytes(bytes(tampered))
     env = {**os.environ, "DOCKER_HOST": clean_engine}
     clean = docker.DockerClient(base_url=clean_engine)
-    for name in ("truncated.tar", "tampered.tar"):
-        bad = cli("import", str(tmp_path / name), env=env)
-        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
-        assert not clean.images.list(), f"{name} left an image behind"
-    good = cli("import", str(archive), env=env)
-    assert good.returncode == 0, good.stdout + good.stderr
-    assert "hashes verified" in good.stdout
-    assert clean.images.get(locked["tag"]).id == engine.images.get(locked["tag"]).id
-    exists = cli("export", "reg-cpu", "-o", str(archive), "--matrix", str(locked["matrix"]))
-    assert exists.returncode == 2 and "already exists" in exists.stderr
+    # The archive is as large as the image: damage it in place rather than in copies.
+    with tarfile.open(archive) as tar:
+        member = tar.getmember("image.tar")
+    middle = member.offset_data + member.size // 2
+    try:
+        _flip_byte(archive, middle)
+        tampered = cli("import", str(archive), env=env)
+        assert tampered.returncode == 2 and tampered.stderr.count("\n") == 1, tampered.stderr
+        assert "does not match its manifest's sha256" in tampered.stderr
+        assert not clean.images.list(), "a tampered archive left an image behind"
+        _flip_byte(archive, middle)
+        good = cli("import", str(archive), env=env)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "hashes verified" in good.stdout
+        assert clean.images.get(locked["tag"]).id == engine.images.get(locked["tag"]).id
+        exists = cli("export", "reg-cpu", "-o", str(archive), "--matrix", str(locked["matrix"]))
+        assert exists.returncode == 2 and "already exists" in exists.stderr
+        loaded = {image.id for image in clean.images.list()}
+        os.truncate(archive, middle)
+        truncated = cli("import", str(archive), env=env)
+        assert truncated.returncode == 2 and truncated.stderr.count("\n") == 1, truncated.stderr
+        assert "is truncated or not a tar archive" in truncated.stderr
+        assert {image.id for image in clean.images.list()} == loaded
+    finally:
+        archive.unlink()
+        for image in clean.images.list():
+            clean.images.remove(image.id, force=True)
 
 
 def test_shell_runs_in_the_cell_with_this_folder_mounted(locked, tmp_path):
