@@ -6,6 +6,7 @@ and `docker import`, and torch comes from a wheelhouse that pip downloads on the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -68,20 +69,28 @@ def base_image(engine, tmp_path_factory):
     return BASE_IMAGE
 
 
-CELL_LABEL = "dev.cudastack.cell"
+TEST_CELLS: set[str] = set()  # every cell name cpu_cell() has written into a test matrix
 
 
 @pytest.fixture(scope="module")
 def images_made_here(engine):
-    """Remove the cell images a test module built or pulled once the module is done.
+    """Remove the test cells' images that a test module built or pulled, once it is done.
 
     A cell image with its CPU torch is over 1 GB; left behind, a run's images add up to more
-    disk than a CI machine may have (the base image stays: every module uses it).
+    disk than a CI machine may have. Only the tests' own cells are touched: an image a
+    developer builds meanwhile on the same engine stays (and so does the base image).
     """
-    before = {image.id for image in engine.images.list(filters={"label": CELL_LABEL})}
+    from docker.errors import APIError
+
+    def cell_images() -> list:
+        return list(engine.images.list(filters={"label": "dev.cudastack.cell"}))
+
+    before = {image.id for image in cell_images()}
     yield
-    for image in engine.images.list(filters={"label": CELL_LABEL}):
-        if image.id not in before:
+    for image in cell_images():
+        if image.id in before or image.labels.get("dev.cudastack.cell") not in TEST_CELLS:
+            continue
+        with contextlib.suppress(APIError):  # already gone, or held by a failed test's container
             engine.images.remove(image.id, force=True)
 
 
@@ -118,6 +127,7 @@ def write_matrix(folder: Path, *cells: str) -> Path:
 
 
 def cpu_cell(name: str, torch: str = TORCH) -> str:
+    TEST_CELLS.add(name)
     return f"""
     [[cell]]
     name = "{name}"

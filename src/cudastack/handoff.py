@@ -82,9 +82,11 @@ def _stream_member(f: BinaryIO, name: str, blocks: Iterable[bytes]) -> str:
 def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict:
     """One tar: the image (docker save), then manifest.json and lock.txt, written atomically."""
     image = client.images.get(tag)
-    partial = out.with_name(out.name + ".partial")
+    # One partial file per process, created exclusively: two exports to one name never write
+    # into, or delete, each other's file.
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        with open(partial, "wb") as f:
+        with open(partial, "xb") as f:
             image_sha256 = _stream_member(f, "image.tar", image.save(named=True))
             manifest = {
                 "format": EXPORT_FORMAT,
@@ -121,11 +123,12 @@ def import_archive(client: Any, path: Path) -> dict:
     """Verify the archive's hashes first, then load it: a damaged archive loads nothing."""
     try:
         with tarfile.open(path, "r:") as tar:
-            # A cut-off archive reads as a shorter one: a member whose data runs past the end
-            # of the file is the sign of it (the manifest comes after the image).
-            size = path.stat().st_size
-            if any(m.offset_data + m.size > size for m in tar.getmembers()):
-                raise tarfile.ReadError("the file ends inside a member")
+            # tarfile itself raises on a file cut inside a member's data, but reads one cut
+            # inside a header as a shorter archive. A whole one ends in two zero blocks after
+            # its last member; tar.offset is where that end begins.
+            tar.getmembers()
+            if tar.offset + 2 * tarfile.BLOCKSIZE > path.stat().st_size:
+                raise tarfile.ReadError("the file ends before the archive's end blocks")
             manifest = json.loads(tar.extractfile(_member(tar, "manifest.json")).read())  # type: ignore[union-attr]
             lock = tar.extractfile(_member(tar, "lock.txt")).read()  # type: ignore[union-attr]
             digest = hashlib.sha256()
