@@ -166,9 +166,12 @@ def export_cmd(
         raise UserError(f"folder {out.parent} does not exist")
     client = engine("exporting")
     tag = _existing_tag(client, c, matrix_file)
-    manifest = handoff.export(
-        client, c, tag, handoff.lock_text(matrix_file.parent / "locks", c), out
-    )
+    try:
+        manifest = handoff.export(
+            client, c, tag, handoff.lock_text(matrix_file.parent / "locks", c), out
+        )
+    except handoff.HandoffError as exc:
+        raise UserError(str(exc)) from None
     size = out.stat().st_size / 1e9
     console.print(
         f"{escape(c.name)}: {out} ({size:.2f} GB), image {manifest['image_id']}", highlight=False

@@ -107,6 +107,9 @@ def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict
                     info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
                     tar.addfile(info, io.BytesIO(data))
         os.replace(partial, out)
+    except OSError as exc:  # a full disk, most likely: an image runs to gigabytes
+        message = f"could not write {out}: {exc.strerror or exc}; nothing was written"
+        raise HandoffError(message) from None
     finally:
         partial.unlink(missing_ok=True)
     return manifest

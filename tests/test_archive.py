@@ -1,0 +1,103 @@
+"""The export archive without an engine: streamed layout, hash checks, cuts and a full disk.
+
+A stand-in for the Docker SDK's image object streams bytes the way `image.save()` does; the
+real engine round trip is in tests/docker/test_handoff.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cudastack import handoff
+from cudastack.matrix import Cell
+
+# Uneven chunks, as an engine's HTTP stream gives them, none a multiple of the tar block.
+CHUNKS = [bytes([i % 251]) * (300_001 + 7_919 * i) for i in range(9)]
+IMAGE_BYTES = b"".join(CHUNKS)
+
+
+class StandInImage:
+    id = "sha256:" + "ab" * 32
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.fail_after = fail_after
+        self.labels = {"dev.cudastack.cell": "c"}
+
+    def save(self, named: bool = True):
+        for i, chunk in enumerate(CHUNKS):
+            if i == self.fail_after:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield chunk
+
+
+class StandInEngine:
+    def __init__(self, image: StandInImage) -> None:
+        self.image = image
+        self.loaded: list[bytes] = []
+        self.images = self
+
+    def get(self, tag: str) -> StandInImage:
+        return self.image
+
+    def load(self, stream) -> list:
+        self.loaded.append(stream.read())
+        return [self.image]
+
+
+def _cell() -> Cell:
+    return Cell(name="c", base_image="example/base:1", torch="2.9.1", index="cpu", python="3.11")
+
+
+def _export(tmp_path: Path, image: StandInImage) -> Path:
+    out = tmp_path / "c.tar"
+    handoff.export(StandInEngine(image), _cell(), "cudastack/c:1", "torch==2.9.1\n", out)
+    return out
+
+
+def test_the_image_streams_into_the_archive_and_loads_back(tmp_path):
+    out = _export(tmp_path, StandInImage())
+    assert [p.name for p in tmp_path.iterdir()] == ["c.tar"]  # no partial file left
+    with tarfile.open(out) as tar:
+        assert tar.getnames() == ["image.tar", "manifest.json", "lock.txt"]
+        assert tar.extractfile("image.tar").read() == IMAGE_BYTES  # type: ignore[union-attr]
+    if shutil.which("tar"):  # GNU tar reads the header written after the data, too
+        listing = subprocess.run(["tar", "tvf", str(out)], capture_output=True, text=True)
+        assert listing.returncode == 0 and str(len(IMAGE_BYTES)) in listing.stdout
+    engine = StandInEngine(StandInImage())
+    manifest = handoff.import_archive(engine, out)
+    assert manifest["image_sha256"] == hashlib.sha256(IMAGE_BYTES).hexdigest()
+    assert manifest["lock_text"] == "torch==2.9.1\n"
+    assert engine.loaded == [IMAGE_BYTES]
+
+
+@pytest.mark.parametrize("where", ["image data", "manifest header", "lock data"])
+def test_a_cut_archive_is_refused_and_nothing_loads(tmp_path, where):
+    out = _export(tmp_path, StandInImage())
+    with tarfile.open(out) as tar:
+        cut = {
+            "image data": tar.getmember("image.tar").offset_data + len(IMAGE_BYTES) // 2,
+            "manifest header": tar.getmember("manifest.json").offset + 100,
+            "lock data": tar.getmember("lock.txt").offset_data + 3,
+        }[where]
+    with open(out, "r+b") as f:
+        f.truncate(cut)
+    engine = StandInEngine(StandInImage())
+    with pytest.raises(handoff.HandoffError, match="is truncated or not a tar archive"):
+        handoff.import_archive(engine, out)
+    assert engine.loaded == []
+
+
+def test_a_disk_that_fills_during_the_export_leaves_nothing(tmp_path):
+    with pytest.raises(handoff.HandoffError) as caught:
+        _export(tmp_path, StandInImage(fail_after=4))
+    assert str(caught.value) == (
+        f"could not write {tmp_path / 'c.tar'}: No space left on device; nothing was written"
+    )
+    assert list(tmp_path.iterdir()) == []
