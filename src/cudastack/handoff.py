@@ -52,6 +52,12 @@ def push(client: Any, tag: str, registry: str) -> str:
     raise HandoffError(f"push to {registry} finished but the engine reports no digest for {repo}")
 
 
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, int(time.time()), 0o644
+    return info
+
+
 def _stream_member(f: BinaryIO, name: str, blocks: Iterable[bytes]) -> str:
     """Write one tar member whose size is known only at its end; returns its sha256.
 
@@ -69,9 +75,7 @@ def _stream_member(f: BinaryIO, name: str, blocks: Iterable[bytes]) -> str:
         size += len(block)
     f.write(bytes(-size % tarfile.BLOCKSIZE))
     end = f.tell()
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, int(time.time()), 0o644
-    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    header = _tar_info(name, size).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
     assert len(header) == tarfile.BLOCKSIZE, "a member name this long needs a longer header"
     f.seek(start)
     f.write(header)
@@ -103,9 +107,7 @@ def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict
                     ("manifest.json", json.dumps(manifest, indent=2).encode()),
                     ("lock.txt", lock_text.encode()),
                 ):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-                    tar.addfile(info, io.BytesIO(data))
+                    tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
         os.replace(partial, out)
     except OSError as exc:  # a full disk, most likely: an image runs to gigabytes
         message = f"could not write {out}: {exc.strerror or exc}; nothing was written"

@@ -95,6 +95,7 @@ def test_compare_one_million_rows(benchmark):
                 "unit": "TFLOP/s",
                 "better": "higher",
                 "status": "ok",
+                "process": 0,
                 "case": np.repeat([f"gemm[i={i}]" for i in range(n_cases)], n),
                 "value": 100 + rng.normal(0, 1, n_cases * n),
             }
