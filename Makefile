@@ -32,6 +32,13 @@ perf: $(STAMP)  ## the harness's own speed, with pytest-benchmark (not part of m
 	$(PY) -m pytest -q -p no:cacheprovider tests/perf --benchmark-only -o addopts="" $(ARGS)
 	$(PY) tests/perf/gemm_overhead.py
 
+# Workers for `make mutants`; each runs a mutant's tests in its own process.
+MUTANTS_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: mutants
+mutants: $(STAMP)  ## mutation testing of the code behind the numbers, summary in tests/mutants/SUMMARY.md (slow; not part of make test)
+	$(PY) tests/mutants/summary.py --run --jobs $(MUTANTS_JOBS) $(ARGS)
+
 images: $(STAMP)  ## build every cell's image (skips those already built)
 	$(VENV)/bin/cudastack build $(ARGS)
 

@@ -6,6 +6,7 @@
 # data: padding every row to seq_len wastes most of each row, packing fills rows with real
 # tokens, which is why the layout changes tokens/s several-fold and is a parameter here.
 import itertools
+import json
 import math
 import os
 import random
@@ -52,6 +53,19 @@ def _check_weights(ctx, weights):
         ctx.skip(f"weights={weights}: no model.safetensors or pytorch_model.bin there")
 
 
+def _check_model_type(ctx, weights, model):
+    """The folder's model must be this case's: BERT weights under model=gpt2 would be measured
+    and recorded as GPT-2. config.json's model_type says which it is, without loading it."""
+    try:
+        with open(os.path.join(weights, "config.json"), encoding="utf-8") as f:
+            held = json.load(f).get("model_type", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        _load_failed(ctx, weights, model, exc)
+    if held != model:
+        what = f"a {held} model" if held else "a model with no model_type in config.json"
+        ctx.skip(f"weights={weights} holds {what}; this case is {model}")
+
+
 def _load_failed(ctx, weights, model, exc):
     # A malformed folder is a row with the reason, not a crash.
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -64,6 +78,7 @@ def _config(ctx, model, size, weights):
 
     if weights:
         _check_weights(ctx, weights)
+        _check_model_type(ctx, weights, model)
         try:
             return tf.AutoConfig.from_pretrained(weights, local_files_only=True, num_labels=2)
         except Exception as exc:

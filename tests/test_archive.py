@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import re
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from test_atomic import kill_mid_write
 
 from cudastack import handoff
 from cudastack.matrix import Cell
@@ -101,3 +104,78 @@ def test_a_disk_that_fills_during_the_export_leaves_nothing(tmp_path):
         f"could not write {tmp_path / 'c.tar'}: No space left on device; nothing was written"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def _flip(path: Path, offset: int) -> None:
+    """Change one byte in place: same size, so only a hash can tell."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x01]))  # ASCII stays ASCII: only the check can refuse it
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("image.tar", "the image does not match its manifest's sha256"),
+        ("lock.txt", "lock.txt does not match its manifest's sha256"),
+        ("image_sha256", "the image does not match its manifest's sha256"),
+        ("lock_sha256", "lock.txt does not match its manifest's sha256"),
+    ],
+)
+def test_a_same_size_change_fails_its_sha_check_and_nothing_loads(tmp_path, where, message):
+    out = _export(tmp_path, StandInImage())
+    size = out.stat().st_size
+    with tarfile.open(out) as tar:
+        if where in ("image.tar", "lock.txt"):  # a byte of the member's data
+            member = tar.getmember(where)
+            offset = member.offset_data + member.size // 2
+        else:  # a hex digit of the hash the manifest records
+            manifest = tar.getmember("manifest.json")
+            data = tar.extractfile(manifest).read()  # type: ignore[union-attr]
+            recorded = json.loads(data)[where]
+            offset = manifest.offset_data + data.index(recorded.encode()) + 10
+    _flip(out, offset)
+    assert out.stat().st_size == size
+    engine = StandInEngine(StandInImage())
+    with pytest.raises(handoff.HandoffError, match=re.escape(message)):
+        handoff.import_archive(engine, out)
+    assert engine.loaded == []
+
+
+# Streams 1 MB of image into the export, says so, then waits to be killed before it could finish.
+KILLED_MID_EXPORT = """
+import sys, time
+from pathlib import Path
+from cudastack import handoff
+from cudastack.matrix import Cell
+
+class Image:
+    id, labels = "sha256:" + "ab" * 32, {}
+
+    def save(self, named=True):
+        yield b"i" * 1_000_000
+        print("half written", flush=True)
+        time.sleep(60)
+        yield b"i"
+
+class Engine:
+    images = property(lambda self: self)
+
+    def get(self, tag):
+        return Image()
+
+cell = Cell(name="c", base_image="example/base:1", torch="2.9.1", index="cpu", python="3.11")
+handoff.export(Engine(), cell, "cudastack/c:1", "torch==2.9.1\\n", Path(sys.argv[1]))
+"""
+
+
+def test_an_export_killed_mid_write_leaves_the_old_archive(tmp_path):
+    out = _export(tmp_path, StandInImage())
+    old = out.read_bytes()
+    kill_mid_write(KILLED_MID_EXPORT, str(out))
+    assert out.read_bytes() == old
+    engine = StandInEngine(StandInImage())
+    handoff.import_archive(engine, out)
+    assert engine.loaded == [IMAGE_BYTES]

@@ -1,7 +1,10 @@
 """The command line as a user meets it: one-line errors, exit code 2, nothing half-written."""
 
+import ctypes
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import cli
@@ -46,6 +49,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert list(tmp_path.iterdir()) == []
 
 
+# prctl(PR_CAPBSET_DROP) and the capabilities that let root write where permissions deny it.
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+
+
+def without_root_override() -> None:
+    """In a child before exec: as root, give up overriding file permissions, so that a
+    read-only folder is read-only for it too (CI runs as root). Nothing to do for other users."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "cannot drop a capability of root")
+
+
 def test_existing_or_unwritable_out_is_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     proc = cli("run", "--bench", "gemm", "--out", "taken", cwd=tmp_path)
@@ -55,14 +73,21 @@ def test_existing_or_unwritable_out_is_refused(tmp_path):
         == "error: taken already exists; a run folder is never overwritten, pick another --out\n"
     )
     (tmp_path / "ro").mkdir(mode=0o500)
-    proc = cli("run", "--bench", "gemm", "--out", "ro/run", cwd=tmp_path)
-    if proc.returncode == 2:  # as root a read-only folder is still writable: nothing to check
-        assert proc.stderr.startswith("error: cannot create run folder ro/run: ")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cudastack", "run", "--bench", "gemm", "--out", "ro/run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=without_root_override,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == "error: cannot create run folder ro/run: Permission denied\n"
     (tmp_path / "file").write_text("")
     proc = cli("run", "--bench", "gemm", "--out", "file/run", cwd=tmp_path)
-    assert (
-        proc.returncode == 2 and "cannot create run folder file/run: Not a directory" in proc.stderr
-    )
+    assert proc.returncode == 2
+    assert proc.stderr == "error: cannot create run folder file/run: Not a directory\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "ro", "taken"]
 
 
 def test_a_missing_device_removes_the_run_folder(tmp_path):
@@ -70,6 +95,32 @@ def test_a_missing_device_removes_the_run_folder(tmp_path):
     assert proc.returncode == 2
     assert "torch sees no CUDA device" in proc.stdout + proc.stderr
     assert list((tmp_path / "res").iterdir()) == []
+
+
+CRASH_BENCH = '''
+"""A case that runs, then one that takes the worker down, as a crash in a kernel would."""
+import os
+
+PARAMS = {"mode": ["ok", "crash"]}
+
+def run(ctx, mode):
+    if mode == "crash":
+        os._exit(3)
+    x = ctx.randn(8, 8)
+    ctx.check_close(x @ ctx.torch.eye(8), x, rtol=1e-6, atol=1e-6)
+    return ctx.measure(lambda: x @ x, flops=2 * 8**3)
+'''
+
+
+def test_a_local_run_whose_worker_dies_exits_1_and_keeps_what_finished(make_bench, tmp_path):
+    folder = make_bench("crashes", CRASH_BENCH)
+    proc = cli(
+        "run", "--bench-dir", str(folder), "--profile", "quick", "--out", "run", cwd=tmp_path
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the worker exited with code 3" in proc.stderr
+    df = results.load_table(tmp_path / "run")
+    assert set(df.loc[df["status"] == "ok", "case"]) == {"crashes[mode=ok]"}
 
 
 def test_list_shows_benchmarks_cases_and_cells():
@@ -147,3 +198,53 @@ def test_repeat_runs_worker_processes_that_compare_takes_as_its_unit(tmp_path):
     rows = json.loads(proc.stdout)["comparison"]
     assert len(rows) == 2
     assert all(r["unit_of_n"] == "processes" and r["n_base"] == r["n_side"] == 3 for r in rows)
+
+
+def _archive(path, run_files: dict, changed: dict) -> None:
+    """An export archive written by hand, in the layout `cudastack export` writes; ``changed``
+    replaces run files after their hashes went into the manifest."""
+    import hashlib
+    import io
+    import tarfile
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    manifest: dict = {
+        "format": 1,
+        "cell": "c",
+        "tag": "cudastack/c:1",
+        "image_id": "sha256:" + "ab" * 32,
+        "image_sha256": sha(b"image"),
+        "lock_sha256": sha(b""),
+    }
+    if run_files:
+        manifest["run_sha256"] = {name: sha(data) for name, data in run_files.items()}
+    members = {"image.tar": b"image", "manifest.json": json.dumps(manifest).encode()}
+    members["lock.txt"] = b""
+    members |= {f"run/{name}": data for name, data in {**run_files, **changed}.items()}
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_reproduce_from_an_archive_without_its_run_records_is_one_line(tmp_path):
+    run_files = {"cell.json": b'{"tag": "cudastack/c:1"}', "env.json": b'{"torch": {}}'}
+    cases = {
+        # An export made without --run: the image alone cannot say what to compare against.
+        "plain.tar": ({}, {}, "carries no run's records of its cell; export it with --run RUN"),
+        # A run record changed after the export: its hash no longer matches the manifest's.
+        "changed.tar": (
+            run_files,
+            {"env.json": b'{"torch": {"version": "1"}}'},
+            "run/env.json does not match its manifest's sha256; nothing loaded",
+        ),
+    }
+    for name, (files, changed, message) in cases.items():
+        _archive(tmp_path / name, files, changed)
+        proc = cli("reproduce", name, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"error: {name}") and message in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1

@@ -193,3 +193,89 @@ def test_processes_without_spread_that_differ_are_a_change():
     )
     (row,) = compare.compare(df).to_dict("records")
     assert row["unit_of_n"] == "processes" and row["p"] == 0.0 and row["verdict"] == "slower"
+
+
+# A row that meets every condition for a change: a corrected p under alpha, 10 % away from 1
+# (the threshold is 5 %), a 95 % interval clear of 1, and both sides quiet.
+QUIET = {"noisy_base": False, "noisy_side": False}
+FASTER = {"p": 0.001, "p_adj": 0.001, "ratio": 1.10, "ci_low": 1.05, "ci_high": 1.15, **QUIET}
+SLOWER = {"p": 0.001, "p_adj": 0.001, "ratio": 0.90, "ci_low": 0.85, "ci_high": 0.95, **QUIET}
+
+
+def test_a_row_meeting_every_condition_is_a_change():
+    assert compare.verdict(FASTER, Settings()) == "faster"
+    assert compare.verdict(SLOWER, Settings()) == "slower"
+
+
+@pytest.mark.parametrize(
+    ("row", "broken"),
+    [
+        # Significant before the correction only: the raw p is still 0.001.
+        (FASTER, {"p_adj": 0.2}),
+        (SLOWER, {"p_adj": 0.2}),
+        (FASTER, {"p_adj": 0.05}),  # alpha itself is not below alpha
+        # Certain, but smaller than the threshold.
+        (FASTER, {"ratio": 1.04, "ci_low": 1.02, "ci_high": 1.06}),
+        (SLOWER, {"ratio": 0.96, "ci_low": 0.94, "ci_high": 0.98}),
+        # Beyond the threshold and significant, but the interval still holds no change.
+        (FASTER, {"ci_low": 0.99}),
+        (SLOWER, {"ci_high": 1.01}),
+    ],
+)
+def test_a_row_failing_one_condition_alone_is_the_same(row, broken):
+    assert compare.verdict({**row, **broken}, Settings()) == "same"
+
+
+@pytest.mark.parametrize("row", [FASTER, SLOWER])
+@pytest.mark.parametrize("side", ["noisy_base", "noisy_side"])
+def test_either_side_noisy_overrides_a_change(row, side):
+    assert compare.verdict({**row, side: True}, Settings()) == "noisy"
+
+
+def test_the_settings_alpha_and_threshold_are_the_ones_applied():
+    assert compare.verdict(FASTER, Settings(alpha=0.001)) == "same"  # p_adj 0.001 not below
+    assert compare.verdict(FASTER, Settings(threshold=0.15)) == "same"  # 10 % below 15 %
+
+
+def test_adjustments_keep_their_order_and_stay_at_most_one():
+    # Holm: sorted p x (m, m-1, ...) = 0.02, 0.011, then a running maximum: 0.02, 0.02.
+    # BH: sorted p x m / rank = 0.02, 0.011, then a running minimum from the top: 0.011, 0.011.
+    p = np.array([0.01, 0.011])
+    assert compare.adjust(p, "holm") == pytest.approx([0.02, 0.02])
+    assert compare.adjust(p, "bh") == pytest.approx([0.011, 0.011])
+    assert compare.adjust(np.array([0.6, 0.7]), "holm").tolist() == [1.0, 1.0]  # 1.2, 1.4 capped
+
+
+@pytest.mark.parametrize(
+    ("correction", "p_adj", "expected"), [("holm", 7 / 126, "same"), ("bh", 1 / 126, "faster")]
+)
+def test_the_named_correction_decides_the_verdict(correction, p_adj, expected):
+    # Seven cases, each five samples a side with no overlap (20 % faster): Mann-Whitney's
+    # exact two-sided p is 2 / C(10, 5) = 1/126, under alpha alone. Holm multiplies the
+    # smallest of seven equal p by 7: 7/126 = 0.056, not significant. BH keeps them at 1/126.
+    parts = []
+    for i in range(7):
+        parts.append(samples("a", f"x[i={i}]", [100.0, 101.0, 102.0, 103.0, 104.0]))
+        parts.append(samples("b", f"x[i={i}]", [120.0, 121.0, 122.0, 123.0, 124.0]))
+    out = compare.compare(table(*parts), settings=Settings(correction=correction))
+    assert out["p"].tolist() == pytest.approx([1 / 126] * 7)
+    assert out["p_adj"].tolist() == pytest.approx([p_adj] * 7)
+    assert out["ratio"].tolist() == pytest.approx([122 / 102] * 7) and (out["ci_low"] > 1).all()
+    assert set(out["verdict"]) == {expected}
+
+
+@pytest.mark.parametrize(
+    ("n_base", "n_side", "unit"),
+    [(3, 3, "processes"), (2, 2, "samples"), (3, 2, "samples"), (2, 3, "samples")],
+)
+def test_processes_become_the_unit_from_three_on_each_side(n_base, n_side, unit):
+    # MIN_PROCESSES = 3: from three worker processes on BOTH sides, one median per process.
+    r = rng(5)
+    df = table(
+        *processes("a", "x[n=1]", [100, 101, 99][:n_base], r, per=10),
+        *processes("b", "x[n=1]", [100, 101, 99][:n_side], r, per=10),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == unit
+    per = 1 if unit == "processes" else 10  # one value per process, or its 10 samples
+    assert (row["n_base"], row["n_side"]) == (n_base * per, n_side * per)

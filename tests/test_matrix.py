@@ -2,6 +2,7 @@
 
 import re
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -138,6 +139,69 @@ def test_tag_is_stable_and_changes_with_every_input(tmp_path):
     locks.mkdir()
     cell.lock_path(locks).write_text("torch==2.9.1 --hash=sha256:00\n")
     assert cell.image_tag(dockerfile, locks) not in (tag, changed)
+
+
+# A change to every field of a cell that reaches the image. cuda and cudnn reach no build
+# argument: they state what index and base_image already fix (the loader checks them against
+# those), so they change the image only through those two fields.
+FIELD_CHANGES = {
+    "name": "mine",
+    "base_image": "nvidia/cuda:12.8.0-cudnn-runtime-ubuntu24.04",
+    "torch": "2.9.0",
+    "torchvision": "0.24.0",
+    "index": "cu126",
+    "python": "3.13",
+    "packages": ("einops==0.8.0",),
+}
+
+
+def test_every_field_that_reaches_the_image_changes_the_tag(tmp_path):
+    assert set(FIELD_CHANGES) == set(matrix.KEYS) - {"cuda", "cudnn"}
+    (cell,) = matrix.load(write(tmp_path, CELL))
+    tag = cell.image_tag(DOCKERFILE, tmp_path)
+    tags = {field: replace(cell, **{field: value}).image_tag(DOCKERFILE, tmp_path)
+            for field, value in FIELD_CHANGES.items()}  # fmt: skip
+    assert tag not in tags.values(), [f for f, t in tags.items() if t == tag]
+    # A package's version alone, too: EXTRA_PACKAGES is part of what the image is.
+    einops = replace(cell, packages=("einops==0.8.1",)).image_tag(DOCKERFILE, tmp_path)
+    assert einops != tags["packages"]
+
+
+def test_the_lock_and_dockerfile_count_by_content_not_by_where_they_are(tmp_path):
+    (cell,) = matrix.load(write(tmp_path, CELL))
+    lock = "torch==2.9.1 --hash=sha256:" + "0" * 64 + "\n"
+    for folder in ("a", "b"):
+        (tmp_path / folder / "locks").mkdir(parents=True)
+        cell.lock_path(tmp_path / folder / "locks").write_text(lock)
+        (tmp_path / folder / "Dockerfile").write_text(DOCKERFILE.read_text())
+    tag_a = cell.image_tag(tmp_path / "a" / "Dockerfile", tmp_path / "a" / "locks")
+    assert cell.image_tag(tmp_path / "b" / "Dockerfile", tmp_path / "b" / "locks") == tag_a
+    # One hash in the lock changed, same length and same file name: another image.
+    cell.lock_path(tmp_path / "b" / "locks").write_text(lock.replace("0" * 64, "0" * 63 + "1"))
+    assert cell.image_tag(tmp_path / "a" / "Dockerfile", tmp_path / "b" / "locks") != tag_a
+    # The Dockerfile's text changed, same length.
+    text = DOCKERFILE.read_text()
+    (tmp_path / "b" / "Dockerfile").write_text(text.replace("FROM", "from", 1))
+    assert cell.image_tag(tmp_path / "b" / "Dockerfile", tmp_path / "a" / "locks") != tag_a
+
+
+def test_a_cells_tag_does_not_depend_on_the_rest_of_the_matrix(tmp_path):
+    cpu = '[[cell]]\nbase_image = "debian:bookworm"\ntorch = "2.9.1"\nindex = "cpu"\n'
+    cpu += 'python = "3.11"\npackages = ["einops==0.8.0"]\n'
+    # The same two cells in either order, one's packages spelled as [defaults], a comment.
+    one = matrix.load(write(tmp_path, cpu + CELL, "one.toml"))
+    other = matrix.load(
+        write(
+            tmp_path,
+            '# a comment\n[defaults]\npackages = ["einops==0.8.0"]\n'
+            + CELL.replace('python = "3.12"', 'python = "3.12"\npackages = []')
+            + cpu.replace('packages = ["einops==0.8.0"]\n', ""),
+            "other.toml",
+        )
+    )
+    tags = {c.name: c.image_tag(DOCKERFILE, tmp_path) for c in one}
+    assert {c.name: c.image_tag(DOCKERFILE, tmp_path) for c in other} == tags
+    assert len(set(tags.values())) == 2
 
 
 def test_driver_verdicts():

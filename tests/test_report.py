@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ ARTIFACTS = REPO / "test-artifacts"
 
 def make_run(root: Path, run_id: str, factors: dict, torch: str, gpu: str) -> Path:
     """A run folder as a worker leaves it: samples per case scaled by ``factors``."""
-    rng = np.random.default_rng(abs(hash(run_id)) % 2**32)
+    # Seeded by the run's name through crc32: hash() of a str differs in every process.
+    rng = np.random.default_rng(zlib.crc32(run_id.encode()))
     rows = []
     cases = {
         "gemm[n=1]": ("gemm", "tflops", "higher", 100.0),

@@ -1,5 +1,6 @@
 """The tidy table: schema, parquet round trip, ingest of torn files, atomic writes."""
 
+import errno
 import json
 import math
 
@@ -95,12 +96,15 @@ def test_failed_write_leaves_the_old_table_and_no_temp_file(tmp_path):
     results.write_tables(df, tmp_path)
     before = (tmp_path / results.TABLE).read_bytes()
 
-    class Unwritable(pd.DataFrame):
-        def to_parquet(self, *a, **k):
-            raise OSError("disk full")
+    class FillsTheDisk(pd.DataFrame):
+        def to_parquet(self, path, *a, **k):
+            # Part of a file reaches the disk before it is full, as a real write would.
+            with open(path, "wb") as f:
+                f.write(b"PAR1" + bytes(4096))
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError):
-        results.write_tables(Unwritable(df), tmp_path)
+    with pytest.raises(OSError, match="No space left on device"):
+        results.write_tables(FillsTheDisk(df), tmp_path)
     assert (tmp_path / results.TABLE).read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -22,6 +22,7 @@ def test_stop_rules():
     assert timing._should_stop([1.0, 2.0, 1.0, 2.0, 1.5], 1.1, s)  # noisy, budget spent
     assert timing._should_stop([1.0, 2.0] * 4, 0.1, s)  # max_reps
     assert not timing._should_stop([5.0, 5.0], 2.0, s)  # budget spent but fewer than 3 samples
+    assert timing._should_stop([5.0, 9.0, 7.0], 2.0, s)  # budget spent: 3 suffice (< min_reps)
 
 
 def test_cpu_timer_measures_each_call():
@@ -39,13 +40,68 @@ def test_warmup_runs_before_timing_and_is_not_counted():
     assert len(calls) > 5  # at least two warm-up calls happened too
 
 
-def test_budget_stops_a_slow_noisy_case():
-    durations = iter([0.001, 0.02] * 1000)
-    samples = timing.time_cpu(
-        lambda: time.sleep(next(durations)),
-        settings(budget_s=0.15, max_reps=10_000, noise_target=0.01),
-    )
-    assert 3 <= len(samples) < 100
+class Clock:
+    """The ``time`` module as ``timing`` sees it: it moves only when a timed call says so."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+
+def time_on_clock(monkeypatch, durations_ms, **kw):
+    """``time_cpu`` of calls lasting ``durations_ms`` in turn on a controlled clock, in ms.
+
+    With warmup_s=0 the warm-up is exactly two calls, so the first timed call takes
+    ``durations_ms[0]``."""
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", clock)
+    calls = iter([1, 1, *durations_ms])  # the two warm-up calls, then the timed ones
+
+    def call():
+        clock.ns += next(calls) * 1_000_000
+
+    return [round(s * 1e3, 6) for s in timing.time_cpu(call, settings(**kw))]
+
+
+def test_a_spent_budget_stops_at_three_samples_even_below_min_reps(monkeypatch):
+    # 600 ms calls against a 1 s budget: spent after the 2nd call, but 2 samples say nothing
+    # about spread, so the timer takes a 3rd and stops there, not at min_reps=10.
+    got = time_on_clock(monkeypatch, [600, 700, 800, 900] * 5, budget_s=1.0, min_reps=10)
+    assert got == [600, 700, 800]
+
+
+def test_max_reps_caps_a_case_that_stays_noisy(monkeypatch):
+    # Alternating 1 and 3 ms never gets quiet; max_reps=13 falls between the noise checkpoints
+    # (5, 6, 7, 8, 10, 12, 15), and the timer still stops at exactly 13.
+    got = time_on_clock(monkeypatch, [1, 3] * 20, min_reps=5, max_reps=13, noise_target=0.01)
+    assert got == [1, 3] * 6 + [1]
+
+
+@pytest.mark.parametrize(("target", "n"), [(0.11, 5), (0.09, 6)])
+def test_the_noise_target_decides_when_quiet_is_quiet_enough(monkeypatch, target, n):
+    # The first 5 calls have q1=95, median=100, q3=105 ms: a relative IQR of 0.10. With a
+    # 6th call of 100 ms, q1 = 95 + 0.25 * 5 = 96.25 and q3 = 100 + 0.75 * 5 = 103.75 (linear
+    # interpolation): 0.075. A target of 0.11 stops at 5, one of 0.09 only at 6.
+    durations = [90, 95, 100, 105, 110] + [100] * 50
+    got = time_on_clock(monkeypatch, durations, min_reps=5, noise_target=target)
+    assert got == durations[:n]
+
+
+@pytest.mark.parametrize(("min_reps", "n"), [(4, 22), (20, 25)])
+def test_noise_is_checked_at_geometric_checkpoints(monkeypatch, min_reps, n):
+    # Ten calls alternating 1 and 3 ms, then 2 ms calls. With q = 0.25 (n - 1) the position
+    # of q1, the relative IQR first reaches 0 at n = 21 (q1 = q3 = 2 ms; at n = 20 it is
+    # 0.25). The checkpoints start at min_reps and grow by max(n + 1, int(1.25 n)): from 4,
+    # 4, 5, 6, 7, 8, 10, 12, 15, 18, 22; from 20, 20, 25. The timer stops at the first
+    # checkpoint from 21 on, never at 21 itself.
+    durations = [1, 3] * 5 + [2] * 40
+    got = time_on_clock(monkeypatch, durations, min_reps=min_reps, max_reps=100, noise_target=0.01)
+    assert got == durations[:n]
 
 
 def test_rates_derive_from_each_sample():
@@ -57,14 +113,6 @@ def test_rates_derive_from_each_sample():
     assert metrics["pct_of_peak"].values == pytest.approx([25.0, 50.0])  # of the compute peak
     assert {m.better for m in metrics.values()} == {"lower", "higher"}
     assert "pct_of_peak" not in {m.name for m in rate_metrics([1.0], flops=1.0)}
-
-
-def test_max_reps_holds_between_noise_checkpoints():
-    durations = iter([0.0001, 0.002] * 1000)
-    samples = timing.time_cpu(
-        lambda: time.sleep(next(durations)), settings(min_reps=5, max_reps=13, noise_target=0.0)
-    )
-    assert len(samples) == 13
 
 
 def test_extra_work_makes_each_call_that_fraction_slower():

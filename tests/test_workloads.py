@@ -133,11 +133,66 @@ def test_trace_saves_a_chrome_trace_per_case(tmp_path):
     assert any("mm" in str(e.get("name", "")) for e in events)
 
 
-def test_the_injected_slowdown_reaches_training_steps(tmp_path):
+SLEEPING_STEP_BENCH = '''
+"""A training step that sleeps a known time, so its latency has a known lower bound."""
+PARAMS = {"sleep_ms": [20]}
+
+def run(ctx, sleep_ms):
+    import time
+    from cudastack import training
+    torch = ctx.torch
+
+    def make_step(wrap):
+        calls = []
+
+        def step(batch):
+            time.sleep(sleep_ms / 1e3)
+            calls.append(batch)
+            return torch.tensor(1.0 / len(calls))  # a loss that falls
+
+        return step
+
+    return training.measure(ctx, training.Workload(make_step, lambda: 0, 2, 1, "img/s"))
+'''
+
+
+def test_the_injected_slowdown_reaches_training_steps(make_bench, tmp_path):
+    # A sleep never returns early, and --extra-work 2 adds twice a call's own time in busy
+    # work: every step lasts at least 3 x 20 ms. Without the slowdown a step is ~20 ms.
+    folder = make_bench("sleepy", SLEEPING_STEP_BENCH)
     proc = cli(
-        "run", "--bench", "train_gpt", "--profile", "quick", "--extra-work", "0.5",
+        "run", "--bench-dir", str(folder), "--profile", "quick", "--extra-work", "2",
         "--out", "slow", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     _, ok = table(tmp_path / "slow")
-    assert len(values(ok, "train_gpt", "items_per_s")) == 6  # ran, not failed
+    latency = values(ok, "sleepy", "latency")
+    assert len(latency) == 6 and min(latency) >= 3 * 20, latency
+
+
+def test_weights_dir_runs_only_the_cases_of_its_model_type(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    # Either head loads either folder (transformers has a BERT LM head and a GPT-2 classifier):
+    # only config.json's model_type tells a case that the weights are another model's.
+    BertForSequenceClassification(
+        BertConfig(
+            num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+            vocab_size=300, num_labels=2,
+        )
+    ).save_pretrained(tmp_path / "tiny-bert")  # fmt: skip
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300, bos_token_id=0, eos_token_id=0)
+    ).save_pretrained(tmp_path / "tiny-gpt2")
+    common = ["run", "--bench", "finetune", "--profile", "quick", "--select", "mode=full"]
+    common += ["--select", "layout=padded"]
+    for held, other in (("bert", "gpt2"), ("gpt2", "bert")):
+        out = f"with-{held}"
+        proc = cli(*common, "--set", f"weights=tiny-{held}", "--out", out, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+        df, _ = table(tmp_path / out)
+        model = df["params"].map(lambda p: json.loads(p)["model"])
+        assert set(model[df["status"] == "ok"]) == {held}  # its own case trained
+        assert df.loc[model == other, ["status", "reason"]].drop_duplicates().values.tolist() == [
+            ["skipped", f"weights=tiny-{held} holds a {held} model; this case is {other}"]
+        ]

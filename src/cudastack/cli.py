@@ -90,7 +90,7 @@ def run(
         repeat,
     )
     if not cell:
-        cli_runs.run_here(args, out, results_dir)
+        cli_runs.run_here(args, out, results_dir, timeout)
         return
     try:
         cli_runs.run_cells(
@@ -185,7 +185,7 @@ def bench(
             )
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
-    cli_runs.run_here(args, out, results_dir)
+    cli_runs.run_here(args, out, results_dir, timeout)
 
 
 @app.command()
@@ -258,14 +258,17 @@ def doctor_cmd(matrix_file: Path = MatrixOpt, gpus: str = GpusOpt) -> None:
 
 @app.command("list")
 def list_(
-    profile: str = typer.Option("quick", help="quick | standard | full"),
+    profile: str = typer.Option(
+        "quick", help="Whose cases --cases lists: quick | standard | full | auto (as run picks)."
+    ),
     cases: bool = typer.Option(False, "--cases", help="Also list every case id."),
     bench_dir: Path = BenchDirOpt,
     matrix_file: Path = MatrixOpt,
 ) -> None:
     """Show the benchmarks, how many cases each profile runs, and the cells."""
     specs = suite.discover(bench_dir)
-    suite.resolve_profile(profile, has_gpu=False)
+    # auto is no grid of its own: list what a run here would pick (a GPU NVML sees: standard).
+    profile = suite.resolve_profile(profile, has_gpu=bool(doctor.nvml_host()[2])).name
     for spec in specs.values():
         counts = "  ".join(f"{p}:{len(spec.cases(p))}" for p in suite.PROFILES)
         console.print(f"[bold]{spec.name:<12}[/] {escape(spec.doc)}\n{'':<12} cases {counts}")

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from . import matrix, suite
+from .runners import DEFAULT_TIMEOUT_S
 
 EXIT_BAD_INPUT = 2
 
@@ -59,7 +60,11 @@ RepeatOpt = typer.Option(
     help="Worker processes per cell, taking turns across cells; compare tests process "
     "medians from 3 on (steadier verdicts on shared machines).",
 )
-TimeoutOpt = typer.Option(3 * 3600.0, help="Per-cell time limit in seconds.")
+TimeoutOpt = typer.Option(
+    DEFAULT_TIMEOUT_S,
+    help="Per-cell time limit in seconds, here (local) and in containers: past it every process "
+    "of the cell is killed, its finished cases kept, and the cell failed (default 3 h).",
+)
 
 
 def names(text: str) -> list:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -73,9 +74,45 @@ def lock_cmd(
         raise UserError(str(exc)) from None
 
 
+def _run_dir(run: str, results_dir: Path) -> Path:
+    return Path(run) if Path(run).is_dir() else results_dir / run
+
+
+def _recorded_cells(
+    run: str, results_dir: Path
+) -> tuple[Optional[Path], list[tuple[dict, Callable[[], dict]]]]:
+    """(the archive, if ``run`` is one; [(recorded inputs, its env.json's reader)] per cell):
+    from an export made with --run, or from the run's folder."""
+    if Path(run).is_file():
+        try:
+            _, record, env = handoff.run_records(Path(run))
+        except handoff.HandoffError as exc:
+            raise UserError(str(exc)) from None
+        return Path(run), [(record, lambda: env)]
+
+    def reader(env_file: Path) -> Callable[[], dict]:
+        def read() -> dict:
+            if not env_file.is_file():
+                raise UserError(f"{env_file.parent} has no {results.ENV}: its cell never ran")
+            return dict(json.loads(env_file.read_text()))
+
+        return read
+
+    run_dir = _run_dir(run, results_dir)
+    recorded = sorted(run_dir.glob(f"*/{reproduce.INPUTS}"))
+    if not recorded:
+        raise UserError(
+            f"{run_dir} has no cells with recorded inputs ({reproduce.INPUTS}); only container "
+            "runs can be reproduced, from their run folder or an export made with --run"
+        )
+    return None, [(json.loads(p.read_text()), reader(p.parent / results.ENV)) for p in recorded]
+
+
 @app.command("reproduce")
 def reproduce_cmd(
-    run: str = typer.Argument(..., help="A run id (under --results-dir) or a run folder."),
+    run: str = typer.Argument(
+        ..., help="A run id (under --results-dir), a run folder, or an archive from export --run."
+    ),
     cell: str = CellOpt,
     results_dir: Path = ResultsOpt,
     matrix_file: Path = MatrixOpt,
@@ -83,16 +120,11 @@ def reproduce_cmd(
     ca_file: Optional[Path] = CaFileOpt,
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if the image is here."),
 ) -> None:
-    """Rebuild (or pull) a past run's cells from its recorded inputs and verify the environment."""
-    run_dir = Path(run) if Path(run).is_dir() else results_dir / run
-    recorded = sorted(run_dir.glob(f"*/{reproduce.INPUTS}"))
-    if not recorded:
-        raise UserError(
-            f"{run_dir} has no cells with recorded inputs ({reproduce.INPUTS}); "
-            "only container runs can be reproduced"
-        )
+    """Get a past run's cells' images back (present, imported, pulled or rebuilt from their
+    recorded inputs) and verify the environment against the run's."""
+    archive, recorded = _recorded_cells(run, results_dir)
     wanted = names(cell)
-    known = [p.parent.name for p in recorded]
+    known = [record["cell"]["name"] for record, _ in recorded]
     if any(w not in known for w in wanted):
         raise UserError(
             f"unknown cell {', '.join(w for w in wanted if w not in known)}; "
@@ -101,11 +133,11 @@ def reproduce_cmd(
     client = engine("reproducing cells")
     locks_dir = matrix_file.parent / "locks"
     differs = False
-    for path in recorded:
-        if wanted and path.parent.name not in wanted:
-            continue
-        record = json.loads(path.read_text())
+    for record, read_env in recorded:
         c = reproduce.cell_from(record)
+        if wanted and c.name not in wanted:
+            continue
+        original = read_env()
         pushed = handoff.pushed_record(locks_dir, c)
         ref = pushed.read_text().strip() if pushed.is_file() else ""
 
@@ -114,12 +146,15 @@ def reproduce_cmd(
             tag, _ = pipeline.ensure_image(client, cell_, inputs, lambda line: None)
             return tag
 
+        # From an archive, the image comes out of it (hashes checked first) when it is not here.
+        load = functools.partial(handoff.import_archive, client, archive) if archive else None
         try:
-            how = reproduce.obtain(client, record, ref, rebuild, build)
+            how = reproduce.obtain(client, record, ref, rebuild, build, load)
         except images.BuildFailed as exc:
             raise UserError(exc.headline) from None
+        except (reproduce.ReproduceError, handoff.HandoffError) as exc:
+            raise UserError(str(exc)) from None
         now = reproduce.probe(client, record["tag"])
-        original = json.loads((path.parent / results.ENV).read_text())
         lines = reproduce.diff(original, now)
         status = "identical environment" if not lines else f"{len(lines)} differences"
         console.print(
@@ -152,24 +187,55 @@ def push_cmd(
     console.print(f"{escape(c.name)}: pushed {ref} (recorded in {record})", highlight=False)
 
 
+def _run_cell(run: str, results_dir: Path, cell: str) -> tuple[dict, dict[str, bytes]]:
+    """A run's recorded inputs of one cell, and the files export --run carries."""
+    folder = _run_dir(run, results_dir) / cell
+    files = {}
+    for name in handoff.RUN_FILES:
+        if not (folder / name).is_file():
+            raise UserError(
+                f"{folder} has no {name}; --run takes a container run that measured cell {cell}"
+            )
+        files[name] = (folder / name).read_bytes()
+    return json.loads(files[reproduce.INPUTS]), files
+
+
 @app.command("export")
 def export_cmd(
     cell: str = typer.Argument(..., help="The cell to export."),
     out: Path = typer.Option(..., "-o", "--out", help="Archive file to write."),
     matrix_file: Path = MatrixOpt,
+    run: Optional[str] = typer.Option(
+        None,
+        "--run",
+        help="A run (id or folder) of this cell: export the image it measured with, and its "
+        "records, so `cudastack reproduce FILE` needs nothing else.",
+    ),
+    results_dir: Path = ResultsOpt,
 ) -> None:
     """Write a cell's image, lock and manifest into one archive."""
-    c = _one_cell(matrix_file, cell)
+    files: Optional[dict[str, bytes]] = None
+    if run:
+        record, files = _run_cell(run, results_dir, cell)
+        c, tag, lock_text = reproduce.cell_from(record), record["tag"], record["lock"]
+    else:
+        c = _one_cell(matrix_file, cell)
     if out.exists():
         raise UserError(f"{out} already exists; choose another -o")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
     client = engine("exporting")
-    tag = _existing_tag(client, c, matrix_file)
+    if run:
+        if not images.exists(client, tag):
+            raise UserError(
+                f"cell {cell} has no image {tag} here, the one run {run} measured with; "
+                f"`cudastack reproduce {run} --cell {cell}` gets it back"
+            )
+    else:
+        tag = _existing_tag(client, c, matrix_file)
+        lock_text = handoff.lock_text(matrix_file.parent / "locks", c)
     try:
-        manifest = handoff.export(
-            client, c, tag, handoff.lock_text(matrix_file.parent / "locks", c), out
-        )
+        manifest = handoff.export(client, c, tag, lock_text, out, files)
     except handoff.HandoffError as exc:
         raise UserError(str(exc)) from None
     size = out.stat().st_size / 1e9

@@ -16,7 +16,7 @@ from . import compare, doctor, explain, images, matrix, pipeline, report, result
 from .cli_common import EXIT_BAD_INPUT, UserError, console, echo, err, names
 from .containers import ContainerOptions
 from .display import case_summary, cell_matrix, reasons
-from .runners import SuiteArgs, run_local
+from .runners import DEFAULT_TIMEOUT_S, LocalResult, SuiteArgs, run_local
 from .worker import new_run_id
 
 
@@ -55,8 +55,16 @@ def finish(run_dir: Path, run_id: str, failed: bool) -> None:
         raise typer.Exit(1)
 
 
-def run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
+def check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise UserError(f"--timeout {timeout:g}: give a time limit in seconds above 0")
+
+
+def run_here(
+    args: SuiteArgs, out: Optional[Path], results_dir: Path, timeout: float = DEFAULT_TIMEOUT_S
+) -> None:
     cases = args.validate()
+    check_timeout(timeout)
     if importlib.util.find_spec("torch") is None:
         raise UserError(
             f"torch is not installed in {sys.executable}; run `make setup` or pip install torch"
@@ -65,15 +73,16 @@ def run_here(args: SuiteArgs, out: Optional[Path], results_dir: Path) -> None:
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
     try:
-        code = run_local(args, run_dir / "local", run_id, on_line=echo)
+        outcome = run_local(args, run_dir / "local", run_id, on_line=echo, timeout_s=timeout)
     except KeyboardInterrupt:
         err.print("interrupted: keeping the cases that finished")
-        code = 130
+        outcome = LocalResult(130, "interrupted by the user")
+    code = outcome.code
     if code == EXIT_BAD_INPUT and not (run_dir / "local" / results.RECORDS).exists():
         shutil.rmtree(run_dir)  # the worker refused its input: leave nothing half-written
         raise UserError("the worker refused its input (see the error above)")
     if code != 0:
-        err.print(f"the worker exited with code {code}; its log is {run_dir / 'local' / 'log.txt'}")
+        err.print(f"{outcome.reason}; its log is {run_dir / 'local' / 'log.txt'}")
     finish(run_dir, run_id, code != 0)
 
 
@@ -151,7 +160,8 @@ def run_matrix(
             "cudastack bench: no cell of the matrix could run here (see the reasons "
             "above): running the suite locally in this Python environment as well"
         )
-        failed = run_local(args, run_dir / "local", run_id, on_line=echo) != 0
+        local = run_local(args, run_dir / "local", run_id, echo, opts.timeout_s)
+        failed = local.code != 0
     finish(run_dir, run_id, failed)
 
 
@@ -189,6 +199,7 @@ def run_cells(
 ) -> None:
     """Run the named cells (all by default) of a matrix in their containers."""
     args.validate()
+    check_timeout(timeout)
     cells = matrix.select(matrix.load(matrix_file), names(cell))
     inputs = build_inputs(matrix_file, wheelhouse, ca_file)
     client = client or images.connect()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .runners import LOG, SuiteArgs
+from .runners import DEFAULT_TIMEOUT_S, LOG, SuiteArgs
 from .suite import PATH_PARAMS
 
 HARNESS_SRC = Path(__file__).resolve().parents[1]  # the folder holding the cudastack package
@@ -31,7 +31,7 @@ class ContainerOptions:
     gpus: str = "all"  # none | all | comma-separated indices or UUIDs
     shm_size: str = "16g"  # Docker's default /dev/shm is 64 MB: DataLoader workers die of it
     ipc_host: bool = False
-    timeout_s: float = 3 * 3600
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def device_requests(gpus: str) -> list:

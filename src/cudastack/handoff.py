@@ -10,12 +10,16 @@ import tarfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional
 
 from .matrix import Cell
+from .reproduce import INPUTS
+from .results import ENV
 
 EXPORT_FORMAT = 1
 CHUNK = 1 << 20
+RUN_DIR = "run"  # export --run: the run's records of the cell, under run/ in the archive
+RUN_FILES = (INPUTS, ENV)  # its recorded inputs and its environment's fingerprint
 
 
 class HandoffError(ValueError):
@@ -83,8 +87,17 @@ def _stream_member(f: BinaryIO, name: str, blocks: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict:
-    """One tar: the image (docker save), then manifest.json and lock.txt, written atomically."""
+def export(
+    client: Any,
+    cell: Cell,
+    tag: str,
+    lock_text: str,
+    out: Path,
+    run_files: Optional[dict[str, bytes]] = None,
+) -> dict:
+    """One tar: the image (docker save), then manifest.json and lock.txt, written atomically.
+    ``run_files`` (export --run) adds a run's records of the cell, run/cell.json and
+    run/env.json, hashed in the manifest: what `reproduce` compares against."""
     image = client.images.get(tag)
     # One partial file per process, created exclusively: two exports to one name never write
     # into, or delete, each other's file.
@@ -101,11 +114,15 @@ def export(client: Any, cell: Cell, tag: str, lock_text: str, out: Path) -> dict
                 "lock_sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
                 "labels": image.labels,
             }
-            # tarfile starts at the file's position: the two small members follow the image.
+            run = run_files or {}
+            if run:
+                manifest["run_sha256"] = {n: hashlib.sha256(d).hexdigest() for n, d in run.items()}
+            # tarfile starts at the file's position: the small members follow the image.
             with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for name, data in (
                     ("manifest.json", json.dumps(manifest, indent=2).encode()),
                     ("lock.txt", lock_text.encode()),
+                    *((f"{RUN_DIR}/{n}", d) for n, d in run.items()),
                 ):
                     tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
         os.replace(partial, out)
@@ -124,8 +141,11 @@ def _member(tar: tarfile.TarFile, name: str) -> Any:
         raise HandoffError(f"not a cudastack export: it has no {name}") from None
 
 
-def import_archive(client: Any, path: Path) -> dict:
-    """Verify the archive's hashes first, then load it: a damaged archive loads nothing."""
+def _read(path: Path, hash_image: bool) -> tuple[dict, bytes, dict[str, bytes]]:
+    """(manifest, lock, run files) of a whole archive whose hashes all match (the image's only
+    when ``hash_image``: a gigabyte read), else HandoffError."""
+    run: dict[str, bytes] = {}
+    digest = hashlib.sha256()
     try:
         with tarfile.open(path, "r:") as tar:
             # tarfile itself raises on a file cut inside a member's data, but reads one cut
@@ -136,24 +156,37 @@ def import_archive(client: Any, path: Path) -> dict:
                 raise tarfile.ReadError("the file ends before the archive's end blocks")
             manifest = json.loads(tar.extractfile(_member(tar, "manifest.json")).read())  # type: ignore[union-attr]
             lock = tar.extractfile(_member(tar, "lock.txt")).read()  # type: ignore[union-attr]
-            digest = hashlib.sha256()
-            image = tar.extractfile(_member(tar, "image.tar"))
-            assert image is not None
-            for block in iter(lambda: image.read(CHUNK), b""):
-                digest.update(block)
+            for name in manifest.get("run_sha256") or {}:
+                run[name] = tar.extractfile(_member(tar, f"{RUN_DIR}/{name}")).read()  # type: ignore[union-attr]
+            if hash_image:
+                image = tar.extractfile(_member(tar, "image.tar"))
+                assert image is not None
+                for block in iter(lambda: image.read(CHUNK), b""):
+                    digest.update(block)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise HandoffError(f"{path} is truncated or not a tar archive ({exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HandoffError(f"{path}: its manifest.json is not valid JSON") from None
     if manifest.get("format") != EXPORT_FORMAT:
         raise HandoffError(f"{path}: export format {manifest.get('format')} is not supported")
-    if digest.hexdigest() != manifest["image_sha256"]:
+    if hash_image and digest.hexdigest() != manifest["image_sha256"]:
         raise HandoffError(
             f"{path}: the image does not match its manifest's sha256 (damaged or "
             "tampered with); nothing was loaded"
         )
     if hashlib.sha256(lock).hexdigest() != manifest["lock_sha256"]:
         raise HandoffError(f"{path}: lock.txt does not match its manifest's sha256; nothing loaded")
+    for name, data in run.items():
+        if hashlib.sha256(data).hexdigest() != manifest["run_sha256"][name]:
+            raise HandoffError(
+                f"{path}: {RUN_DIR}/{name} does not match its manifest's sha256; nothing loaded"
+            )
+    return manifest, lock, run
+
+
+def import_archive(client: Any, path: Path) -> dict:
+    """Verify the archive's hashes first, then load it: a damaged archive loads nothing."""
+    manifest, lock, _ = _read(path, hash_image=True)
     with tarfile.open(path, "r:") as tar:
         stream = tar.extractfile("image.tar")
         loaded = client.images.load(stream)
@@ -162,6 +195,24 @@ def import_archive(client: Any, path: Path) -> dict:
         raise HandoffError(f"{path}: loaded image {sorted(ids)} is not {manifest['image_id']}")
     manifest["lock_text"] = lock.decode()
     return manifest
+
+
+def run_records(path: Path) -> tuple[dict, dict, dict]:
+    """(manifest, the cell's recorded inputs, the run's env.json) of an archive made with
+    ``export --run``, hashes checked: all `reproduce` needs besides the image."""
+    manifest, _, run = _read(path, hash_image=False)
+    if set(run) != set(RUN_FILES):
+        raise HandoffError(
+            f"{path} carries no run's records of its cell; export it with --run RUN "
+            "(`cudastack export CELL --run RUN -o FILE`) to reproduce from the archive"
+        )
+    try:
+        record, env = (json.loads(run[name]) for name in RUN_FILES)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HandoffError(f"{path}: its run records are not valid JSON") from None
+    if not isinstance(record, dict) or "cell" not in record or record.get("tag") != manifest["tag"]:
+        raise HandoffError(f"{path}: its run records do not describe its image {manifest['tag']}")
+    return manifest, record, env
 
 
 def lock_text(locks_dir: Path, cell: Cell) -> str:

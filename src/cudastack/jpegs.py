@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .context import CheckFailed
+
 _FOLDERS: dict[tuple[int, int, int], Path] = {}
 CLASSES = 4
 
@@ -90,6 +92,35 @@ def loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )
+
+
+def check_batch(ctx: Any, images: Any, labels: Any, root: Path, batch: int, image: int) -> None:
+    """A loader's first batch against what it must hold, before anything is timed: shape
+    (batch, 3, image, image), float32 in [0, 1], the classes interleaved, and every image equal
+    to its file decoded here by Pillow alone (RGB, bilinear resize, bytes / 255)."""
+    from PIL import Image
+
+    torch = ctx.torch
+    if tuple(images.shape) != (batch, 3, image, image):
+        raise CheckFailed(
+            f"batch shape {tuple(images.shape)} != reference {(batch, 3, image, image)}"
+        )
+    if images.dtype != torch.float32:
+        raise CheckFailed(f"batch dtype {images.dtype} != reference torch.float32")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise CheckFailed(f"batch values span [{low:.3g}, {high:.3g}], outside [0, 1]")
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    expected = [j % len(classes) for j in range(batch)]  # the loader's interleaved order
+    if labels.tolist() != expected:
+        raise CheckFailed(f"batch labels {labels.tolist()} != reference {expected}")
+    for j in range(batch):
+        path = sorted(classes[j % len(classes)].glob("*.jpg"))[j // len(classes)]
+        with Image.open(path) as f:
+            pixels = f.convert("RGB").resize((image, image), Image.Resampling.BILINEAR).tobytes()
+        decoded = torch.frombuffer(bytearray(pixels), dtype=torch.uint8)
+        reference = decoded.view(image, image, 3).permute(2, 0, 1).float() / 255
+        ctx.check_close(images[j], reference, rtol=0, atol=1e-6, what=f"image {j} ({path.name})")
 
 
 def forever(batches: Any) -> Iterator[Any]:

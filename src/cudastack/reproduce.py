@@ -7,13 +7,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import images
 from .containers import HARNESS_SRC, IN_SRC
 from .matrix import Cell
 
 INPUTS = "cell.json"  # what a run records about each cell's image, beside its results
+
+
+class ReproduceError(ValueError):
+    """A cell's image cannot be had the way its records say; nothing was changed."""
 
 
 def record_inputs(
@@ -61,13 +65,30 @@ def obtain(
     pushed_ref: str,
     rebuild: bool,
     build: Callable[[Cell, Path, Path], str],
+    load: Optional[Callable[[], object]] = None,
 ) -> str:
-    """How the image came to be here: 'present', 'pulled' or 'rebuilt'."""
+    """How the image came to be here: 'present', 'imported' (by ``load``, from the archive
+    reproduce was given), 'pulled' or 'rebuilt'."""
     tag = record["tag"]
     if images.exists(client, tag) and not rebuild:
         return "present"
+    if load is not None and not rebuild:
+        load()
+        if not images.exists(client, tag):
+            raise ReproduceError(f"cell {record['cell']['name']}: the archive did not hold {tag}")
+        return "imported"
     if pushed_ref and not rebuild:
-        image = client.images.pull(pushed_ref)  # by digest: exactly the bytes that were pushed
+        from docker.errors import APIError
+
+        try:
+            image = client.images.pull(pushed_ref)  # by digest: exactly the bytes pushed
+        except APIError as exc:
+            cause = str(exc.explanation or exc).strip().splitlines()[0]
+            raise ReproduceError(
+                f"cell {record['cell']['name']}: cannot pull its recorded digest {pushed_ref} "
+                f"({cause}); use --rebuild to build it from the recorded inputs, or import an "
+                "export of it"
+            ) from None
         image.tag(*tag.rsplit(":", 1))
         return "pulled"
     if images.exists(client, tag):

@@ -6,17 +6,25 @@ kernel (a segfault, an abort in a CUDA library) leaves the cases that finished o
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import suite
+import psutil
+
+from . import results, suite
 from .doctor import nvml_host
 from .envinfo import usable_cores
 
 LOG = "log.txt"
+DEFAULT_TIMEOUT_S = 3 * 3600.0  # per cell, here and in containers (--timeout)
 
 
 def device_limit(device: str) -> tuple[int, str]:
@@ -137,11 +145,29 @@ class SuiteArgs:
         return ["-m", "cudastack.worker"]
 
 
+@dataclass(frozen=True)
+class LocalResult:
+    """How a local cell's worker processes ended: code 0, or the first failure and why."""
+
+    code: int
+    reason: str = ""
+
+
+def time_limit_reason(timeout_s: float) -> str:
+    return f"the cell ran past its time limit of {timeout_s:g} s (--timeout)"
+
+
 def run_local(
-    args: SuiteArgs, cell_dir: Path, run_id: str, on_line: Optional[Callable[[str], None]] = None
-) -> int:
+    args: SuiteArgs,
+    cell_dir: Path,
+    run_id: str,
+    on_line: Optional[Callable[[str], None]] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> LocalResult:
     """Run the worker in this Python, ``args.repeat`` processes one after another; their output
-    goes to <cell_dir>/log.txt and ``on_line``. Returns the first non-zero exit code, else 0."""
+    goes to <cell_dir>/log.txt and ``on_line``. Each process gets ``timeout_s`` seconds, as a
+    container does: past it, the worker and every process it started are killed, the cases it
+    finished stay, and the cell gets a failed row."""
     cell_dir.mkdir(parents=True)
     for process in range(args.repeat):
         if args.repeat > 1 and on_line:
@@ -151,26 +177,100 @@ def run_local(
             *args.launcher(),
             *args.worker_argv(cell_dir, "local", run_id, args.bench_dir, process=process),
         ]
-        code = _run_worker(argv, cell_dir / LOG, on_line)
+        code, timed_out = _run_worker(argv, cell_dir / LOG, on_line, timeout_s)
+        if timed_out:
+            reason = time_limit_reason(timeout_s)
+            results.append_records(
+                cell_dir, [results.harness_row(run_id, "local", "run", "failed", reason)]
+            )
+            return LocalResult(code, reason)
         if code != 0:
-            return code
-    return 0
+            return LocalResult(code, f"the worker exited with code {code}")
+    return LocalResult(0)
 
 
-def _run_worker(argv: list[str], log_path: Path, on_line: Optional[Callable[[str], None]]) -> int:
+def _run_worker(
+    argv: list[str],
+    log_path: Path,
+    on_line: Optional[Callable[[str], None]],
+    timeout_s: float,
+) -> tuple[int, bool]:
+    """(exit code, timed out). The worker leads a session of its own, so that it and whatever
+    it starts (torchrun's ranks, DataLoader workers) can be found and killed as one."""
     with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         )
-        try:
+
+        def pump() -> None:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                if on_line:
-                    on_line(line.rstrip("\n"))
-            return proc.wait()
+            # ValueError: the log was closed under a process that escaped the kill.
+            with contextlib.suppress(ValueError):
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    if on_line:
+                        on_line(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout_s
+        try:
+            try:
+                code = proc.wait(timeout=timeout_s)
+                # Its output to the end; a process it left behind may hold the pipe open.
+                reader.join(timeout=max(0.0, deadline - time.monotonic()))
+                if not reader.is_alive():
+                    return code, False
+            except subprocess.TimeoutExpired:
+                pass
+            kill_tree(proc.pid)
+            code = proc.wait()
+            reader.join(timeout=5)  # one that escaped the kill may still hold it: never hang
+            return code, True
         except KeyboardInterrupt:
             proc.terminate()
-            proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            kill_tree(proc.pid)
             raise
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a process and every process below it, with the process groups they lead.
+
+    torchrun starts each rank in a session of its own, so the launcher's group alone would leave
+    the ranks running. Every process is stopped first, so that none forks while the tree is
+    read, then all are killed."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    stopped: dict[int, psutil.Process] = {}
+    while True:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:  # the worker itself has ended: what it left is found no more
+            tree = []
+        new = [p for p in tree if p.pid not in stopped]
+        if not new:
+            break
+        for p in new:
+            with contextlib.suppress(psutil.Error):
+                p.suspend()
+            stopped[p.pid] = p
+    groups = set()
+    for p in stopped.values():
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(p.pid))
+    for group in groups - {os.getpgrp()}:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGKILL)
+    for p in stopped.values():
+        with contextlib.suppress(psutil.Error):
+            p.kill()

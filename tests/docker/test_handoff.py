@@ -12,7 +12,7 @@ from conftest import cli
 from docker_env import BASE_IMAGE, TORCH, cpu_cell, write_matrix
 
 import docker
-from cudastack import images, matrix, pipeline, results
+from cudastack import handoff, images, matrix, pipeline, reproduce, results
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
@@ -215,3 +215,52 @@ def test_shell_runs_in_the_cell_with_this_folder_mounted(locked, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == f"{TORCH}+cpu hello"
+
+
+def test_a_recorded_digest_that_cannot_be_pulled_is_one_line(engine, registry, tmp_path):
+    # A run folder and a push record as a teammate gets them, for an image the registry never
+    # held: nothing needs building to see what reproduce says about it.
+    path = write_matrix(tmp_path / "matrix", cpu_cell("gone"))
+    (cell,) = matrix.load(path)
+    inputs = pipeline.BuildInputs.for_matrix(path)
+    tag = inputs.tag(cell)
+    cell_dir = tmp_path / "run" / "gone"
+    cell_dir.mkdir(parents=True)
+    reproduce.record_inputs(cell_dir, cell, inputs.dockerfile, "", tag, "sha256:" + "1" * 64, "x")
+    (cell_dir / results.ENV).write_text("{}")
+    ref = f"{registry}/cells/gone@sha256:{'0' * 64}"
+    (tmp_path / "matrix" / "locks").mkdir()
+    handoff.pushed_record(tmp_path / "matrix" / "locks", cell).write_text(ref + "\n")
+    assert not images.exists(engine, tag)
+    proc = cli("reproduce", str(tmp_path / "run"), "--matrix", str(path))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: cell gone: cannot pull its recorded digest {ref} (")
+    assert proc.stderr.rstrip().endswith(
+        "use --rebuild to build it from the recorded inputs, or import an export of it"
+    )
+    assert not images.exists(engine, tag)
+
+
+def test_an_export_with_its_run_reproduces_without_the_run_folder(engine, locked, tmp_path):
+    archive = tmp_path / "reg-cpu.tar"
+    proc = cli("export", "reg-cpu", "--run", str(locked["run"]), "-o", str(archive))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    teammate = tmp_path / "teammate"  # no run folder, the shipped matrix, no push record
+    teammate.mkdir()
+    try:
+        # Their engine has no copy of the image either: reproduce loads it from the archive.
+        engine.images.remove(locked["tag"], force=True)
+        first = cli("reproduce", str(archive), cwd=teammate)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"reg-cpu: image imported as {locked['tag']}: identical environment" in first.stdout
+        again = cli("reproduce", str(archive), cwd=teammate)
+        assert f"reg-cpu: image present as {locked['tag']}: identical environment" in again.stdout
+        assert list(teammate.iterdir()) == []  # nothing written where it ran
+        with tarfile.open(archive) as tar:
+            recorded = json.loads(tar.extractfile("run/env.json").read())  # type: ignore[union-attr]
+        original = json.loads((locked["run"] / "reg-cpu" / results.ENV).read_text())
+        assert recorded == original  # what it compared against is the run's own fingerprint
+    finally:
+        if not images.exists(engine, locked["tag"]):
+            cli("import", str(archive))  # the module's other tests use the image
+        archive.unlink()

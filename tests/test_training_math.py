@@ -1,0 +1,141 @@
+"""Training throughput, its latency split, data-parallel totals and MFU on a controlled clock."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import torch
+import torch.multiprocessing
+
+from cudastack import suite, training
+from cudastack.context import Context
+from cudastack.world import World
+
+# Each step waits WAIT_S for its batch, then computes for COMPUTE_S, on a clock that moves only
+# by these amounts. Binary fractions, so every sum of them below is exact in floating point.
+ITEMS_PER_STEP = 8
+CYCLE = 4  # steps per window: one pass over the fixed batches
+WAIT_S = 0.125
+COMPUTE_S = 0.375
+FLOPS_PER_ITEM = 2.5e11
+PEAK_TFLOPS = 10.0
+WINDOWS = training.SCHEDULES["quick"].windows
+
+
+class Clock:
+    """The ``time`` module as ``training`` sees it: perf_counter moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def workload(clock: Clock, compute_s: float = COMPUTE_S) -> training.Workload:
+    """A real linear regression trained by SGD; its batches and steps take known clock time."""
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(ITEMS_PER_STEP, 4, generator=gen) for _ in range(CYCLE)]
+    batches = itertools.cycle(inputs)
+
+    def next_batch() -> Any:
+        clock.advance(WAIT_S)
+        return next(batches)
+
+    def make_step(wrap: Any) -> training.Step:
+        model = wrap(torch.nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+        def loss_of(x: Any) -> Any:
+            return torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+
+        inner = training.optimizer_step(loss_of, opt)
+
+        def step(batch: Any) -> Any:
+            clock.advance(compute_s)
+            return inner(batch)
+
+        return step
+
+    return training.Workload(
+        make_step, next_batch, CYCLE, ITEMS_PER_STEP, "img/s", FLOPS_PER_ITEM, "bf16"
+    )
+
+
+def context(world: Optional[World] = None) -> Context:
+    return Context(
+        torch,
+        torch.device("cpu"),
+        suite.PROFILES["quick"],
+        {"bf16": PEAK_TFLOPS},
+        world=world or World(),
+    )
+
+
+def by_name(metrics: list) -> dict[str, list[float]]:
+    return {m.name: m.values for m in metrics}
+
+
+def test_one_process_rates_and_step_split_from_known_step_times(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(training, "time", clock)
+    got = by_name(training.measure(context(), workload(clock)))
+    # One window = CYCLE steps of 0.125 s waiting + 0.375 s computing = 2.0 s for
+    # 8 items x 4 steps = 32 items: 16 items/s, one sample per window.
+    assert got["items_per_s"] == [16.0] * WINDOWS
+    assert got["latency"] == [500.0] * WINDOWS  # 2.0 s / 4 steps
+    assert got["data_wait_ms"] == [125.0] * WINDOWS
+    assert got["compute_ms"] == [375.0] * WINDOWS
+    assert got["data_wait_pct"] == [25.0] * WINDOWS  # 0.5 s of 2.0 s
+    # 2.5e11 FLOPs per item x 16 items/s = 4 TFLOP/s, 40 % of a 10 TFLOP/s peak.
+    assert got["tflops"] == [4.0] * WINDOWS
+    assert got["mfu"] == [40.0] * WINDOWS
+    assert got["loss_end"][0] < got["loss_start"][0]  # it really trained
+    assert "scaling_efficiency" not in got and "baseline_items_per_s" not in got
+
+
+# Data parallel: rank 1 computes for 0.5 s a step, so its windows take 4 x 0.625 = 2.5 s while
+# rank 0's take 2.0 s. A window ends when the slowest rank's does.
+SLOW_COMPUTE_S = 0.5
+
+
+def _dp_rank(rank: int, store: str, out: str) -> None:
+    """One of two gloo processes, each with its own controlled clock."""
+    torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=120)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timeout
+    )
+    try:
+        clock = Clock()
+        training.time = clock  # this process is the test's own and ends with it
+        compute_s = COMPUTE_S if rank == 0 else SLOW_COMPUTE_S
+        metrics = training.measure(context(World(rank, 2, rank)), workload(clock, compute_s))
+        Path(f"{out}.{rank}").write_text(json.dumps(by_name(metrics)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_data_parallel_processes_total_their_items_over_the_slowest_window(tmp_path):
+    out = str(tmp_path / "metrics")
+    torch.multiprocessing.spawn(_dp_rank, args=(str(tmp_path / "store"), out), nprocs=2)
+    got = json.loads(Path(f"{out}.0").read_text())
+    assert json.loads(Path(f"{out}.1").read_text()) == {}  # only rank 0 reports
+    # Rank 0 alone first: 32 items per 2.0 s window = 16 items/s.
+    assert got["baseline_items_per_s"] == [16.0]
+    # Together: 2 ranks x 32 items per 2.5 s window (rank 1's) = 25.6 items/s, which is
+    # 25.6 / (2 x 16) = 80 % of two perfectly scaled processes.
+    assert got["items_per_s"] == pytest.approx([25.6] * WINDOWS, rel=1e-12)
+    assert got["scaling_efficiency"] == pytest.approx([80.0] * WINDOWS, rel=1e-12)
+    assert got["latency"] == [625.0] * WINDOWS  # 2.5 s / 4 steps
+    # 2.5e11 x 25.6 = 6.4 TFLOP/s over two devices of 10 TFLOP/s peak each: 32 %.
+    assert got["tflops"] == pytest.approx([6.4] * WINDOWS, rel=1e-12)
+    assert got["mfu"] == pytest.approx([32.0] * WINDOWS, rel=1e-12)
