@@ -1,10 +1,9 @@
-"""The benchmark context with real torch on the CPU: checks, skips, inputs, peaks."""
+"""The benchmark context with real torch on the CPU: checks, skips, inputs, measuring."""
 
 import pytest
 import torch
 
 from cudastack.context import CheckFailed, Context, Skip
-from cudastack.peaks import peaks_for
 from cudastack.suite import PROFILES
 
 
@@ -46,11 +45,3 @@ def test_measure_on_cpu_returns_latency_and_rate(ctx):
     assert set(metrics) == {"latency", "tflops"}
     assert len(metrics["latency"].values) >= PROFILES["quick"].min_reps
     assert all(v > 0 for v in metrics["tflops"].values)
-
-
-def test_peaks_match_gpu_names_most_specific_first():
-    assert peaks_for("NVIDIA H200")["mem"] == 4800
-    assert peaks_for("NVIDIA H100 PCIe")["bf16"] == 756
-    assert peaks_for("NVIDIA H100 80GB HBM3")["bf16"] == 989.4
-    assert peaks_for("NVIDIA A100-SXM4-40GB")["mem"] == 1555
-    assert peaks_for("Intel(R) Xeon(R) Processor") is None

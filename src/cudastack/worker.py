@@ -26,7 +26,7 @@ from typing import Any, Optional
 from . import envinfo, suite
 from . import world as worldmod
 from .context import CheckFailed, Context, Metric, Skip
-from .peaks import peaks_for
+from .peaks import for_gpu
 from .schema import SCHEMA_VERSION
 from .stats import summarize
 from .telemetry import Nvml
@@ -337,6 +337,9 @@ def _run_suite(
         nproc=world.size,
         telemetry=telemetry_note,
     )
+    found = for_gpu(fp["gpu"])
+    if found is not None:  # env.json says which data sheet % of peak is against, or why none
+        fp["gpu"]["peaks"] = found.record()
     if args.process == 0:  # a repeat runs in the same environment: the first one records it
         _write_json_atomic(args.out / "env.json", fp)
     base = {
@@ -348,7 +351,7 @@ def _run_suite(
         "process": args.process,
         **envinfo.record_fields(fp),
     }
-    ctx_peaks = peaks_for(fp["gpu"]["name"]) if fp["gpu"] else None
+    ctx_peaks = found.peaks if found is not None else None
     modules = _Modules(specs)
     procs = f", {world.size} data-parallel processes" if world.distributed else ""
     print(
@@ -357,6 +360,8 @@ def _run_suite(
         f"telemetry: {fp['telemetry']}",
         flush=True,
     )
+    if found is not None and found.board is None:
+        print(f"no % of peak: {found.reason}", flush=True)
     started = time.perf_counter()
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
