@@ -53,6 +53,8 @@ def _check(ctx, actual, expected, tol, terms, what):
 
 
 def run(ctx, layer, direction, layout, benchmark, dtype, batch):
+    from cudastack.precision import set_tf32
+
     torch = ctx.torch
     conv2d = torch.nn.functional.conv2d
     if benchmark and not ctx.is_cuda:
@@ -64,7 +66,7 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
     dt = ctx.dtype(dtype)
     # TF32 is a math mode of fp32 storage, on by default for cuDNN: fp32 turns it off so fp32
     # means IEEE fp32 as in gemm. The worker restores both flags after the case.
-    torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    set_tf32(torch, dtype == "tf32")
     torch.backends.cudnn.benchmark = benchmark
     c_in, c_out, k, stride, size = LAYERS[layer]
     pad = k // 2

@@ -48,12 +48,14 @@ def _fp8(ctx, n):
 
 
 def run(ctx, dtype, n):
+    from cudastack.precision import set_tf32
+
     torch = ctx.torch
     if dtype == "fp8":
         return _fp8(ctx, n)
     dt = ctx.dtype(dtype)
-    # TF32 is a math mode of fp32 storage; the worker restores the flag after the case.
-    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    # TF32 is a math mode of fp32 storage; the worker restores the flags after the case.
+    set_tf32(torch, dtype == "tf32")
     a, b = ctx.randn(n, n, dtype=dt), ctx.randn(n, n, dtype=dt)
     out = torch.empty(n, n, dtype=dt, device=ctx.device)
 

@@ -84,11 +84,19 @@ class Context:
         return tuple(self.torch.cuda.get_device_capability(self.device)) if self.is_cuda else ()
 
     def dtype(self, name: str) -> Any:
-        """A dtype by its short name; tf32 is fp32 storage with TF32 math (set by the bench)."""
+        """A dtype by its short name; tf32 is fp32 storage with TF32 math (set by the bench).
+        Skips tf32 and bf16 where the GPU has no hardware for them."""
         if name not in DTYPES:
             raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}")
         if name == "tf32" and not (self.is_cuda and self.capability() >= (8, 0)):
             self.skip("tf32 needs an NVIDIA GPU of compute capability 8.0 or newer")
+        if name == "bf16" and self.is_cuda and self.capability() < (8, 0):
+            # torch.cuda.is_bf16_supported() says yes here too: it counts emulation.
+            cap = ".".join(map(str, self.capability()))
+            self.skip(
+                f"bf16 needs a GPU of compute capability 8.0 or newer; this one is {cap}, "
+                "where bf16 is only emulated"
+            )
         return getattr(self.torch, DTYPES[name])
 
     def randn(self, *shape: int, dtype: Any = None, requires_grad: bool = False) -> Any:

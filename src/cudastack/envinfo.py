@@ -1,6 +1,6 @@
 """The environment fingerprint: what was actually loaded and on what hardware a run measured.
 
-Environment side: standard library and torch; NVML (nvidia-ml-py) only when it is importable.
+Environment side: standard library and torch; NVML through telemetry's reader of the GPU in use.
 """
 
 from __future__ import annotations
@@ -9,12 +9,18 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+from . import precision
+
+if TYPE_CHECKING:
+    from .telemetry import Nvml
 
 # Variables that change what a kernel does or which devices a run sees.
 ENV_VARS = (
@@ -106,44 +112,11 @@ def _speed_packages(installed: dict[str, str]) -> dict[str, str]:
     return {n: v for n, v in installed.items() if n in wanted or n.startswith("nvidia-")}
 
 
-def _nvml(index: int) -> dict[str, Any]:
-    try:
-        import pynvml  # from nvidia-ml-py
-    except ImportError:
-        return {"available": False, "reason": "nvidia-ml-py not installed"}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return {"available": False, "reason": str(exc)}
-    info: dict[str, Any] = {"available": True}
-
-    def read(key: str, call: Any, *args: Any) -> None:
-        # Each query may be unsupported on a given board or driver; record what answers.
-        try:
-            value = call(*args)
-            info[key] = value.decode() if isinstance(value, bytes) else value
-        except (pynvml.NVMLError, AttributeError):
-            info[key] = None
-
-    try:
-        read("driver", pynvml.nvmlSystemGetDriverVersion)
-        read("cuda_driver_version", pynvml.nvmlSystemGetCudaDriverVersion_v2)
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        read("uuid", pynvml.nvmlDeviceGetUUID, handle)
-        read("sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
-        read("mem_clock_mhz", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM)
-        read("max_sm_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_SM)
-        read("max_mem_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_MEM)
-        read("power_limit_mw", pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
-        read("persistence_mode", pynvml.nvmlDeviceGetPersistenceMode, handle)
-    finally:
-        pynvml.nvmlShutdown()
-    return info
-
-
-def _gpu(torch: Any, device: Any) -> dict[str, Any]:
+def _gpu(torch: Any, device: Any, nvml: Optional[Nvml], nvml_note: str) -> dict[str, Any]:
     props = torch.cuda.get_device_properties(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    # Read through telemetry's handle, found by UUID: under CUDA_VISIBLE_DEVICES, torch's index
+    # is not NVML's. A query NVML cannot answer is left out with the reason, never fatal.
+    info = nvml.device_info() if nvml is not None else {"available": False, "reason": nvml_note}
     return {
         "name": props.name,
         "capability": f"{props.major}.{props.minor}",
@@ -152,8 +125,51 @@ def _gpu(torch: Any, device: Any) -> dict[str, Any]:
         "l2_cache_mib": round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
         "uuid": str(getattr(props, "uuid", "")),
         "arch_list": torch.cuda.get_arch_list(),
-        "nvml": _nvml(index),
+        "nvml": info,
     }
+
+
+_ARCH = re.compile(r"(sm|compute)_(\d+)(\d)([af]?)")
+
+
+def _runs_on(entry: str, capability: tuple[int, int]) -> bool:
+    """Whether one entry of torch.cuda.get_arch_list() has code a GPU of ``capability`` runs.
+
+    sm_XY is machine code: it runs on X.Y and later minors of major X. compute_XY is PTX, which
+    the driver compiles for any GPU of capability X.Y or newer. An ``a`` suffix (sm_90a) is for
+    that exact GPU only; ``f`` (sm_100f) for its family, later minors of the same major."""
+    m = _ARCH.fullmatch(entry)
+    if m is None:
+        return False
+    kind, major, minor, suffix = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    if suffix == "a":
+        return capability == (major, minor)
+    if kind == "sm" or suffix == "f":
+        return capability[0] == major and capability[1] >= minor
+    return capability >= (major, minor)
+
+
+def arch_problem(
+    torch_version: str, cuda: str, capability: tuple[int, int], arch_list: list[str]
+) -> str:
+    """Why a torch build cannot run its kernels on a GPU of ``capability``; '' where it can, or
+    where the build lists no architectures (a CPU or ROCm build)."""
+    if not arch_list or any(_runs_on(a, capability) for a in arch_list):
+        return ""
+    sm = [a for a in arch_list if a.startswith("sm_")]
+    ptx = [a for a in arch_list if a.startswith("compute_")]
+    built = ", ".join(sm) or "no machine code"
+    built += f" (PTX {', '.join(ptx)})" if ptx else " (no PTX)"
+    this = f"sm_{capability[0]}{capability[1]}"
+    known = [(int(m.group(2)), int(m.group(3))) for m in map(_ARCH.fullmatch, arch_list) if m]
+    cuda_version = tuple(int(x) for x in re.findall(r"\d+", cuda)[:2])
+    advice = f"use a cell whose torch is built for {this}"
+    if known and capability > max(known) and capability[0] in (10, 11, 12):
+        if cuda_version < (12, 8):  # Blackwell's first toolkit
+            advice = "use a cell with CUDA 12.8 or newer"
+    elif known and capability < min(known) and cuda_version >= (13, 0):
+        advice = "CUDA 13 dropped it: use a cell with CUDA 12"
+    return f"torch {torch_version} was built for {built}; this GPU is {this}: {advice}"
 
 
 def torch_versions(torch: Any) -> dict[str, str]:
@@ -175,8 +191,16 @@ def torch_versions(torch: Any) -> dict[str, str]:
     }
 
 
-def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
-    """Everything a comparison may need to explain a difference; ``extra`` adds run identity."""
+def fingerprint(
+    torch: Any,
+    device: Any,
+    *,
+    nvml: Optional[Nvml] = None,
+    nvml_note: str = "none: NVML not opened",
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything a comparison may need to explain a difference; ``extra`` adds run identity.
+    ``nvml`` is telemetry's reader of the GPU in use, or None and ``nvml_note`` says why."""
     here = Path(__file__).resolve().parent
     installed = installed_packages()
     return {
@@ -200,13 +224,12 @@ def fingerprint(torch: Any, device: Any, **extra: Any) -> dict[str, Any]:
         },
         "torch": torch_versions(torch),
         "device": {"type": device.type, "index": device.index},
-        "gpu": _gpu(torch, device) if device.type == "cuda" else None,
+        "gpu": _gpu(torch, device, nvml, nvml_note) if device.type == "cuda" else None,
         "flags": {
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            # torch >= 2.9's fp32_precision switches where they exist, else the allow_tf32 flags
+            **precision.tf32_record(torch),
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
         },
         "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
         "packages": _speed_packages(installed),

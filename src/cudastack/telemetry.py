@@ -22,6 +22,26 @@ INTERVAL_S = 0.1
 THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 
 
+def _handle(pynvml: Any, props: Any) -> Any:
+    """The NVML handle of the GPU behind torch's device properties ``props``.
+
+    Found by UUID, else by PCI bus id, never by torch's index: CUDA_VISIBLE_DEVICES renumbers
+    the devices torch sees, and CUDA may order them differently from NVML even without it. By
+    index only where NVML sees one GPU, so the index cannot be another board's."""
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else "GPU-" + uuid
+        # Bytes: older bindings pass the argument to ctypes as it is.
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is not None:
+        pci = f"{props.pci_domain_id:08X}:{bus:02X}:{props.pci_device_id:02X}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId_v2(pci.encode())
+    if pynvml.nvmlDeviceGetCount() == 1:
+        return pynvml.nvmlDeviceGetHandleByIndex(0)
+    raise LookupError("this torch reports neither a UUID nor a PCI bus id to tell which GPU it is")
+
+
 @dataclass(frozen=True)
 class Reading:
     """One NVML sample; a field the board does not report is None."""
@@ -53,14 +73,7 @@ class Nvml:
             return None, "none: nvidia-ml-py is not installed in this environment"
         try:
             pynvml.nvmlInit()
-            # Match by UUID, not index: CUDA and NVML may number devices differently.
-            uuid = str(getattr(torch.cuda.get_device_properties(device), "uuid", "") or "")
-            if uuid:
-                uuid = uuid if uuid.startswith("GPU-") else "GPU-" + uuid
-                # Bytes: older bindings pass the argument to ctypes as it is.
-                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())
-            else:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            handle = _handle(pynvml, torch.cuda.get_device_properties(device))
         except Exception as exc:  # no driver, an old binding, a GPU NVML cannot see: no telemetry
             return None, f"none: NVML unavailable ({type(exc).__name__}: {exc})"
         return cls(pynvml, handle), "nvml"
@@ -100,6 +113,34 @@ class Nvml:
         """The board's energy counter (mJ since driver load) in J; None where unsupported."""
         mj = self._get("nvmlDeviceGetTotalEnergyConsumption")
         return mj / 1000 if mj is not None else None
+
+    def device_info(self) -> dict[str, Any]:
+        """What env.json records of this GPU: driver, UUID, clocks, power limit. A query that
+        fails is left out and ``reason`` says which and why; nothing here raises."""
+        nv, h = self._nv, self._h
+        queries: list[tuple[str, Callable[[], Any]]] = [
+            ("driver", lambda: nv.nvmlSystemGetDriverVersion()),
+            ("cuda_driver_version", lambda: nv.nvmlSystemGetCudaDriverVersion_v2()),
+            ("uuid", lambda: nv.nvmlDeviceGetUUID(h)),
+            ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+            ("mem_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
+            ("max_sm_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
+            ("max_mem_clock_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM)),
+            ("power_limit_mw", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h)),
+            ("persistence_mode", lambda: nv.nvmlDeviceGetPersistenceMode(h)),
+        ]
+        info: dict[str, Any] = {"available": True}
+        unread = []
+        for key, query in queries:
+            try:
+                value = query()
+            except Exception as exc:  # unsupported here, a binding without the call, a bad driver
+                unread.append(f"{key} ({type(exc).__name__}: {exc})")
+                continue
+            info[key] = value.decode() if isinstance(value, bytes) else value
+        if unread:
+            info["reason"] = "not read: " + "; ".join(unread)
+        return info
 
 
 class Sampler:

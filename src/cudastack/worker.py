@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
-from . import envinfo, suite
+from . import envinfo, precision, suite
 from . import world as worldmod
 from .context import CheckFailed, Context, Metric, Skip
 from .peaks import for_gpu
@@ -149,25 +149,30 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise CaseTimeout()
 
 
-def _flags(torch: Any) -> tuple[Any, ...]:
+def _flags(torch: Any) -> tuple[dict[str, Any], bool, bool]:
     return (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
+        precision.tf32_flags(torch),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
-        torch.get_float32_matmul_precision(),
     )
 
 
-def _restore_flags(torch: Any, saved: tuple[Any, ...]) -> None:
+def _restore_flags(torch: Any, saved: tuple[dict[str, Any], bool, bool]) -> None:
     # A bench may switch TF32 or cudnn.benchmark for its case; the next case starts clean.
-    (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    ) = saved[:4]
-    torch.set_float32_matmul_precision(saved[4])
+    tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+    precision.restore_tf32_flags(torch, tf32)
+
+
+def arch_problem(torch: Any, device: Any) -> str:
+    """Why this torch build has no kernels this GPU can run, or '' (also on a CPU)."""
+    if device.type != "cuda" or not torch.version.cuda:
+        return ""
+    return envinfo.arch_problem(
+        torch.__version__,
+        torch.version.cuda,
+        tuple(torch.cuda.get_device_capability(device)),
+        list(torch.cuda.get_arch_list()),
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -320,8 +325,11 @@ def _run_suite(
     specs: dict[str, suite.BenchSpec],
 ) -> int:
     nvml, telemetry_note = Nvml.open(torch, device)
+    # Before the first case: a build without code for this GPU would fail every case with "no
+    # kernel image is available"; the cell gets one row that says why instead.
+    unfit = arch_problem(torch, device)
     if not world.is_main:
-        return _follow(args, torch, device, profile, cases, world, specs, nvml)
+        return 0 if unfit else _follow(args, torch, device, profile, cases, world, specs, nvml)
     run_id = args.run_id or new_run_id()
     rev = envinfo.harness_rev([Path(__file__).resolve().parent, args.bench_dir])
     fp = envinfo.fingerprint(
@@ -336,6 +344,8 @@ def _run_suite(
         cases=len(cases),
         nproc=world.size,
         telemetry=telemetry_note,
+        nvml=nvml,
+        nvml_note=telemetry_note,
     )
     found = for_gpu(fp["gpu"])
     if found is not None:  # env.json says which data sheet % of peak is against, or why none
@@ -351,6 +361,8 @@ def _run_suite(
         "process": args.process,
         **envinfo.record_fields(fp),
     }
+    if unfit:
+        return _cell_skipped(args, base, "arch", unfit)
     ctx_peaks = found.peaks if found is not None else None
     modules = _Modules(specs)
     procs = f", {world.size} data-parallel processes" if world.distributed else ""
@@ -386,6 +398,20 @@ def _run_suite(
     print(
         f"done in {elapsed:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True
     )
+    return 0
+
+
+def _cell_skipped(args: argparse.Namespace, base: dict[str, Any], stage: str, reason: str) -> int:
+    """One skipped row for the whole cell, shaped as the host's harness rows are, and a
+    finished suite: no case runs."""
+    cell = suite.Case("harness", {"stage": stage})
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = case_rows({**base, "started_at": at}, cell, "skipped", reason, [])
+    with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
+        records.writelines(json.dumps(r) + "\n" for r in rows)
+    done = {"suite_s": 0.0, "process": args.process, "ok": 0, "skipped": 1, "failed": 0}
+    _write_json_atomic(args.out / "done.json", {**done, "cell_skipped": reason})
+    print(f"cell skipped: {reason}", flush=True)
     return 0
 
 

@@ -6,6 +6,7 @@ Environment side: standard library and torch only. A plain run is a world of one
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,19 @@ def init(torch: Any, world: World, device: Any, wait_s: float) -> None:
     (NCCL's default is 10 minutes)."""
     if world.distributed and not torch.distributed.is_initialized():
         timeout = datetime.timedelta(seconds=wait_s)
-        torch.distributed.init_process_group(backend(device), timeout=timeout)
+        torch.distributed.init_process_group(
+            backend(device), timeout=timeout, **init_options(torch, device)
+        )
+
+
+def init_options(torch: Any, device: Any) -> dict[str, Any]:
+    """``device_id`` for a GPU where init_process_group takes it (torch >= 2.3): the process
+    group is bound to this rank's GPU from the start, so neither NCCL's first collective nor
+    barrier() has to infer which GPU a rank uses."""
+    if device.type != "cuda":
+        return {}
+    params = inspect.signature(torch.distributed.init_process_group).parameters
+    return {"device_id": device} if "device_id" in params else {}
 
 
 def barrier(torch: Any, world: World) -> None:
