@@ -23,6 +23,7 @@ from .cli_common import (
     GpusOpt,
     IpcHostOpt,
     MatrixOpt,
+    MinorCompatOpt,
     NprocOpt,
     OutOpt,
     ProfileOpt,
@@ -71,6 +72,7 @@ def run(
     trace: bool = TraceOpt,
     nproc: int = NprocOpt,
     repeat: int = RepeatOpt,
+    minor_version_compat: bool = MinorCompatOpt,
     extra_work: float = typer.Option(
         0.0, hidden=True, help="Testing aid: every timed call this fraction slower (CPU)."
     ),
@@ -105,6 +107,7 @@ def run(
             timeout,
             out,
             results_dir,
+            minor_version_compat=minor_version_compat,
         )
     except images.EngineUnavailable as exc:
         raise UserError(
@@ -134,6 +137,7 @@ def bench(
     trace: bool = TraceOpt,
     nproc: int = NprocOpt,
     repeat: int = RepeatOpt,
+    minor_version_compat: bool = MinorCompatOpt,
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
@@ -150,7 +154,7 @@ def bench(
         repeat=repeat,
     )
     args.validate()
-    cells = matrix.select(matrix.load(matrix_file), names(cell))
+    matrix.select(matrix.load(matrix_file), names(cell))  # a bad matrix or cell fails first
     if not local:
         try:
             client = images.connect()
@@ -160,29 +164,25 @@ def bench(
                 "environment instead (profile auto: quick on a CPU, standard on a GPU)"
             )
         else:
-            report = doctor.inspect(client)
-            gpus = cli_runs.resolve_gpus(gpus, report)
-            if any(ok for _, ok, _ in pipeline.plan_cells(cells, report, gpus)):
-                cli_runs.run_cells(
-                    args,
-                    matrix_file,
-                    cell,
-                    wheelhouse,
-                    ca_file,
-                    gpus,
-                    ipc_host,
-                    shm_size,
-                    timeout,
-                    out,
-                    results_dir,
-                    client,
-                    fallback_local=True,
-                )
-                return
-            console.print(
-                "cudastack bench: no cell of the matrix can run on this host "
-                "(see `cudastack doctor`): running the suite locally instead"
+            # Every cell gets its row, a skipped one with the reason `doctor` gives; when no
+            # cell can run, the suite runs here as well, in the same run folder.
+            cli_runs.run_cells(
+                args,
+                matrix_file,
+                cell,
+                wheelhouse,
+                ca_file,
+                gpus,
+                ipc_host,
+                shm_size,
+                timeout,
+                out,
+                results_dir,
+                client,
+                fallback_local=True,
+                minor_version_compat=minor_version_compat,
             )
+            return
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
     cli_runs.run_here(args, out, results_dir, timeout)
@@ -233,8 +233,13 @@ def build(
 
 
 @app.command(name="doctor")
-def doctor_cmd(matrix_file: Path = MatrixOpt, gpus: str = GpusOpt) -> None:
-    """Check the host: Docker engine, GPU runtime, driver vs each cell, disk, /dev/shm."""
+def doctor_cmd(
+    matrix_file: Path = MatrixOpt,
+    gpus: str = GpusOpt,
+    minor_version_compat: bool = MinorCompatOpt,
+) -> None:
+    """Check the host: Docker engine, GPU runtime, driver vs each cell, disk, /dev/shm; per cell
+    what `bench` with the same --gpus and --minor-version-compat will do."""
     cells = matrix.load(matrix_file)
     try:
         client: Optional[object] = images.connect()
@@ -246,8 +251,10 @@ def doctor_cmd(matrix_file: Path = MatrixOpt, gpus: str = GpusOpt) -> None:
         console.print(
             f"[{colour[check.status]}]{check.status:>4}[/]  {check.name}: {escape(check.detail)}"
         )
-    gpus = cli_runs.resolve_gpus(gpus, report)
-    for c, ok, why in pipeline.plan_cells(cells, report, gpus):
+    cli_runs.resolve_gpus(gpus, report)  # refuses a malformed --gpus
+    inputs = pipeline.BuildInputs.for_matrix(matrix_file)
+    plan = pipeline.plan_cells(cells, report, gpus, client, inputs, minor_version_compat)
+    for c, ok, why in plan:
         console.print(
             f"[{'green' if ok else 'yellow'}]{'runs' if ok else 'skip':>4}[/]  "
             f"{escape(c.name)}: {escape(why)}"

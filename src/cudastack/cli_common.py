@@ -45,6 +45,12 @@ CellOpt = typer.Option("", "--cell", help="Comma-separated cell names (default: 
 WheelhouseOpt = typer.Option(None, help="Folder of wheels for offline builds (pip --no-index).")
 CaFileOpt = typer.Option(None, help="CA bundle for pip behind a TLS-intercepting proxy.")
 GpusOpt = typer.Option("auto", help="auto | all | none | indices or UUIDs, e.g. 0,1")
+MinorCompatOpt = typer.Option(
+    False,
+    "--minor-version-compat",
+    help="Start CUDA cells whose image requires a newer CUDA than the driver supports "
+    "(NVIDIA_DISABLE_REQUIRE=true in the container); minor-version compatibility then decides.",
+)
 IpcHostOpt = typer.Option(False, "--ipc-host", help="Share the host's IPC namespace.")
 ShmOpt = typer.Option("16g", help="Container /dev/shm size (when not --ipc-host).")
 SetOpt = typer.Option(

@@ -110,16 +110,18 @@ def run_matrix(
     inputs: pipeline.BuildInputs,
     opts: ContainerOptions,
     report: doctor.HostReport,
+    gpus: str,
     out: Optional[Path],
     results_dir: Path,
     fallback_local: bool = False,
 ) -> None:
+    """Run the cells the plan admits; ``gpus`` is the --gpus as given (auto stays auto)."""
     run_id = new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: {len(cells)} cells -> {run_dir}", highlight=False)
     outcomes: dict[str, pipeline.CellResult] = {}
     current = ""
-    plan = pipeline.plan_cells(cells, report, opts.gpus)
+    plan = pipeline.plan_cells(cells, report, gpus, client, inputs, opts.minor_version_compat)
     try:
         # With --repeat N the cells take turns (a, b, a, b, ...): a drift of the machine over
         # the run then touches every cell alike instead of whichever ran last.
@@ -175,6 +177,8 @@ def _report_cell(run_dir: Path, res: pipeline.CellResult) -> None:
 
 
 def resolve_gpus(gpus: str, report: doctor.HostReport) -> str:
+    """The GPUs a container asks for. With auto on a host without a usable GPU that is none, for
+    the CPU cells; the plan (`pipeline.plan_cells`, given auto) skips the CUDA cells there."""
     if gpus == "auto":
         return "all" if report.driver and report.gpu_runtime else "none"
     if not re.fullmatch(r"all|none|[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*", gpus):
@@ -196,6 +200,7 @@ def run_cells(
     results_dir: Path,
     client: Optional[object] = None,
     fallback_local: bool = False,
+    minor_version_compat: bool = False,
 ) -> None:
     """Run the named cells (all by default) of a matrix in their containers."""
     args.validate()
@@ -204,5 +209,7 @@ def run_cells(
     inputs = build_inputs(matrix_file, wheelhouse, ca_file)
     client = client or images.connect()
     report = doctor.inspect(client)
-    opts = ContainerOptions(resolve_gpus(gpus, report), shm_size, ipc_host, timeout)
-    run_matrix(args, client, cells, inputs, opts, report, out, results_dir, fallback_local)
+    opts = ContainerOptions(
+        resolve_gpus(gpus, report), shm_size, ipc_host, timeout, minor_version_compat
+    )
+    run_matrix(args, client, cells, inputs, opts, report, gpus, out, results_dir, fallback_local)

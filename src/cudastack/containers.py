@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .runners import DEFAULT_TIMEOUT_S, LOG, SuiteArgs
+from .stacks import DISABLE_REQUIRE
 from .suite import PATH_PARAMS
 
 HARNESS_SRC = Path(__file__).resolve().parents[1]  # the folder holding the cudastack package
@@ -32,6 +33,9 @@ class ContainerOptions:
     shm_size: str = "16g"  # Docker's default /dev/shm is 64 MB: DataLoader workers die of it
     ipc_host: bool = False
     timeout_s: float = DEFAULT_TIMEOUT_S
+    # --minor-version-compat: the NVIDIA runtime starts the image even where the driver is older
+    # than its NVIDIA_REQUIRE_CUDA (minor-version compatibility then has to carry it).
+    minor_version_compat: bool = False
 
 
 def device_requests(gpus: str) -> list:
@@ -80,6 +84,14 @@ def container_kwargs(
         *args.launcher(),
         *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref, process),
     ]
+    environment = {
+        "PYTHONPATH": IN_SRC,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # torch and NVML number GPUs alike
+        "HOME": "/tmp",  # the invoking uid has no home in the image; caches go to /tmp
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if opts.minor_version_compat:
+        environment[DISABLE_REQUIRE] = "true"
     kwargs = {
         "image": image,
         "command": command,
@@ -90,12 +102,7 @@ def container_kwargs(
             str(cell_dir.resolve()): {"bind": IN_RESULTS, "mode": "rw"},
             **inputs,
         },
-        "environment": {
-            "PYTHONPATH": IN_SRC,
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # torch and NVML number GPUs alike
-            "HOME": "/tmp",  # the invoking uid has no home in the image; caches go to /tmp
-            "PYTHONDONTWRITEBYTECODE": "1",
-        },
+        "environment": environment,
         "working_dir": IN_RESULTS,
         "device_requests": device_requests(opts.gpus),
         "ulimits": [
@@ -138,6 +145,12 @@ def run_container(
         text = str(exc.explanation or exc)
         if "could not select device driver" in text:
             return Outcome(False, NO_GPU_RUNTIME)
+        if "unsatisfied condition" in text:  # the image's NVIDIA_REQUIRE_* against the driver
+            return Outcome(
+                False,
+                f"the NVIDIA container runtime refused the image: {text}; upgrade the driver, "
+                "or --minor-version-compat to start it anyway",
+            )
         return Outcome(False, f"container did not start: {text}")
     log_thread = threading.Thread(
         target=_follow_logs, args=(container, cell_dir / LOG, tail, on_line), daemon=True

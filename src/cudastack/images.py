@@ -66,6 +66,17 @@ def exists(client: Any, tag: str) -> bool:
     return True
 
 
+def config_env(client: Any, ref: str) -> Optional[list]:
+    """An image's configured environment (``KEY=VALUE`` items) if it is here; never pulls."""
+    from docker.errors import ImageNotFound
+
+    try:
+        image = client.images.get(ref)
+    except ImageNotFound:
+        return None
+    return list((image.attrs.get("Config") or {}).get("Env") or [])
+
+
 def identity(client: Any, tag: str) -> str:
     """The image's registry digest once pushed or pulled, else its local ID (moby#22011)."""
     image = client.images.get(tag)

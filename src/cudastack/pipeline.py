@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import doctor, images, reproduce, results
+from . import doctor, images, reproduce, results, stacks
 from .containers import ContainerOptions, container_kwargs, run_container
 from .matrix import DEFAULT_MATRIX, Cell
 from .runners import SuiteArgs
@@ -151,6 +151,33 @@ def skip_cell(run_dir: Path, run_id: str, cell: Cell, reason: str) -> CellResult
     return CellResult(cell.name, "skipped", reason)
 
 
-def plan_cells(cells: list, report: doctor.HostReport, gpus: str) -> list:
-    """[(cell, runnable, reason)] for every cell, from the doctor's view of this host."""
-    return [(c, *doctor.cell_verdict(c, report, gpus)) for c in cells]
+def image_requirements(client: Any, cell: Cell, inputs: Optional[BuildInputs]) -> Optional[list]:
+    """The NVIDIA_REQUIRE_* of the cell's image, or else of its base, where one is on this
+    engine (read from its configuration, never pulled); None when neither is."""
+    if client is None:
+        return None
+    refs = ([inputs.tag(cell)] if inputs is not None else []) + [cell.base_image]
+    for ref in refs:
+        env = images.config_env(client, ref)
+        if env is not None:
+            return stacks.image_requirements(env)
+    return None
+
+
+def plan_cells(
+    cells: list,
+    report: doctor.HostReport,
+    gpus: str,
+    client: Any = None,
+    inputs: Optional[BuildInputs] = None,
+    minor_version_compat: bool = False,
+) -> list:
+    """[(cell, runnable, reason)] for every cell: the one plan `doctor` prints and `bench` and
+    `run --cell` follow. ``gpus`` is the --gpus as given (auto, not what it resolved to)."""
+    plan = []
+    for c in cells:
+        # Only a CUDA cell on a host with a GPU gets as far as its image's requirements.
+        needs = bool(c.torch_cuda and report.driver and report.gpu_runtime and gpus != "none")
+        requirements = image_requirements(client, c, inputs) if needs else None
+        plan.append((c, *doctor.cell_verdict(c, report, gpus, requirements, minor_version_compat)))
+    return plan

@@ -110,3 +110,92 @@ def driver_verdict(driver: str, cuda: str) -> tuple:
         )
     need = floor or compat or "a newer driver"
     return "no", f"driver {driver} is too old for CUDA {cuda} (needs {need}); upgrade the driver"
+
+
+# The NVIDIA container runtime checks an image's NVIDIA_REQUIRE_* variables against the host
+# before it starts a GPU container ("requirement error: unsatisfied condition: cuda>=12.8"), even
+# where minor-version compatibility would run the image's CUDA. In one variable, space-separated
+# terms are ORed and comma-separated conditions ANDed; several variables are ANDed; images older
+# than NVIDIA_REQUIRE_CUDA are held to cuda>=MAJOR.MINOR of their CUDA_VERSION;
+# NVIDIA_DISABLE_REQUIRE=true turns the check off. Properties: cuda (the highest CUDA the driver
+# supports), driver, arch (compute capability of GPU 0) and brand (of GPU 0); a condition on any
+# other property is ignored. Source: NVIDIA/nvidia-container-toolkit, internal/requirements and
+# internal/config/image/cuda_image.go.
+REQUIRE_PREFIX = "NVIDIA_REQUIRE_"
+DISABLE_REQUIRE = "NVIDIA_DISABLE_REQUIRE"
+_VERSION_PROPERTIES = ("cuda", "driver", "arch")
+_CONDITION = re.compile(r"(?P<prop>[a-z]+)(?P<op>!=|<=|>=|=|<|>)(?P<value>.*)")
+_TRUE = ("1", "t", "T", "true", "TRUE", "True")  # what Go's strconv.ParseBool reads as true
+
+
+def image_requirements(env: list) -> list:
+    """The requirements the runtime reads from an image's environment (``KEY=VALUE`` items)."""
+    values = dict(item.partition("=")[::2] for item in env)
+    if values.get(DISABLE_REQUIRE) in _TRUE:
+        return []
+    found = [
+        value
+        for key, value in sorted(values.items())
+        if key.startswith(REQUIRE_PREFIX) and not key.startswith(REQUIRE_PREFIX + "JETPACK")
+    ]
+    legacy = re.match(r"(\d+)\.(\d+)", values.get("CUDA_VERSION", ""))
+    if legacy and not values.get(REQUIRE_PREFIX + "CUDA"):
+        found.append(f"cuda>={legacy[1]}.{legacy[2]}")
+    return found
+
+
+def derived_requirements(base_image: str) -> list:
+    """What an nvidia/cuda base requires when its own configuration is not here to read: the
+    cuda>=X.Y of its tag (NVIDIA's images also admit some older driver branches on some GPU
+    brands; only the image itself says which). Other bases set no requirement."""
+    repo, _, tag = base_image.split("@")[0].rpartition(":")
+    if not repo or not (repo == "nvidia/cuda" or repo.endswith("/nvidia/cuda")):
+        return []
+    parsed = parse_nvidia_tag(tag)
+    return [f"cuda>={parsed['cuda']}"] if parsed else []
+
+
+def _holds(condition: str, host: dict) -> Optional[bool]:
+    """One condition against the host's properties; None for a property the runtime ignores."""
+    m = _CONDITION.fullmatch(condition)
+    if not m or m["prop"] not in (*_VERSION_PROPERTIES, "brand"):
+        return None
+    have, want = str(host.get(m["prop"]) or ""), m["value"]
+    if m["prop"] in _VERSION_PROPERTIES:
+        # An unknown host value is below every version, as in the runtime's semver compare.
+        a, b = _version_tuple(have), _version_tuple(want)
+        width = max(len(a), len(b))
+        left: tuple = (a + (0,) * (width - len(a))) if have else (-1,)
+        right: tuple = b + (0,) * (width - len(b))
+    else:
+        left, right = (have,), (want,)
+    return {
+        "=": left == right,
+        "!=": left != right,
+        "<": left < right,
+        "<=": left <= right,
+        ">": left > right,
+        ">=": left >= right,
+    }[m["op"]]
+
+
+def _requirement_holds(requirement: str, host: dict) -> bool:
+    terms = []
+    for term in requirement.split(" "):
+        results = [_holds(c, host) for c in term.split(",") if c.strip()]
+        known = [r for r in results if r is not None]
+        if known:
+            terms.append(all(known))
+    return not terms or any(terms)
+
+
+def unmet_requirement(requirements: list, host: dict) -> Optional[str]:
+    """The first requirement that would stop the runtime on this host, shown by its leading term
+    (e.g. 'cuda>=12.8'); None when the runtime would start the container.
+
+    ``host`` holds the runtime's properties: cuda ('12.2'), driver ('535.104.05'), arch ('8.0'),
+    brand ('tesla'); a missing one fails every condition on it, as it does in the runtime."""
+    for requirement in requirements:
+        if not _requirement_holds(requirement, host):
+            return requirement.split()[0] if requirement.split() else requirement
+    return None

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 
 import pytest
 from conftest import cli
 from docker_env import TORCH, cpu_cell, write_matrix
 
-from cudastack import images, matrix, pipeline, results
+from cudastack import doctor, images, matrix, pipeline, results
 from cudastack.containers import NO_GPU_RUNTIME
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
@@ -299,3 +301,118 @@ def test_bench_runs_here_when_no_cell_can_get_its_base(engine, tmp_path):
     assert skipped["status"] == "skipped"
     assert skipped["reason"].startswith("base image 127.0.0.1:1/nowhere:latest cannot be pulled")
     assert set(df[df["cell"] == "local"]["status"]) == {"ok"}
+
+
+NO_GPU = "no NVIDIA GPU on this host; --gpus none runs CUDA cells on the CPU"
+
+
+def test_without_a_gpu_doctor_and_bench_skip_cuda_cells_before_pulling(
+    engine, good_matrix, request, tmp_path
+):
+    if doctor.nvml_host()[0]:
+        pytest.skip("NVML sees an NVIDIA GPU here")
+    # A CUDA cell whose base nobody can pull: had bench tried, its row would say "cannot be
+    # pulled" and its folder would hold a build log.
+    base = "127.0.0.1:1/nowhere/cuda:12.8.1-runtime"
+    path = write_matrix(
+        tmp_path / "m",
+        cpu_cell("test-cpu"),
+        f"""
+        [[cell]]
+        name = "test-cuda"
+        base_image = "{base}"
+        cuda = "12.8"
+        torch = "2.9.1"
+        index = "cu128"
+        python = "3.12"
+        """,
+    )
+    # test-cpu's tag is good_matrix's: the image the module built is reused, if it is there.
+    cpu = matrix.load(path)[0]
+    tag = cpu.image_tag(matrix.DEFAULT_MATRIX.parent / "Dockerfile", path.parent / "locks")
+    build = (
+        []
+        if images.exists(engine, tag)
+        else ["--wheelhouse", str(request.getfixturevalue("wheelhouse"))]
+    )
+
+    said = cli("doctor", "--matrix", str(path)).stdout
+    assert f"skip  test-cuda: {NO_GPU}" in said, said
+    assert "runs  test-cpu: CPU build: runs anywhere" in said, said
+
+    proc = cli(
+        "bench",
+        "--matrix",
+        str(path),
+        *build,
+        "--bench",
+        "gemm",
+        "--select",
+        "n=512",
+        "--select",
+        "dtype=fp32",
+        "--profile",
+        "quick",
+        "--out",
+        "run",
+        cwd=tmp_path,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    df = results.load_table(tmp_path / "run")
+    (skipped,) = df[df["cell"] == "test-cuda"].to_dict("records")
+    assert skipped["status"] == "skipped" and skipped["reason"] == NO_GPU  # doctor's words
+    assert skipped["case"] == "harness[stage=doctor]"  # decided by the plan, not by a build
+    assert not (tmp_path / "run" / "test-cuda" / "build.log").exists()  # no build, no pull
+    assert not images.exists(engine, base)
+    assert set(df[df["cell"] == "test-cpu"]["status"]) == {"ok"}  # the CPU cell still ran
+
+
+def test_a_local_images_own_requirement_decides_over_its_tag(engine, tmp_path):
+    """Where the image is on the engine, its NVIDIA_REQUIRE_CUDA is read (never pulled): NVIDIA's
+    images admit older driver branches on some brands, which no tag says."""
+    repo, tag = "cudastack-test-require", "cuda12.8"
+    empty = io.BytesIO()
+    with tarfile.open(fileobj=empty, mode="w"):
+        pass
+    engine.api.import_image_from_data(
+        empty.getvalue(),
+        repository=repo,
+        tag=tag,
+        changes=['ENV NVIDIA_REQUIRE_CUDA="cuda>=12.8 brand=tesla,driver>=535,driver<536"'],
+    )
+    try:
+        path = write_matrix(
+            tmp_path,
+            f"""
+            [[cell]]
+            name = "test-require"
+            base_image = "{repo}:{tag}"
+            cuda = "12.8"
+            torch = "2.9.1"
+            index = "cu128"
+            python = "3.12"
+            """,
+        )
+        cells = matrix.load(path)
+        inputs = pipeline.BuildInputs.for_matrix(path)
+
+        def plan(brand: str) -> tuple:
+            # An R535 host (CUDA 12.2) as NVML would describe it; the engine is the real one.
+            host = doctor.HostReport(
+                driver="535.104.05", cuda="12.2", gpus=["GPU"], gpu_runtime=True, brand=brand
+            )
+            ((_, ok, why),) = pipeline.plan_cells(cells, host, "all", engine, inputs)
+            return ok, why
+
+        ok, why = plan("tesla")  # the image's own branch clause admits it
+        assert ok and "minor-version compatibility" in why
+        ok, why = plan("geforce")  # no clause for this brand: the runtime would refuse
+        assert not ok and "this cell's image requires cuda>=12.8" in why
+        # Without the engine only the tag can speak, and this base's tag says nothing.
+        host = doctor.HostReport(
+            driver="535.104.05", cuda="12.2", gpus=["GPU"], gpu_runtime=True, brand="geforce"
+        )
+        assert pipeline.plan_cells(cells, host, "all", None, inputs)[0][1]
+    finally:
+        engine.images.remove(f"{repo}:{tag}", force=True)
