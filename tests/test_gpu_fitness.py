@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cudastack import envinfo, precision, suite, worker
+from cudastack import envinfo, pipeline, precision, suite, worker
 from cudastack import world as worldmod
 from cudastack.context import Context, Skip
 
@@ -129,6 +129,9 @@ def test_a_gpu_the_build_cannot_run_gets_one_cell_row_and_no_case_runs(
     done = json.loads((out / "done.json").read_text())
     assert done["skipped"] == 1 and done["ok"] == done["failed"] == 0
     assert "cell skipped: torch" in capsys.readouterr().out
+    # The host reads the same done.json a container's worker leaves: the cell is skipped, not ok.
+    cell = pipeline.finished_cell("cu12.6", out, build_s=1.0, run_s=2.0)
+    assert (cell.status, cell.reason) == ("skipped", row["reason"])
 
 
 def gpu_context(capability, monkeypatch):

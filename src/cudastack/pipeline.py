@@ -140,8 +140,16 @@ def run_cell(
             cell_dir, [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref)]
         )
         return CellResult(cell.name, "failed", outcome.reason, build_s, run_s)
+    return finished_cell(cell.name, cell_dir, build_s, run_s)
+
+
+def finished_cell(name: str, cell_dir: Path, build_s: float, run_s: float) -> CellResult:
+    """A cell whose worker exited 0, from its done.json: ok, or skipped as a whole when the
+    worker found the cell unfit for this device (its torch not built for the GPU's arch)."""
     done = json.loads((cell_dir / results.DONE).read_text())
-    return CellResult(cell.name, "ok", "", build_s, run_s, float(done["suite_s"]))
+    if done.get("cell_skipped"):
+        return CellResult(name, "skipped", str(done["cell_skipped"]), build_s, run_s)
+    return CellResult(name, "ok", "", build_s, run_s, float(done["suite_s"]))
 
 
 def skip_cell(run_dir: Path, run_id: str, cell: Cell, reason: str) -> CellResult:
