@@ -179,3 +179,89 @@ def test_an_export_killed_mid_write_leaves_the_old_archive(tmp_path):
     engine = StandInEngine(StandInImage())
     handoff.import_archive(engine, out)
     assert engine.loaded == [IMAGE_BYTES]
+
+
+class NamedImageEngine(StandInEngine):
+    """An engine that knows one tag, and saves the image's tags only when asked to."""
+
+    TAG = "cudastack/c:1"
+
+    def get(self, tag: str) -> StandInImage:
+        if tag != self.TAG:
+            raise KeyError(f"no such image: {tag}")
+        image = self.image
+        plain_save = image.save
+
+        def save(named: bool = False):
+            # `docker save` without its name: the loaded image would come back untagged.
+            if named is not True:
+                yield b"untagged"
+                return
+            yield from plain_save()
+
+        image.save = save  # type: ignore[method-assign]
+        return image
+
+
+def test_the_manifest_records_the_image_its_lock_and_the_runs_files(tmp_path):
+    out = tmp_path / "c.tar"
+    lock = "torch==2.9.1\n"
+    run = {"cell.json": b'{"cell": "c"}', "env.json": b'{"torch": "2.9.1"}'}
+    engine = NamedImageEngine(StandInImage())
+    handoff.export(engine, _cell(), engine.TAG, lock, out, run_files=run)
+    # Oracle: the sha256 of the bytes this test handed over, by hashlib.
+    expected = {
+        "format": 1,
+        "cell": "c",
+        "tag": "cudastack/c:1",
+        "image_id": "sha256:" + "ab" * 32,
+        "image_sha256": hashlib.sha256(IMAGE_BYTES).hexdigest(),
+        "lock_sha256": hashlib.sha256(lock.encode()).hexdigest(),
+        "labels": {"dev.cudastack.cell": "c"},
+        "run_sha256": {n: hashlib.sha256(d).hexdigest() for n, d in run.items()},
+    }
+    with tarfile.open(out) as tar:
+        raw = tar.extractfile("manifest.json").read().decode()  # type: ignore[union-attr]
+        assert json.loads(raw) == expected
+        assert raw.startswith('{\n  "format": 1,\n  "cell": "c",')  # indented for a reader
+        assert tar.getnames() == [
+            "image.tar",
+            "manifest.json",
+            "lock.txt",
+            *(f"run/{n}" for n in run),
+        ]
+        assert tar.extractfile("run/env.json").read() == run["env.json"]  # type: ignore[union-attr]
+        members = tar.getmembers()
+        assert {m.mode for m in members} == {0o644}  # unpacked as rw-r--r--
+    # Every member, the streamed image's and the small ones, is a GNU tar header ("ustar  \0").
+    data = out.read_bytes()
+    assert {data[m.offset + 257 : m.offset + 265] for m in members} == {b"ustar  \x00"}
+
+
+def test_an_archive_without_a_manifest_is_not_an_export(tmp_path):
+    out = tmp_path / "other.tar"
+    with tarfile.open(out, "w") as tar:
+        tar.add(__file__, arcname="lock.txt")
+    with pytest.raises(
+        handoff.HandoffError, match=r"^not a cudastack export: it has no manifest\.json$"
+    ):
+        handoff.import_archive(StandInEngine(StandInImage()), out)
+
+
+def test_an_engine_that_loads_another_image_is_named_in_the_error(tmp_path):
+    out = _export(tmp_path, StandInImage())
+    other = StandInImage()
+    other.id = "sha256:" + "cd" * 32
+    engine = StandInEngine(StandInImage())
+    engine.load = lambda stream: [other]  # type: ignore[method-assign]
+    expected = f"{out}: loaded image ['sha256:{'cd' * 32}'] is not sha256:{'ab' * 32}"
+    with pytest.raises(handoff.HandoffError) as err:
+        handoff.import_archive(engine, out)
+    assert str(err.value) == expected
+
+
+def test_lock_text_is_the_cells_lock_file_or_empty_without_one(tmp_path):
+    cell = _cell()
+    assert handoff.lock_text(tmp_path, cell) == ""
+    (tmp_path / "c.txt").write_text("torch==2.9.1 --hash=sha256:00\n", encoding="utf-8")
+    assert handoff.lock_text(tmp_path, cell) == "torch==2.9.1 --hash=sha256:00\n"

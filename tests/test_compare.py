@@ -1,8 +1,11 @@
 """Comparison statistics on synthetic samples with known answers."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as student_t
 
 from cudastack import compare
 from cudastack.compare import Settings
@@ -279,3 +282,219 @@ def test_processes_become_the_unit_from_three_on_each_side(n_base, n_side, unit)
     assert row["unit_of_n"] == unit
     per = 1 if unit == "processes" else 10  # one value per process, or its 10 samples
     assert (row["n_base"], row["n_side"]) == (n_base * per, n_side * per)
+
+
+def test_runs_with_several_cells_are_labelled_run_slash_cell():
+    # Two runs, one of them with two cells: neither the run nor the cell alone names a side.
+    df = table(
+        samples("a", "x[n=1]", [100.0, 101.0, 102.0], run="r1"),
+        samples("b", "x[n=1]", [100.0, 101.0, 102.0], run="r1"),
+        samples("a", "x[n=1]", [100.0, 101.0, 102.0], run="r2"),
+    )
+    out = compare.compare(df)
+    assert set(out["baseline"]) == {"r1/a"}
+    assert out["side"].tolist() == ["r1/b", "r2/a"]
+
+
+def test_rows_carry_the_case_keys_and_both_medians():
+    df = table(
+        samples("a", "gemm[n=1]", [1.0, 2.0, 3.0, 4.0, 50.0]),
+        samples("b", "gemm[n=1]", [2.0, 4.0, 6.0, 8.0, 10.0]),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert (row["bench"], row["case"], row["metric"]) == ("gemm", "gemm[n=1]", "tflops")
+    assert (row["unit"], row["better"]) == ("TFLOP/s", "higher")
+    assert (row["median_base"], row["median_side"]) == (3.0, 6.0)
+    assert row["ratio"] == 2.0  # higher is better: side over base
+
+
+def test_cases_keep_the_order_they_were_measured_in():
+    # Not sorted by name: the table reads in the order of the run.
+    df = table(
+        samples("a", "zeta[n=1]", [1.0, 2.0, 3.0]),
+        samples("a", "alpha[n=1]", [1.0, 2.0, 3.0]),
+        samples("b", "zeta[n=1]", [1.0, 2.0, 3.0]),
+        samples("b", "alpha[n=1]", [1.0, 2.0, 3.0]),
+    )
+    assert compare.compare(df)["case"].tolist() == ["zeta[n=1]", "alpha[n=1]"]
+
+
+def test_failed_rows_do_not_enter_the_medians():
+    failed = samples("b", "x[n=1]", [1000.0, 1000.0, 1000.0, 1000.0]).assign(status="error")
+    df = table(
+        samples("a", "x[n=1]", [10.0, 11.0, 12.0]),
+        samples("b", "x[n=1]", [20.0, 21.0, 22.0]),
+        failed,
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert (row["median_side"], row["n_side"]) == (21.0, 3)
+
+
+def test_a_case_without_a_headline_metric_compares_its_own_metric_but_not_pct_of_peak():
+    # "iters" is not a headline metric: it is still the case's metric, and pct_of_peak (a
+    # derived share of the hardware peak) is never compared.
+    parts = []
+    for side in ("a", "b"):
+        parts.append(samples(side, "x[n=1]", [5.0, 6.0, 7.0], "iters"))
+        parts.append(samples(side, "x[n=1]", [50.0, 60.0, 70.0], "pct_of_peak"))
+    assert compare.compare(table(*parts))["metric"].tolist() == ["iters"]
+
+
+def test_pct_of_peak_alone_leaves_nothing_to_compare():
+    df = table(
+        samples("a", "x[n=1]", [50.0, 60.0, 70.0], "pct_of_peak"),
+        samples("b", "x[n=1]", [50.0, 60.0, 70.0], "pct_of_peak"),
+    )
+    with pytest.raises(ValueError, match="no case was measured both in a and in another side"):
+        compare.compare(df)
+
+
+def test_sides_without_a_common_case_are_an_error_that_says_so():
+    df = table(samples("a", "x[n=1]", [1.0, 2.0]), samples("b", "y[n=1]", [1.0, 2.0]))
+    with pytest.raises(ValueError, match="no case was measured both in a and in another side"):
+        compare.compare(df)
+
+
+def test_one_side_only_says_how_to_get_two():
+    with pytest.raises(ValueError, match=r"one side \(a\); give two runs, or a run with two cells"):
+        compare.compare(samples("a", "x[n=1]", [1.0, 2.0]))
+
+
+def test_one_correction_of_one_p_value_still_checks_the_method():
+    assert compare.adjust(np.array([0.3]), "holm").tolist() == [0.3]
+    with pytest.raises(ValueError, match="unknown correction"):
+        compare.adjust(np.array([0.3]), "bonferroni-ish")
+
+
+def test_the_interval_is_reproducible_from_the_seed():
+    r = rng()
+    df = table(
+        samples("a", "x[n=1]", 100 + r.normal(0, 1, 30)),
+        samples("b", "x[n=1]", 100 + r.normal(0, 1, 30)),
+    )
+    first, again = compare.compare(df), compare.compare(df)
+    assert first["ci_low"].tolist() == again["ci_low"].tolist()
+    assert first["ci_high"].tolist() == again["ci_high"].tolist()
+    other = compare.compare(df, settings=Settings(seed=1))
+    assert other["ci_low"].tolist() != first["ci_low"].tolist()
+
+
+def median_at_most(n: int, k: int) -> float:
+    """P(the median of n draws with replacement from n sorted values is <= the k-th): at least
+    n // 2 + 1 of the draws land among the k smallest, each with probability k / n (taking the
+    upper middle value as the median when n is even)."""
+    p = k / n
+    return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(n // 2 + 1, n + 1))
+
+
+def test_the_interval_holds_the_exact_bootstrap_quantiles_of_the_median():
+    # The baseline is constant, so the ratio's bootstrap distribution is the side's median's:
+    # the 2.5 % and 97.5 % quantiles are the first sorted value whose cumulative probability
+    # reaches 0.025 and 0.975. Nine values put 3.0 % on "at most the 2nd", fourteen put 98.3 %
+    # on "at most the 11th": both clear of 3.5 % and 98.5 %, so a shifted percentile would land
+    # on the next value. 200 000 draws make the sampled quantiles land on the exact ones.
+    parts = []
+    for n in (9, 14):
+        parts.append(samples("a", f"x[n={n}]", [100.0] * n))
+        parts.append(samples("b", f"x[n={n}]", 100.0 + np.arange(n)))
+    out = compare.compare(table(*parts), settings=Settings(n_boot=200_000)).set_index("case")
+
+    def quantile_value(n: int, q: float) -> float:
+        k = next(k for k in range(1, n + 1) if median_at_most(n, k) >= q)
+        return 100.0 + (k - 1)
+
+    assert median_at_most(9, 2) == pytest.approx(0.0304, abs=1e-4)
+    assert median_at_most(14, 11) == pytest.approx(0.9830, abs=1e-4)
+    for n in (9, 14):
+        assert out.loc[f"x[n={n}]", "ci_low"] == quantile_value(n, 0.025) / 100
+        assert out.loc[f"x[n={n}]", "ci_high"] == quantile_value(n, 0.975) / 100
+
+
+def test_a_relative_iqr_of_exactly_ten_percent_is_not_noisy():
+    # 90, 95, 100, 105, 110: quartiles 95 and 105 around a median of 100, a relative IQR of
+    # exactly 0.10, the limit itself; raising the lower quartile a hair (94.99) tips it over.
+    at_limit = [90.0, 95.0, 100.0, 105.0, 110.0]
+    over = [90.0, 94.99, 100.0, 105.0, 110.0]
+    (row,) = compare.compare(
+        table(samples("a", "x[n=1]", at_limit), samples("b", "x[n=1]", at_limit))
+    ).to_dict("records")
+    assert (row["noisy_base"], row["noisy_side"]) == (False, False)
+    (row,) = compare.compare(
+        table(samples("a", "x[n=1]", over), samples("b", "x[n=1]", over))
+    ).to_dict("records")
+    # IQR 10.01 over a median of 100: 0.1001, just above the limit.
+    assert (row["noisy_base"], row["noisy_side"]) == (True, True)
+
+
+def test_a_zero_median_is_infinitely_noisy():
+    # All zeros: no spread, but no scale either; a relative spread cannot call it quiet.
+    df = table(
+        samples("a", "x[n=1]", [0.0, 0.0, 0.0], "latency", "lower"),
+        samples("b", "x[n=1]", [1.0, 1.0, 1.0], "latency", "lower"),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert (row["noisy_base"], row["noisy_side"]) == (True, False)
+    assert row["verdict"] == "noisy"
+
+
+def test_two_samples_a_side_get_a_rank_test_and_one_gets_none():
+    # Two against two with no overlap: Mann-Whitney's exact two-sided p is 2 / C(4, 2) = 1/3.
+    df = table(samples("a", "x[n=1]", [1.0, 2.0]), samples("b", "x[n=1]", [3.0, 4.0]))
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["p"] == pytest.approx(1 / 3)
+    # A single sample cannot tell anything: p is 1, the largest a probability can be.
+    df = table(samples("a", "x[n=1]", [1.0]), samples("b", "x[n=1]", [3.0]))
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["p"] == 1.0
+
+
+def test_processes_without_spread_that_agree_are_no_change():
+    df = table(
+        *[samples("a", "x[n=1]", [100.0] * 5, process=i) for i in range(3)],
+        *[samples("b", "x[n=1]", [100.0] * 5, process=i) for i in range(3)],
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == "processes" and row["p"] == 1.0 and row["verdict"] == "same"
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided t-test by hand: t over the unpooled standard error, with the
+    Welch-Satterthwaite degrees of freedom."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(2 * student_t.sf(abs(t), dof))
+
+
+@pytest.mark.parametrize("constant_side", ["a", "b"])
+def test_one_side_without_spread_still_gets_welchs_test_on_logs(constant_side):
+    # Only one side has no spread: no certainty either way, Welch's test on the logs decides.
+    # With one variance zero, its degrees of freedom are the other side's n - 1 = 2 (a pooled
+    # test would have 4).
+    flat, spread = [100.0, 100.0, 100.0], [90.0, 95.0, 99.0]
+    base, side = (flat, spread) if constant_side == "a" else (spread, flat)
+    df = table(
+        *[samples("a", "x[n=1]", [v] * 4, process=i) for i, v in enumerate(base)],
+        *[samples("b", "x[n=1]", [v] * 4, process=i) for i, v in enumerate(side)],
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == "processes"
+    assert row["p"] == pytest.approx(welch_p(np.log(base), np.log(side)), rel=1e-9)
+    assert 0.01 < row["p"] < 0.5
+
+
+def test_a_change_of_exactly_the_threshold_counts():
+    # 1.25 - 1 is exactly 0.25 in binary floating point: at the threshold, not below it.
+    row = {**FASTER, "ratio": 1.25, "ci_low": 1.2, "ci_high": 1.3}
+    assert compare.verdict(row, Settings(threshold=0.25)) == "faster"
+
+
+@pytest.mark.parametrize("edge", [{"ci_low": 1.0}, {"ci_high": 1.0}])
+def test_an_interval_that_touches_one_holds_no_change(edge):
+    row = FASTER if "ci_low" in edge else SLOWER
+    assert compare.verdict({**row, **edge}, Settings()) == "same"
+
+
+def test_a_ratio_of_exactly_one_is_never_faster():
+    row = {**FASTER, "ratio": 1.0}
+    assert compare.verdict(row, Settings(threshold=0.0)) != "faster"

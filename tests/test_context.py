@@ -1,5 +1,8 @@
 """The benchmark context with real torch on the CPU: checks, skips, inputs, measuring."""
 
+import json
+import time
+
 import pytest
 import torch
 
@@ -45,3 +48,108 @@ def test_measure_on_cpu_returns_latency_and_rate(ctx):
     assert set(metrics) == {"latency", "tflops"}
     assert len(metrics["latency"].values) >= PROFILES["quick"].min_reps
     assert all(v > 0 for v in metrics["tflops"].values)
+
+
+def test_an_unknown_dtype_names_the_known_ones(ctx):
+    with pytest.raises(ValueError, match=r"unknown dtype 'fp7'; known: fp32, tf32, fp16, bf16"):
+        ctx.dtype("fp7")
+
+
+def test_the_tf32_skip_says_what_hardware_it_needs(ctx):
+    with pytest.raises(Skip, match=r"tf32 needs an NVIDIA GPU of compute capability 8\.0 or newer"):
+        ctx.dtype("tf32")
+
+
+def test_each_input_draws_from_the_next_seed():
+    # Oracle: torch's own generator seeded 0, 1, 2 in turn. Each call must take a new seed, so
+    # two inputs of one case are never the same tensor.
+    ctx = Context(torch, torch.device("cpu"), PROFILES["quick"], None)
+    got = [ctx.randn(8) for _ in range(3)]
+    for seed, x in enumerate(got):
+        assert torch.equal(x, torch.randn(8, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_inputs_are_fp32_draws_whatever_the_default_dtype(ctx):
+    # Reproducible across runs means independent of torch's default dtype: the draw is fp32,
+    # then cast to what was asked.
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = ctx.randn(8)
+        y = ctx.randn(8, dtype=torch.float64)
+    finally:
+        torch.set_default_dtype(old)
+    assert x.dtype == torch.float32
+    assert torch.equal(y, torch.randn(8, generator=torch.Generator().manual_seed(1)).double())
+
+
+def test_check_close_reports_the_largest_relative_error(ctx):
+    # One element is 3 against a reference of 2 with atol=0.5: |3 - 2| / (|2| + 0.5) = 0.4.
+    ref = torch.full((4, 4), 2.0)
+    bad = ref.clone()
+    bad[1, 2] = 3.0
+    with pytest.raises(CheckFailed, match=r"^output differs .*max relative error 0\.4\)$"):
+        ctx.check_close(bad, ref, rtol=1e-3, atol=0.5)
+
+
+class Clock:
+    """The ``time`` module as the timers see it: it moves only when a timed call says so."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+
+@pytest.mark.parametrize("clock", ["device", "host"])
+def test_measure_divides_each_sample_by_the_calls_it_holds(monkeypatch, ctx, clock):
+    # Every call takes exactly 8 ms on a controlled clock and holds 4 operations: 2 ms each,
+    # 8 GFLOP / 2 ms = 4 TFLOP/s, 40% of a 10 TFLOP/s fp32 peak.
+    from cudastack import timing
+
+    fake = Clock()
+    monkeypatch.setattr(timing, "time", fake)
+    ctx.peaks = {"fp32": 10.0}
+
+    def call():
+        fake.ns += 8_000_000
+
+    metrics = {
+        m.name: m for m in ctx.measure(call, flops=8e9, peak="fp32", clock=clock, per_call=4)
+    }
+    assert metrics["latency"].values == pytest.approx([2.0] * 5)
+    assert metrics["tflops"].values == pytest.approx([4.0] * 5)
+    assert metrics["pct_of_peak"].values == pytest.approx([40.0] * 5)
+
+
+def test_one_call_per_sample_unless_told(monkeypatch, ctx):
+    from cudastack import timing
+
+    fake = Clock()
+    monkeypatch.setattr(timing, "time", fake)
+
+    def call():
+        fake.ns += 3_000_000
+
+    (latency,) = ctx.measure(call)
+    assert latency.values == pytest.approx([3.0] * 5)
+
+
+def test_extra_work_slows_every_timed_call(ctx):
+    # extra_work=1.0 doubles each call on the host clock: a 3 ms sleep takes at least 6 ms.
+    ctx.extra_work = 1.0
+    (latency,) = ctx.measure(lambda: time.sleep(0.003))
+    assert min(latency.values) >= 6.0
+
+
+def test_trace_saves_a_chrome_trace_of_the_measured_function(ctx, tmp_path):
+    x = ctx.randn(16, 16)
+    ctx.trace_dir = tmp_path
+    ctx.case_id = "matmul n=16"
+    ctx.measure(lambda: x @ x)
+    events = json.loads((tmp_path / "matmul_n=16.json").read_text())["traceEvents"]
+    assert any("mm" in e.get("name", "") for e in events)

@@ -1,5 +1,7 @@
 """Matrix validation, names, build args and content-hash tags (no engine needed)."""
 
+import hashlib
+import json
 import re
 import textwrap
 from dataclasses import replace
@@ -219,3 +221,79 @@ def test_nvidia_tag_spellings():
     assert stacks.parse_nvidia_tag("12.8.1-cudnn-runtime-ubuntu24.04")["os"] == "ubuntu24.04"
     assert stacks.parse_nvidia_tag("12.8.1-runtime-ubuntu24.04")["cudnn"] == ""
     assert stacks.parse_nvidia_tag("latest") is None
+
+
+def test_runtime_requirement_expressions():
+    """NVIDIA_REQUIRE_* as the NVIDIA container toolkit evaluates them: space ORs, comma ANDs,
+    versions compare by number, a property it does not know is ignored, a host value that is
+    unknown fails every condition on it."""
+    host = {"cuda": "12.2", "driver": "535.104.05", "brand": "tesla", "arch": "8.0"}
+    unmet = stacks.unmet_requirement
+    assert unmet(["cuda>=12.2"], host) is None
+    assert unmet(["cuda>=12.10"], host) == "cuda>=12.10"  # 12.10 > 12.2 as numbers, not text
+    assert unmet(["cuda>=12.8 brand=tesla,driver>=535,driver<536"], host) is None
+    assert unmet(["cuda>=12.8 brand=tesla,driver>=550,driver<551"], host) == "cuda>=12.8"
+    assert unmet(["cuda>=12.8 brand=geforce,driver>=535,driver<536"], host) == "cuda>=12.8"
+    assert unmet(["cuda>=12.0", "arch>=9.0"], host) == "arch>=9.0"  # variables are ANDed
+    assert unmet(["cuda>=12.0 ", "driver!=535.104.05"], host) == "driver!=535.104.05"
+    assert unmet(["cuda>=12.0,jetpack>=6"], host) is None  # not a property the runtime checks
+    assert unmet(["cuda>=11.0"], {**host, "cuda": ""}) == "cuda>=11.0"
+    assert unmet([], host) is None
+    assert stacks.derived_requirements("nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04") == [
+        "cuda>=12.8"
+    ]
+    digest = "@sha256:" + "0" * 64
+    assert stacks.derived_requirements(
+        f"docker.io/nvidia/cuda:11.8.0-runtime-ubuntu22.04{digest}"
+    ) == ["cuda>=11.8"]
+    assert stacks.derived_requirements("ubuntu:24.04") == []
+    assert stacks.derived_requirements("127.0.0.1:5000/other/cuda:12.8.1-runtime-ubuntu24.04") == []
+
+
+def test_build_args_spell_every_field_as_the_dockerfile_reads_it():
+    cell = matrix.Cell(
+        name="cpu-torch2.9.1-py3.11",
+        base_image="debian:bookworm",
+        torch="2.9.1",
+        index="cpu",
+        python="3.11",
+        torchvision="0.24.1",
+        packages=("einops==0.8.0", "numpy<3"),
+    )
+    # EXTRA_PACKAGES goes to `pip install` unquoted: one space between requirements.
+    assert cell.build_args() == {
+        "BASE_IMAGE": "debian:bookworm",
+        "PYTHON_VERSION": "3.11",
+        "TORCH_VERSION": "2.9.1",
+        "TORCHVISION_VERSION": "0.24.1",
+        "TORCH_INDEX": "cpu",
+        "TORCH_CUDA": "",
+        "EXTRA_PACKAGES": "einops==0.8.0 numpy<3",
+        "CELL_NAME": "cpu-torch2.9.1-py3.11",
+    }
+
+
+def test_the_inputs_hash_follows_its_recipe_so_anyone_can_recompute_a_tag(tmp_path):
+    (cell,) = matrix.load(write(tmp_path, CELL))
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_bytes(b"FROM scratch\n")
+    args = {
+        "BASE_IMAGE": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
+        "CELL_NAME": "cu12.8-torch2.9.1-py3.12",
+        "EXTRA_PACKAGES": "",
+        "PYTHON_VERSION": "3.12",
+        "TORCHVISION_VERSION": "0.24.1",
+        "TORCH_CUDA": "12.8",
+        "TORCH_INDEX": "cu128",
+        "TORCH_VERSION": "2.9.1",
+    }
+    # The recipe: sha256 over the Dockerfile's bytes, the build args as JSON with sorted keys
+    # (so the order the code lists them in is no input), then the lock's bytes, or b"no lock".
+    args_json = json.dumps(args, sort_keys=True).encode()
+    no_lock = hashlib.sha256(b"FROM scratch\n" + args_json + b"no lock").hexdigest()
+    assert cell.inputs_hash(dockerfile, tmp_path / "locks") == no_lock
+    assert cell.image_tag(dockerfile, tmp_path / "locks") == f"cudastack/{cell.name}:{no_lock[:16]}"
+    (tmp_path / "locks").mkdir()
+    cell.lock_path(tmp_path / "locks").write_bytes(b"torch==2.9.1\n")
+    locked = hashlib.sha256(b"FROM scratch\n" + args_json + b"torch==2.9.1\n").hexdigest()
+    assert cell.inputs_hash(dockerfile, tmp_path / "locks") == locked

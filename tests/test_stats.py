@@ -65,3 +65,8 @@ def test_host_summary_agrees_with_environment_side_stats():
     assert row["rel_iqr"] == pytest.approx(s.rel_iqr)
     assert bool(row["noisy"]) == s.noisy
     assert isinstance(df, pd.DataFrame)
+
+
+def test_quantile_of_nothing_says_so():
+    with pytest.raises(ValueError, match=r"^quantile of no values$"):
+        quantile([], 0.25)

@@ -122,3 +122,82 @@ def test_extra_work_makes_each_call_that_fraction_slower():
     )
     assert min(slower) >= 1.5 * 0.004
     assert sorted(slower)[2] > 1.3 * sorted(plain)[2]
+
+
+def test_rate_units_and_a_peak_without_a_rate():
+    metrics = {m.name: m.unit for m in rate_metrics([0.5], flops=1e12, nbytes=2e9, peak=8.0)}
+    assert metrics == {"latency": "ms", "tflops": "TFLOP/s", "gbps": "GB/s", "pct_of_peak": "%"}
+    # A peak is a share of a rate; with no flops or bytes there is nothing to share.
+    assert [m.name for m in rate_metrics([0.5], peak=8.0)] == ["latency"]
+
+
+def test_a_budget_spent_exactly_stops_the_timer(monkeypatch):
+    # 250 ms calls against a 1 s budget (warm-up calls of 0 ms): the 4th call ends at exactly
+    # 1.0 s, which counts as spent, so the timer stops at 4, not 5 (min_reps=10 never reached).
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", clock)
+    calls = iter([0, 0] + [250] * 10)
+
+    def call():
+        clock.ns += next(calls) * 1_000_000
+
+    got = timing.time_cpu(call, settings(budget_s=1.0, min_reps=10))
+    assert got == [0.25] * 4
+
+
+def test_a_noise_equal_to_the_target_is_quiet_enough():
+    # Five equal samples have a relative IQR of exactly 0: a target of 0 is met.
+    assert timing._should_stop([1.0] * 5, 0.1, settings(min_reps=5, noise_target=0.0))
+
+
+def test_the_next_checkpoint_is_always_later():
+    s = settings(max_reps=100)
+    assert [timing._next_checkpoint(n, s) for n in (1, 2, 3, 4, 8, 90, 99)] == [
+        2,
+        3,
+        4,
+        5,
+        10,
+        100,
+        100,
+    ]
+
+
+@pytest.mark.parametrize(("start_ns", "calls"), [(0, 4), (4_000_000_000, 4)])
+def test_warm_up_runs_for_its_time_from_whenever_it_starts(monkeypatch, start_ns, calls):
+    # 250 ms calls, 1 s of warm-up: exactly 4 calls (the 4th ends at 1.0 s, which is enough),
+    # whatever the clock read when warm-up began.
+    clock = Clock()
+    clock.ns = start_ns
+    monkeypatch.setattr(timing, "time", clock)
+    made = []
+
+    def call():
+        clock.ns += 250_000_000
+        made.append(1)
+
+    timing._warm_up(call, 1.0, lambda: None)
+    assert len(made) == calls
+
+
+class TickingClock(Clock):
+    """A clock that moves 1 ns at every reading, as a real one does between reads."""
+
+    def perf_counter_ns(self) -> int:
+        self.ns += 1
+        return self.ns - 1
+
+
+def test_extra_work_busy_waits_exactly_its_fraction(monkeypatch):
+    # The call reads the clock at 0, the work takes it to 1_000_001, reads at 1_000_001 and
+    # 1_000_002 set the target 1_000_001 + int(1_000_002 * 0.5) = 1_500_002; the busy-wait
+    # stops at the first reading of 1_500_002, leaving the clock at 1_500_003: 1.5 times the
+    # work, to the tick.
+    clock = TickingClock()
+    monkeypatch.setattr(timing, "time", clock)
+
+    def work():
+        clock.ns += 1_000_000
+
+    timing.with_extra_work(work, 0.5)()
+    assert clock.ns == 1_500_003

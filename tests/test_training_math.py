@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing
 
 from cudastack import suite, training
-from cudastack.context import Context
+from cudastack.context import CheckFailed, Context, Skip
 from cudastack.world import World
 
 # Each step waits WAIT_S for its batch, then computes for COMPUTE_S, on a clock that moves only
@@ -139,3 +139,60 @@ def test_two_data_parallel_processes_total_their_items_over_the_slowest_window(t
     # 2.5e11 x 25.6 = 6.4 TFLOP/s over two devices of 10 TFLOP/s peak each: 32 %.
     assert got["tflops"] == pytest.approx([6.4] * WINDOWS, rel=1e-12)
     assert got["mfu"] == pytest.approx([32.0] * WINDOWS, rel=1e-12)
+
+
+def test_every_metric_says_its_unit_and_which_way_is_better(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(training, "time", clock)
+    got = {m.name: (m.unit, m.better) for m in training.measure(context(), workload(clock))}
+    assert got["items_per_s"] == ("img/s", "higher")
+    assert got["latency"] == ("ms", "lower")
+    assert got["data_wait_pct"] == ("%", "lower")
+    assert got["data_wait_ms"] == ("ms", "lower")
+    assert got["compute_ms"] == ("ms", "lower")
+
+
+def test_extra_host_work_leaves_the_controlled_clock_alone(monkeypatch):
+    # The known slowdown busy-waits on the real clock; the controlled one sees only the step.
+    clock = Clock()
+    monkeypatch.setattr(training, "time", clock)
+    ctx = context()
+    ctx.extra_work = 0.5
+    assert by_name(training.measure(ctx, workload(clock)))["items_per_s"] == [16.0] * WINDOWS
+
+
+def test_the_trace_records_real_training_steps(monkeypatch, tmp_path):
+    clock = Clock()
+    monkeypatch.setattr(training, "time", clock)
+    ctx = context()
+    ctx.trace_dir = tmp_path
+    ctx.case_id = "linear"
+    training.measure(ctx, workload(clock))
+    events = json.loads((tmp_path / "linear.json").read_text())["traceEvents"]
+    assert any("mse_loss" in e.get("name", "") for e in events)
+
+
+def _windows(losses: list[float], per_window: int) -> Any:
+    return training._Windows([], [], losses, per_window, None, None)
+
+
+def test_loss_check_compares_the_first_and_last_window_means():
+    # Windows of 2 steps: first (2 + 4) / 2 = 3, last (1 + 0.5) / 2 = 0.75.
+    assert training._loss_check(_windows([2.0, 4.0, 3.0, 1.0, 0.5], 2)) == (3.0, 0.75)
+
+
+def test_a_loss_that_stays_flat_does_not_train():
+    with pytest.raises(
+        CheckFailed, match=r"loss did not fall .*\(2 -> 2\): the step does not train"
+    ):
+        training._loss_check(_windows([2.0, 2.0, 2.0, 2.0], 2))
+
+
+def test_compile_skips_on_a_cpu_and_wraps_only_when_asked():
+    ctx = context()
+    with pytest.raises(Skip, match="takes minutes on a CPU; compile=false runs"):
+        training.check_compile(ctx, True)
+    training.check_compile(ctx, False)  # no skip
+    model = torch.nn.Linear(2, 2)
+    assert training.compiled(ctx, model, False) is model
+    assert training.compiled(ctx, model, True)._orig_mod is model

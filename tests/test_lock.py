@@ -1,0 +1,170 @@
+"""The lock's pins and hashes, and the build context that carries them, without a network."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cudastack import images, lock
+from cudastack.matrix import Cell
+
+
+def _cell(**fields: object) -> Cell:
+    base = {
+        "name": "cu12.8-torch2.9.1-py3.12",
+        "base_image": "example/base:1",
+        "torch": "2.9.1",
+        "index": "cu128",
+        "python": "3.12",
+    }
+    return Cell(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def _wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel pip accepts: METADATA, WHEEL and RECORD, no code."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(zipfile.ZipInfo(path, (2020, 1, 1, 0, 0, 0)), text)
+    return wheel
+
+
+def test_online_requirements_pin_torch_and_torchvision_to_the_cells_variant():
+    cell = _cell(torchvision="0.24.1", packages=("numpy==2.1.0", "pillow"))
+    assert lock.requirements(cell, offline=False) == [
+        "torch==2.9.1+cu128",
+        "torchvision==0.24.1+cu128",
+        "numpy==2.1.0",
+        "pillow",
+    ]
+
+
+def test_offline_requirements_take_the_wheelhouse_versions_as_they_are():
+    assert lock.requirements(_cell(), offline=True) == ["torch==2.9.1"]
+    assert lock.requirements(_cell(torchvision="0.24.1"), offline=True) == [
+        "torch==2.9.1",
+        "torchvision==0.24.1",
+    ]
+
+
+def test_a_wheel_file_name_gives_the_normalised_project_name_and_version():
+    name = "Typing_Extensions-4.12.2-py3-none-any.whl"
+    assert lock._wheel_name_version(name) == ("typing-extensions", "4.12.2")
+    assert lock._wheel_name_version("torch-2.9.1+cu128-cp312-cp312-linux_x86_64.whl") == (
+        "torch",
+        "2.9.1+cu128",
+    )
+
+
+def test_resolve_from_a_wheelhouse_pins_each_wheel_to_its_file_hash(tmp_path):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    torch = _wheel(house, "torch", "2.9.1")
+    extra = _wheel(house, "tiny_pkg", "1.0")
+    _wheel(house, "unasked", "3.0")  # in the wheelhouse but not required: not locked
+    cell = _cell(packages=("tiny-pkg==1.0",))
+    lines = lock.resolve(cell, house, None)
+    # Oracle: the sha256 of the wheel files as written above, independent of pip's copy.
+    assert lines == [
+        f"tiny-pkg==1.0 --hash=sha256:{hashlib.sha256(extra.read_bytes()).hexdigest()}",
+        f"torch==2.9.1 --hash=sha256:{hashlib.sha256(torch.read_bytes()).hexdigest()}",
+    ]
+
+
+def test_resolve_names_the_cell_and_pips_reason_when_a_package_is_missing(tmp_path):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    _wheel(house, "torch", "2.9.0")  # not the version the cell asks for
+    with pytest.raises(lock.LockError) as err:
+        lock.resolve(_cell(), house, None)
+    message = str(err.value)
+    assert message.startswith("cell cu12.8-torch2.9.1-py3.12: cannot resolve its packages: ")
+    # pip's own last line follows: its error, not a stand-in text.
+    assert message.split(": cannot resolve its packages: ")[1].startswith("ERROR: ")
+
+
+@pytest.fixture
+def context_inputs(tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_bytes(b"FROM scratch\nARG CELL_NAME\n")
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    house = tmp_path / "wheelhouse"
+    (house / "not-a-wheel-dir").mkdir(parents=True)
+    (house / "b-1.0-py3-none-any.whl").write_bytes(b"wheel b")
+    (house / "a-1.0-py3-none-any.whl").write_bytes(b"wheel a")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    return dockerfile, locks, house, ca
+
+
+def _tree(ctx: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(ctx)): p.read_bytes() for p in sorted(ctx.rglob("*")) if p.is_file()}
+
+
+def test_the_build_context_holds_the_dockerfile_lock_wheels_and_certificate(context_inputs):
+    dockerfile, locks, house, ca = context_inputs
+    cell = _cell()
+    (locks / f"{cell.name}.txt").write_bytes(b"torch==2.9.1 --hash=sha256:00\n")
+    ctx = images.make_context(cell, dockerfile, locks, house, ca)
+    try:
+        assert ctx.name.startswith(f"cudastack-build-{cell.name}-")
+        assert _tree(ctx) == {
+            "Dockerfile": b"FROM scratch\nARG CELL_NAME\n",
+            "inputs/ca.crt": b"-----BEGIN CERTIFICATE-----\n",
+            "inputs/lock.txt": b"torch==2.9.1 --hash=sha256:00\n",
+            "inputs/wheelhouse/a-1.0-py3-none-any.whl": b"wheel a",
+            "inputs/wheelhouse/b-1.0-py3-none-any.whl": b"wheel b",
+        }
+        # Hard-linked, not copied: a large wheelhouse costs no disk.
+        wheel = ctx / "inputs" / "wheelhouse" / "a-1.0-py3-none-any.whl"
+        assert os.path.samefile(wheel, house / "a-1.0-py3-none-any.whl")
+    finally:
+        shutil.rmtree(ctx)
+
+
+def test_without_lock_wheelhouse_or_certificate_the_context_has_empty_inputs(context_inputs):
+    dockerfile, locks, _, _ = context_inputs
+    ctx = images.make_context(_cell(), dockerfile, locks, None, None)
+    try:
+        assert _tree(ctx) == {
+            "Dockerfile": b"FROM scratch\nARG CELL_NAME\n",
+            "inputs/ca.crt": b"",
+            "inputs/lock.txt": b"",
+        }
+        assert (ctx / "inputs" / "wheelhouse").is_dir()  # the Dockerfile copies it either way
+    finally:
+        shutil.rmtree(ctx)
+
+
+def test_wheels_are_copied_where_hard_links_fail(context_inputs, monkeypatch):
+    dockerfile, locks, house, _ = context_inputs
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")  # EXDEV: the context on another disk
+
+    monkeypatch.setattr(images.os, "link", cross_device)
+    ctx = images.make_context(_cell(), dockerfile, locks, house, None)
+    try:
+        wheel = ctx / "inputs" / "wheelhouse" / "b-1.0-py3-none-any.whl"
+        assert wheel.read_bytes() == b"wheel b"
+        assert not os.path.samefile(wheel, house / "b-1.0-py3-none-any.whl")
+    finally:
+        shutil.rmtree(ctx)
