@@ -119,9 +119,10 @@ def functions_of(source: str) -> list[str]:
     return names
 
 
-def fail(message: str) -> SystemExit:
+def fail(message: str, code: int = 2) -> SystemExit:
+    """A one-line error; exit 2 for bad input (scope, arguments), 1 when mutmut itself failed."""
     print(f"make mutants: {message}", file=sys.stderr)
-    return SystemExit(2)
+    return SystemExit(code)
 
 
 def load_scope() -> list[FileScope]:
@@ -174,7 +175,7 @@ def run(scopes: list[FileScope], jobs: int) -> None:
         tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
         lines = [line for line in tail.splitlines() if line.strip()]
         print("\n".join(lines[-40:]), file=sys.stderr)
-        raise fail(f"mutmut run failed (exit {proc.returncode}); the whole log is {log}")
+        raise fail(f"mutmut run failed (exit {proc.returncode}); its log: mutants/run.log", 1)
     info = {"seconds": round(seconds), "jobs": jobs, "modules": [s.module for s in scopes]}
     RUN_INFO.write_text(json.dumps(info), encoding="utf-8")
 
@@ -267,11 +268,13 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
             rows[m.module].unreachable += 1
         else:
             review.append(m)
+    # Entries of the modules summarised here that name no mutant, or one a test now kills.
     stale = sorted(
         name
         for kind in reasons.values()
         for name in kind
-        if name not in by_name or by_name[name].status in ("killed", "timeout")
+        if name.partition("__mutmut_")[0].rpartition(".")[0] in rows
+        and (name not in by_name or by_name[name].status in ("killed", "timeout"))
     )
     total = ModuleRow("**all**")
     for row in rows.values():
