@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from test_timing import Clock  # the controlled clock the timers are tested on
 
 from cudastack.context import CheckFailed, Context, Skip
 from cudastack.suite import PROFILES
@@ -90,19 +91,6 @@ def test_check_close_reports_the_largest_relative_error(ctx):
     bad[1, 2] = 3.0
     with pytest.raises(CheckFailed, match=r"^output differs .*max relative error 0\.4\)$"):
         ctx.check_close(bad, ref, rtol=1e-3, atol=0.5)
-
-
-class Clock:
-    """The ``time`` module as the timers see it: it moves only when a timed call says so."""
-
-    def __init__(self) -> None:
-        self.ns = 0
-
-    def perf_counter(self) -> float:
-        return self.ns / 1e9
-
-    def perf_counter_ns(self) -> int:
-        return self.ns
 
 
 @pytest.mark.parametrize("clock", ["device", "host"])
