@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing
 
 from cudastack import suite, training
+from cudastack import world as worldmod
 from cudastack.context import CheckFailed, Context, Skip
 from cudastack.world import World
 
@@ -114,14 +115,16 @@ def _dp_rank(rank: int, store: str, out: str) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timeout
     )
+    world, finished = World(rank, 2, rank), False
     try:
         clock = Clock()
         training.time = clock  # this process is the test's own and ends with it
         compute_s = COMPUTE_S if rank == 0 else SLOW_COMPUTE_S
-        metrics = training.measure(context(World(rank, 2, rank)), workload(clock, compute_s))
+        metrics = training.measure(context(world), workload(clock, compute_s))
         Path(f"{out}.{rank}").write_text(json.dumps(by_name(metrics)))
+        finished = True
     finally:
-        torch.distributed.destroy_process_group()
+        worldmod.leave(torch, world, finished)  # the worker's own way out
 
 
 def test_two_data_parallel_processes_total_their_items_over_the_slowest_window(tmp_path):

@@ -307,11 +307,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     threads = args.threads or max(1, envinfo.usable_cores() // world.size)
     torch.set_num_threads(threads)
     worldmod.init(torch, world, device, wait_s=max(1800.0, 2 * profile.case_timeout_s))
+    finished = False
     try:
-        return _run_suite(args, torch, device, profile, cases, threads, world, specs)
+        code = _run_suite(args, torch, device, profile, cases, threads, world, specs)
+        finished = True
+        return code
     finally:
-        if world.distributed:
-            torch.distributed.destroy_process_group()
+        worldmod.leave(torch, world, finished)
 
 
 def _run_suite(
