@@ -33,10 +33,7 @@ def run(ctx, num_workers, pin_memory, batch, image):
         ctx.sync()
         return n
 
-    if ctx.extra_work:  # the known slowdown `compare` is tested against (see Context)
-        from cudastack.timing import with_extra_work
-
-        epoch = with_extra_work(epoch, ctx.extra_work)
+    epoch = ctx.slowed(epoch, clock="host")  # the known slowdown `compare` is tested against
     # Warm-up: starts the (persistent) workers and fills the page cache. Its first batch is
     # checked against an independent decode of its files before anything is timed.
     for i, (x, y) in enumerate(batches):

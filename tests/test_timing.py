@@ -201,3 +201,80 @@ def test_extra_work_busy_waits_exactly_its_fraction(monkeypatch):
 
     timing.with_extra_work(work, 0.5)()
     assert clock.ns == 1_500_003
+
+
+class FakeCuda:
+    """A GPU's stream as CUDA events see it: work enqueued moves the stream's clock, events
+    stamp it. What torch.cuda offers the timers, for a CPU-only test of the device arithmetic."""
+
+    SM_HZ = 1.98e9  # the clock ``_sleep`` counts cycles at
+
+    def __init__(self) -> None:
+        self.stream_s = 0.0
+        self.slept: list[int] = []
+        outer = self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                self.at = 0.0
+
+            def record(self) -> None:
+                self.at = outer.stream_s
+
+            def synchronize(self) -> None:
+                pass
+
+            def elapsed_time(self, end: "Event") -> float:  # milliseconds, as torch's
+                return (end.at - self.at) * 1e3
+
+        self.Event = Event
+
+    def run(self, seconds: float) -> None:
+        self.stream_s += seconds
+
+    def _sleep(self, cycles: int) -> None:
+        self.slept.append(cycles)
+        self.stream_s += cycles / self.SM_HZ
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction():
+    from types import SimpleNamespace
+
+    cuda = FakeCuda()
+    torch = SimpleNamespace(cuda=cuda)
+    kernel = lambda: cuda.run(0.004)  # noqa: E731  a 4 ms kernel
+    slowed = timing.with_device_extra_work(torch, kernel, 0.15)
+    samples = timing.time_cuda(torch, slowed, settings(min_reps=6, max_reps=6), None)
+    # Every timed call: the kernel's 4 ms and a spin of 0.15 x 4 ms = 0.6 ms, both on the
+    # stream between the events (host busy-work would not be).
+    assert samples == pytest.approx([0.0046] * 6, rel=1e-6)
+    # Calibrated once: 0.6 ms at 1.98 GHz is 1,188,000 cycles; then one spin per call.
+    assert set(cuda.slept[1:]) == {1_188_000}
+    assert cuda.slept[0] == timing.SPIN_CALIBRATION_CYCLES
+
+
+def test_a_gpu_context_slows_the_device_clock_on_the_device_and_the_host_clock_on_the_host():
+    from types import SimpleNamespace
+
+    from cudastack import suite
+    from cudastack.context import Context
+
+    cuda = FakeCuda()
+    ctx = Context(
+        torch=SimpleNamespace(cuda=cuda),
+        device=SimpleNamespace(type="cuda"),
+        profile=suite.PROFILES["quick"],
+        peaks=None,
+        extra_work=0.5,
+    )
+    kernel = lambda: cuda.run(0.002)  # noqa: E731
+    ctx.slowed(kernel)()
+    assert cuda.slept  # device clock: a spin on the stream
+    before = list(cuda.slept)
+    ctx.slowed(kernel, clock="host")()
+    assert cuda.slept == before  # host clock: busy-work on the host, no spin
+    ctx.extra_work = 0.0
+    assert ctx.slowed(kernel) is kernel

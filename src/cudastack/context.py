@@ -55,7 +55,7 @@ class Context:
     profile: Profile
     peaks: Optional[dict[str, float]]
     seed: int = 0
-    extra_work: float = 0.0  # a known slowdown, to measure what `compare` detects (CPU clocks)
+    extra_work: float = 0.0  # a known slowdown, to measure what `compare` detects (see slowed)
     world: World = field(default_factory=World)
     nvml: Any = None  # telemetry.Nvml where an NVIDIA GPU is in use, else None: nothing sampled
     trace_dir: Optional[Path] = None  # --trace: a Chrome trace of each case is saved here
@@ -169,15 +169,24 @@ class Context:
         """Seconds per call. ``clock='host'`` times wall clock up to a synchronize instead of
         device events, for costs the host pays (launch overhead, pageable copies)."""
         s = self.settings()
-        if self.extra_work:
-            fn = timing.with_extra_work(fn, self.extra_work)
         if clock == "host":
-            return timing.time_host(fn, s, self.sync)
-        if not self.is_cuda:
+            fn = timing.synced(fn, self.sync)
+        fn = self.slowed(fn, clock)
+        if clock == "host" or not self.is_cuda:
             return timing.time_cpu(fn, s)
         if flush_l2 and self._flusher is None:
             self._flusher = timing.L2Flusher(self.torch, self.device)
         return timing.time_cuda(self.torch, fn, s, self._flusher if flush_l2 else None)
+
+    def slowed(self, fn: Callable[..., Any], clock: str = "device") -> Callable[..., Any]:
+        """``fn`` made (1 + ``extra_work``) times slower on the clock that times it: a GPU spin
+        after each call where CUDA events (or a synchronized window) time the device, host
+        busy-work where the host clock times the host. Unchanged when no slowdown is asked."""
+        if not self.extra_work:
+            return fn
+        if clock == "device" and self.is_cuda:
+            return timing.with_device_extra_work(self.torch, fn, self.extra_work)
+        return timing.with_extra_work(fn, self.extra_work)
 
     def measure(
         self,

@@ -109,20 +109,21 @@ def time_cuda(
             checkpoint = _next_checkpoint(len(samples), s)
 
 
-def time_host(fn: Callable[[], Any], s: TimerSettings, sync: Callable[[], None]) -> list[float]:
-    """Wall time per call including a device synchronize: for costs the host itself pays."""
+def synced(fn: Callable[[], Any], sync: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` followed by a device synchronize: a call as the host pays for it (launch
+    overhead, pageable copies), timed on the host clock."""
 
     def call() -> None:
         fn()
         sync()
 
-    return time_cpu(call, s)
+    return call
 
 
 def with_extra_work(fn: Callable[..., Any], fraction: float) -> Callable[..., Any]:
     """``fn`` followed by host busy-work lasting ``fraction`` of its own time: every call
     becomes exactly (1 + fraction) times slower on a host clock. A test aid for the power of
-    comparisons; device (CUDA event) timings do not see it."""
+    comparisons; device (CUDA event) timings need ``with_device_extra_work``."""
 
     def call(*args: Any) -> Any:
         start = time.perf_counter_ns()
@@ -130,6 +131,60 @@ def with_extra_work(fn: Callable[..., Any], fraction: float) -> Callable[..., An
         end = time.perf_counter_ns() + int((time.perf_counter_ns() - start) * fraction)
         while time.perf_counter_ns() < end:
             pass
+        return out
+
+    return call
+
+
+# Calls before and during the calibration of ``with_device_extra_work``: the first ones may
+# carry lazy initialisation (cuBLAS handles, cuDNN autotuning), the next ones are timed.
+CALIBRATION_WARMUP_CALLS = 2
+CALIBRATION_CALLS = 3
+SPIN_CALIBRATION_CYCLES = 10_000_000  # ~5 ms at 2 GHz: long enough for event resolution
+
+
+def with_device_extra_work(
+    torch: Any, fn: Callable[..., Any], fraction: float
+) -> Callable[..., Any]:
+    """``fn`` followed by a GPU spin lasting ``fraction`` of its device time, enqueued on the
+    same stream: every call becomes (1 + fraction) times slower as CUDA events (and a
+    synchronized wall clock) see it, which host busy-work cannot do while the GPU runs ahead.
+
+    The first call calibrates: it runs ``fn`` ``CALIBRATION_WARMUP_CALLS`` times, then times
+    ``CALIBRATION_CALLS`` back-to-back calls with an event pair (device seconds per call), and
+    times ``torch.cuda._sleep`` (a private spin kernel torch's own tests use, counted in SM
+    cycles) to turn seconds into cycles at the clock the GPU runs now.
+    """
+    cycles = 0
+
+    def elapsed_s(work: Callable[[], Any]) -> float:
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        work()
+        end.record()
+        end.synchronize()
+        return float(begin.elapsed_time(end)) * 1e-3
+
+    def calibrate(*args: Any) -> int:
+        for _ in range(CALIBRATION_WARMUP_CALLS):
+            fn(*args)
+        torch.cuda.synchronize()
+
+        def calls() -> None:
+            for _ in range(CALIBRATION_CALLS):
+                fn(*args)
+
+        per_call_s = elapsed_s(calls) / CALIBRATION_CALLS
+        spin_s = elapsed_s(lambda: torch.cuda._sleep(SPIN_CALIBRATION_CYCLES))
+        return max(1, round(fraction * per_call_s * SPIN_CALIBRATION_CYCLES / spin_s))
+
+    def call(*args: Any) -> Any:
+        nonlocal cycles
+        if not cycles:
+            cycles = calibrate(*args)
+        out = fn(*args)
+        torch.cuda._sleep(cycles)
         return out
 
     return call

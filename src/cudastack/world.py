@@ -70,9 +70,10 @@ def leave(torch: Any, world: World, finished: bool) -> None:
     """Leave the process group, so that no gloo or NCCL thread outlives it into interpreter exit.
 
     Objects in reference cycles (a DDP model's reducer holds the group) can keep the group alive
-    past ``destroy_process_group`` until the interpreter's own teardown, which then aborted (SIGABRT, "terminate called without an active exception") in about one
-    two-rank gloo run in twelve on a loaded 2-core machine; collecting the cycles first made 30
-    runs in a row clean. After a clean finish every rank also waits for the others, so nobody
+    past ``destroy_process_group`` until the interpreter's own teardown, which then aborted
+    (SIGABRT, "terminate called without an active exception") in about one two-rank gloo run
+    in twelve on a loaded 2-core machine; collecting the cycles first made 30 runs in a row
+    clean. After a clean finish every rank also waits for the others, so nobody
     tears down while a peer completes the last collective; after a failure nobody waits (the
     peers may never arrive).
     """

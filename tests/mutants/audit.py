@@ -67,7 +67,7 @@ MUTATIONS = [
     Mutation(
         "training: injected slowdown removed from the steps",
         "src/cudastack/training.py",
-        "step = timing.with_extra_work(step, ctx.extra_work)",
+        "step = ctx.slowed(step)",
         "pass",
         ("tests/test_workloads.py::test_the_injected_slowdown_reaches_training_steps",),
     ),
