@@ -39,6 +39,13 @@ MUTANTS_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 mutants: $(STAMP)  ## mutation testing of the code behind the numbers, summary in tests/mutants/SUMMARY.md (slow; not part of make test)
 	$(PY) tests/mutants/summary.py --run --jobs $(MUTANTS_JOBS) $(ARGS)
 
+# The interpreter that holds torch for the GPU check: this project's .venv when it exists.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+.PHONY: gpu-check
+gpu-check:  ## on a GPU host: smoke, then the standard headline benches, into results/reference/<gpu>-<date>/ (ARGS='--out DIR')
+	PYTHONPATH=src $(GPU_PYTHON) scripts/gpu_check.py --python $(GPU_PYTHON) $(ARGS)
+
 images: $(STAMP)  ## build every cell's image (skips those already built)
 	$(VENV)/bin/cudastack build $(ARGS)
 
