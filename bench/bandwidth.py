@@ -5,6 +5,7 @@ PARAMS = {
     "size_mib": [256],
 }
 PROFILES = {
+    "smoke": {"size_mib": [4]},
     "quick": {"size_mib": [64]},
     "full": {"size_mib": [16, 256, 1024]},
 }

@@ -10,7 +10,12 @@ PARAMS = {
     "dtype": ["fp32", "tf32", "bf16", "fp16"],
     "batch": [64],
 }
+# ATen's per-process cuDNN plan cache is keyed without cudnn.benchmark (Conv_v8.cpp,
+# run_single_conv): a benchmark=true case after the same shape with false would reuse the
+# heuristic plan. Each value of benchmark runs in a worker process of its own.
+ISOLATE = ["benchmark"]
 PROFILES = {
+    "smoke": {"layer": ["c2_3x3"], "dtype": ["bf16"], "batch": [1]},
     "quick": {
         "layer": ["c2_3x3", "c4_3x3"],
         "benchmark": [False],

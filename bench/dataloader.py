@@ -13,9 +13,10 @@ PARAMS = {
     "image": [224],
 }
 PROFILES = {
+    "smoke": {"num_workers": [0, 2], "pin_memory": [False, True], "batch": [4], "image": [32]},
     "quick": {"num_workers": [0, 2], "pin_memory": [False], "batch": [16], "image": [64]},
 }
-EPOCHS = {"quick": 5, "standard": 8, "full": 20}  # one throughput sample per epoch
+EPOCHS = {"smoke": 3, "quick": 5, "standard": 8, "full": 20}  # one throughput sample per epoch
 
 
 def run(ctx, num_workers, pin_memory, batch, image):

@@ -7,6 +7,7 @@ PARAMS = {
     "cols": [4096],
 }
 PROFILES = {
+    "smoke": {"dtype": ["fp32", "bf16"], "rows": [64], "cols": [1024]},
     "quick": {"dtype": ["fp32", "bf16"], "rows": [1024]},
     "full": {"cols": [1024, 4096, 16384]},
 }

@@ -22,6 +22,7 @@ PARAMS = {
     "weights": [""],
 }
 PROFILES = {
+    "smoke": {"size": ["tiny"], "seq_len": [32], "batch": [2]},
     "quick": {"size": ["tiny"], "precision": ["fp32"], "seq_len": [128], "batch": [4]},
 }
 # (layers, heads, width, vocabulary): BERT-base and GPT-2 124M, or a tiny CPU-sized variant.

@@ -4,6 +4,7 @@ import math
 
 PARAMS = {"dtype": ["fp32", "tf32", "fp16", "bf16", "fp8"], "n": [1024, 4096, 8192]}
 PROFILES = {
+    "smoke": {"n": [256]},
     "quick": {"dtype": ["fp32", "bf16"], "n": [512, 2048]},
     "full": {"n": [1024, 2048, 4096, 8192, 16384]},
 }

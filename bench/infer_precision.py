@@ -11,7 +11,10 @@ PARAMS = {
     "seq_len": [128],
     "batch": [32],
 }
-PROFILES = {"quick": {"layers": [2], "width": [256], "seq_len": [64], "batch": [8]}}
+PROFILES = {
+    "smoke": {"layers": [1], "width": [128], "seq_len": [16], "batch": [2]},
+    "quick": {"layers": [2], "width": [256], "seq_len": [64], "batch": [8]},
+}
 HEAD_DIM = 64
 
 

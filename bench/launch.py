@@ -4,6 +4,7 @@ from cudastack.context import Metric
 
 PARAMS = {"mode": ["eager", "graph"], "ops": [1, 1000]}
 PROFILES = {
+    "smoke": {"ops": [10]},
     "quick": {"ops": [1, 100]},
     "full": {"ops": [1, 10, 100, 1000]},
 }

@@ -14,6 +14,7 @@ PARAMS = {
     "head_dim": [128],
 }
 PROFILES = {
+    "smoke": {"batch": [1], "heads": [2], "seq": [128], "head_dim": [64]},
     "quick": {"dtype": ["fp32"], "batch": [1], "heads": [8], "seq": [512], "head_dim": [64]},
     "full": {"dtype": ["bf16", "fp16", "fp32"], "seq": [1024, 4096]},
 }

@@ -10,6 +10,7 @@ PARAMS = {
     "image": [224],
 }
 PROFILES = {
+    "smoke": {"num_workers": [2], "pin_memory": [False, True], "batch": [4], "image": [32]},
     "quick": {"num_workers": [0, 2], "pin_memory": [False], "batch": [16], "image": [64]},
 }
 BATCHES_PER_EPOCH = 4  # every window is one epoch: the same four batches each time

@@ -18,6 +18,7 @@ PARAMS = {
     "batch": [32],
 }
 PROFILES = {
+    "smoke": {"size": ["tiny"], "seq_len": [32], "precision": ["amp_bf16"], "batch": [2]},
     "quick": {
         "size": ["tiny"],
         "seq_len": [128],

@@ -15,6 +15,15 @@ PARAMS = {
     "image": [224],
 }
 PROFILES = {
+    "smoke": {
+        "model": ["resnet18"],
+        # amp_fp16 is the GradScaler path (GPU only); fp32 the CPU's (bf16 autocast is slow there)
+        "precision": ["amp_fp16", "fp32"],
+        "channels_last": [True],
+        "compile": [False],  # train_gpt compiles in smoke
+        "batch": [8],  # smaller, batch norm's statistics are too noisy for the loss to fall
+        "image": [32],
+    },
     "quick": {
         "model": ["resnet18"],
         "precision": ["fp32", "amp_bf16"],

@@ -169,7 +169,7 @@ def test_cell_runs_need_an_engine(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bench", "--cell", "nope"], "error: unknown cell nope; cells: cu11.8-torch2.7.1-py3.10"),
+        (["bench", "--cell", "nope"], "error: unknown cell nope; cells: cu11.8-torch2.7.1-py3.11"),
         (["build", "--matrix", "missing.toml"], "error: matrix file missing.toml does not exist"),
         (["run", "--cell", "x", "--wheelhouse", "nowhere"], "error: unknown cell x"),
         (["doctor", "--matrix", "missing.toml"], "error: matrix file missing.toml does not exist"),

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from . import check as checks
 from . import cli_runs, doctor, images, matrix, pipeline, results, suite
 from .cli_common import (
     EXIT_BAD_INPUT,
@@ -20,6 +21,7 @@ from .cli_common import (
     CaFileOpt,
     CellOpt,
     DeviceOpt,
+    EnvOpt,
     GpusOpt,
     IpcHostOpt,
     MatrixOpt,
@@ -73,8 +75,9 @@ def run(
     nproc: int = NprocOpt,
     repeat: int = RepeatOpt,
     minor_version_compat: bool = MinorCompatOpt,
+    env: Optional[list[str]] = EnvOpt,
     extra_work: float = typer.Option(
-        0.0, hidden=True, help="Testing aid: every timed call this fraction slower (CPU)."
+        0.0, hidden=True, help="Testing aid: every timed call this fraction slower, on its clock."
     ),
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
@@ -90,6 +93,7 @@ def run(
         trace,
         nproc,
         repeat,
+        list(env or []),
     )
     if not cell:
         cli_runs.run_here(args, out, results_dir, timeout)
@@ -138,6 +142,7 @@ def bench(
     nproc: int = NprocOpt,
     repeat: int = RepeatOpt,
     minor_version_compat: bool = MinorCompatOpt,
+    env: Optional[list[str]] = EnvOpt,
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
@@ -152,6 +157,7 @@ def bench(
         trace=trace,
         nproc=nproc,
         repeat=repeat,
+        env=list(env or []),
     )
     args.validate()
     matrix.select(matrix.load(matrix_file), names(cell))  # a bad matrix or cell fails first
@@ -186,6 +192,45 @@ def bench(
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
     cli_runs.run_here(args, out, results_dir, timeout)
+
+
+@app.command()
+def check(
+    cell: str = CellOpt,
+    matrix_file: Path = MatrixOpt,
+    wheelhouse: Optional[Path] = WheelhouseOpt,
+    ca_file: Optional[Path] = CaFileOpt,
+) -> None:
+    """Check each cell before a build: its torch x CUDA variant was published, its packages
+    resolve for its Python on Linux x86_64 (from PyPI, or --wheelhouse alone), and no known
+    run-time rule is broken. Exit 0: all resolve; 1: a cell conflicts, or PyPI cannot be
+    reached (nothing was shown to resolve); 2: bad input. build, bench and lock run it first."""
+    cells = matrix.select(matrix.load(matrix_file, variants=False), names(cell))
+    inputs = cli_runs.build_inputs(matrix_file, wheelhouse, ca_file)
+    try:
+        found = checks.check_cells(cells, inputs.wheelhouse, inputs.ca_file)
+    except checks.CheckUnavailable as exc:
+        raise UserError(str(exc)) from None
+    down = next((f.unreachable for f in found if f.unreachable), "")
+    for f in found:
+        for problem in f.problems:
+            console.print(f"{f.cell}: {problem}", highlight=False, markup=False)
+        if f.ok and not f.unreachable:
+            console.print(
+                f"{f.cell}: resolves ({len(f.resolved)} packages from {f.source}, "
+                f"{f.seconds:.1f} s)",
+                highlight=False,
+                markup=False,
+            )
+    if down:
+        err.print(
+            f"error: {down}; the cells' packages could not be resolved (pass --wheelhouse DIR "
+            "to resolve from a folder of wheels)",
+            highlight=False,
+            markup=False,
+        )
+    if down or not all(f.ok for f in found):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -237,9 +282,16 @@ def doctor_cmd(
     matrix_file: Path = MatrixOpt,
     gpus: str = GpusOpt,
     minor_version_compat: bool = MinorCompatOpt,
+    deep: bool = typer.Option(
+        False, "--deep", help="Also run the smoke profile here and count its ok/failed cases."
+    ),
+    bench_dir: Path = BenchDirOpt,
+    results_dir: Path = ResultsOpt,
 ) -> None:
     """Check the host: Docker engine, GPU runtime, driver vs each cell, disk, /dev/shm; per cell
-    what `bench` with the same --gpus and --minor-version-compat will do."""
+    what `bench` with the same --gpus and --minor-version-compat will do. --deep also runs the
+    smoke profile in this Python environment (a run folder under --results-dir) and exits 1 when
+    a case failed."""
     cells = matrix.load(matrix_file)
     try:
         client: Optional[object] = images.connect()
@@ -259,14 +311,24 @@ def doctor_cmd(
             f"[{'green' if ok else 'yellow'}]{'runs' if ok else 'skip':>4}[/]  "
             f"{escape(c.name)}: {escape(why)}"
         )
-    if any(ch.status == "fail" for ch in report.checks):
+    failed = any(ch.status == "fail" for ch in report.checks)
+    if deep:
+        smoke = cli_runs.run_smoke(bench_dir, results_dir)
+        status = "fail" if smoke.failed or not smoke.ok else "ok"
+        console.print(
+            f"[{colour[status]}]{status:>4}[/]  smoke profile here: {smoke.ok} ok, "
+            f"{smoke.skipped} skipped, {smoke.failed} failed ({escape(str(smoke.run_dir))})"
+        )
+        failed = failed or status == "fail"
+    if failed:
         raise typer.Exit(1)
 
 
 @app.command("list")
 def list_(
     profile: str = typer.Option(
-        "quick", help="Whose cases --cases lists: quick | standard | full | auto (as run picks)."
+        "quick",
+        help="Whose cases --cases lists: smoke | quick | standard | full | auto (as run picks).",
     ),
     cases: bool = typer.Option(False, "--cases", help="Also list every case id."),
     bench_dir: Path = BenchDirOpt,

@@ -33,7 +33,7 @@ class UserError(ValueError):
 BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
 SelectOpt = typer.Option(None, "--select", help="Keep cases with key=value[,value]; repeatable.")
 ProfileOpt = typer.Option(
-    "auto", help="auto (quick on CPU, standard on GPU) | quick | standard | full."
+    "auto", help="auto (quick on CPU, standard on GPU) | smoke | quick | standard | full."
 )
 BenchDirOpt = typer.Option(suite.DEFAULT_BENCH_DIR, help="Folder of bench files.")
 ResultsOpt = typer.Option(Path("results"), help="Where run folders are created.")
@@ -70,6 +70,14 @@ TimeoutOpt = typer.Option(
     DEFAULT_TIMEOUT_S,
     help="Per-cell time limit in seconds, here (local) and in containers: past it every process "
     "of the cell is killed, its finished cases kept, and the cell failed (default 3 h).",
+)
+
+EnvOpt = typer.Option(
+    None,
+    "--env",
+    help="KEY=VALUE: a variable for the cell's worker; repeatable. Passed through when set "
+    "here: every NCCL_* and TORCH_* (but TORCH_HOME) and CUDA_LAUNCH_BLOCKING; --env wins. "
+    "Recorded in env.json (env_passed).",
 )
 
 

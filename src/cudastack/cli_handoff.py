@@ -14,10 +14,11 @@ from typing import Callable, Optional
 import typer
 from rich.markup import escape
 
-from . import handoff, images, lock, matrix, pipeline, reproduce, results
+from . import check, handoff, images, lock, matrix, pipeline, reproduce, results
 from .cli_common import (
     CaFileOpt,
     CellOpt,
+    EnvOpt,
     GpusOpt,
     MatrixOpt,
     ResultsOpt,
@@ -29,7 +30,8 @@ from .cli_common import (
     engine,
     names,
 )
-from .containers import HARNESS_SRC, IN_SRC
+from .containers import HARNESS_SRC, IN_SRC, base_environment
+from .runners import cell_env
 
 
 def _one_cell(matrix_file: Path, name: str) -> matrix.Cell:
@@ -56,6 +58,10 @@ def lock_cmd(
 ) -> None:
     """Pin each cell's base image to its registry digest and its packages to hashes."""
     cells = matrix.select(matrix.load(matrix_file), names(cell))
+    for c in cells:  # `cudastack check` first: no lock is written for a cell that conflicts
+        found = check.check_cell(c, wheelhouse, ca_file)
+        if found.problems:
+            raise UserError(f"cell {c.name} fails `cudastack check`: {'; '.join(found.problems)}")
     client = engine("resolving base image digests")
     locks_dir = matrix_file.parent / "locks"
     try:
@@ -270,8 +276,10 @@ def shell_cmd(
     matrix_file: Path = MatrixOpt,
     gpus: str = GpusOpt,
     shm_size: str = ShmOpt,
+    env: Optional[list[str]] = EnvOpt,
 ) -> None:
     """Open a shell (or run a command after --) in a cell, GPUs and this folder mounted."""
+    variables = {**base_environment(), **cell_env(list(env or []))}  # bad --env: error first
     c = _one_cell(matrix_file, cell)
     if shutil.which("docker") is None:
         raise UserError("the docker command line is needed for an interactive shell")
@@ -284,12 +292,7 @@ def shell_cmd(
         "-i",
         "--user",
         f"{os.getuid()}:{os.getgid()}",
-        "-e",
-        "HOME=/tmp",
-        "-e",
-        "CUDA_DEVICE_ORDER=PCI_BUS_ID",
-        "-e",
-        f"PYTHONPATH={IN_SRC}",
+        *(a for k, v in variables.items() for a in ("-e", f"{k}={v}")),
         "-v",
         f"{HARNESS_SRC}:{IN_SRC}:ro",
         "-v",

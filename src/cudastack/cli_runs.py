@@ -6,6 +6,7 @@ import importlib.util
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -84,6 +85,31 @@ def run_here(
     if code != 0:
         err.print(f"{outcome.reason}; its log is {run_dir / 'local' / 'log.txt'}")
     finish(run_dir, run_id, code != 0)
+
+
+@dataclass(frozen=True)
+class SmokeCounts:
+    """How the smoke profile's cases ended here (what `doctor --deep` reports)."""
+
+    run_dir: Path
+    ok: int
+    skipped: int
+    failed: int
+
+
+def run_smoke(bench_dir: Path, results_dir: Path) -> SmokeCounts:
+    """Run the smoke profile here as `run --profile smoke` does, into a new run folder under
+    ``results_dir``, and count its cases by status. A worker that exited with an error counts as
+    at least one failed case, since the cases it never reached have no rows."""
+    run_dir = results_dir / f"smoke-{new_run_id()}"
+    died = False
+    try:
+        run_here(SuiteArgs(profile="smoke", bench_dir=bench_dir), run_dir, results_dir)
+    except typer.Exit:
+        died = True
+    statuses = results.load_table(run_dir).drop_duplicates(["cell", "case"])["status"]
+    ok, skipped, failed = ((statuses == s).sum() for s in ("ok", "skipped", "failed"))
+    return SmokeCounts(run_dir, int(ok), int(skipped), max(int(failed), int(died)))
 
 
 def build_inputs(

@@ -36,6 +36,27 @@ class ContainerOptions:
     # --minor-version-compat: the NVIDIA runtime starts the image even where the driver is older
     # than its NVIDIA_REQUIRE_CUDA (minor-version compatibility then has to carry it).
     minor_version_compat: bool = False
+    # uid:gid the worker runs as; empty: the invoking user's, so the results are theirs.
+    user: str = ""
+
+
+def base_environment() -> dict[str, str]:
+    """The variables every cell container gets, whatever uid it runs as (run, bench, shell)."""
+    return {
+        "PYTHONPATH": IN_SRC,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # torch and NVML number GPUs alike
+        "HOME": "/tmp",  # the invoking uid has no home in the image; caches go to /tmp
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # torch.compile writes generated kernels here; its defaults sit under the user's name in
+        # /tmp or under HOME, and a fixed writable place serves every uid alike.
+        "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
+        "TRITON_CACHE_DIR": "/tmp/triton",
+        # The invoking uid has no passwd entry in the image, and Inductor (torch <= 2.9) calls
+        # getpass.getuser(), which then raises KeyError and fails every compile=true case;
+        # getpass reads LOGNAME, USER, LNAME and USERNAME before it looks the uid up.
+        "USER": "cudastack",
+        "LOGNAME": "cudastack",
+    }
 
 
 def device_requests(gpus: str) -> list:
@@ -75,7 +96,8 @@ def container_kwargs(
     process: int = 0,
 ) -> dict:
     """Everything ``containers.create`` gets: harness read-only, results read-write, the invoking
-    user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need."""
+    user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need;
+    the environment is ``base_environment()`` with ``args.environment()`` over it."""
     from docker.types import Ulimit
 
     args, inputs = _inputs_in_container(args)
@@ -84,18 +106,14 @@ def container_kwargs(
         *args.launcher(),
         *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref, process),
     ]
-    environment = {
-        "PYTHONPATH": IN_SRC,
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # torch and NVML number GPUs alike
-        "HOME": "/tmp",  # the invoking uid has no home in the image; caches go to /tmp
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+    environment = base_environment()
     if opts.minor_version_compat:
         environment[DISABLE_REQUIRE] = "true"
+    environment.update(args.environment())  # --env and the passthrough; --env may replace any
     kwargs = {
         "image": image,
         "command": command,
-        "user": f"{os.getuid()}:{os.getgid()}",
+        "user": opts.user or f"{os.getuid()}:{os.getgid()}",
         "volumes": {
             str(HARNESS_SRC): {"bind": IN_SRC, "mode": "ro"},
             str(args.bench_dir.resolve()): {"bind": IN_BENCH, "mode": "ro"},

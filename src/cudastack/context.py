@@ -76,9 +76,22 @@ class Context:
     def require(self, module: str, why: str = "") -> Any:
         """Import an optional package (torchvision, transformers, peft), or skip the case."""
         try:
-            return importlib.import_module(module)
-        except ImportError:
-            self.skip(f"{module} is not installed in this environment{why}")
+            found = importlib.import_module(module)
+        except ImportError as exc:
+            if exc.name == module:
+                self.skip(f"{module} is not installed in this environment{why}")
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.skip(f"{module} cannot be imported with this stack{why}: {first}")
+        # transformers imports below its torch floor but disables PyTorch (5.x: below 2.6), and
+        # its models then raise when built: a fact about the cell's packages, not a failure.
+        usable = getattr(getattr(found, "utils", None), "is_torch_available", None)
+        if module == "transformers" and usable is not None and not usable():
+            self.skip(
+                f"transformers {found.__version__} does not run with torch "
+                f"{self.torch.__version__} (it disables PyTorch below its floor, 2.6 for "
+                f"transformers 5){why}"
+            )
+        return found
 
     def capability(self) -> tuple:
         return tuple(self.torch.cuda.get_device_capability(self.device)) if self.is_cuda else ()

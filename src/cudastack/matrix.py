@@ -128,13 +128,13 @@ def _check_shapes(where: str, fields: dict) -> None:
             raise _fail(where, "packages", f"has an invalid requirement {pkg!r}")
 
 
-def _check_stack(where: str, f: dict) -> None:
-    variants = stacks.published_variants(f["torch"])
-    if f["index"] not in variants:
+def _check_stack(where: str, f: dict, variants: bool = True) -> None:
+    published = stacks.published_variants(f["torch"])
+    if variants and f["index"] not in published:
         raise _fail(
             where,
             "index",
-            f"{f['index']} has no torch {f['torch']} wheels; published: {', '.join(variants)}",
+            f"{f['index']} has no torch {f['torch']} wheels; published: {', '.join(published)}",
         )
     want_cuda = stacks.variant_cuda(f["index"])
     if want_cuda and f.get("cuda") != want_cuda:
@@ -142,7 +142,7 @@ def _check_stack(where: str, f: dict) -> None:
     if not want_cuda and f.get("cuda"):
         raise _fail(where, "cuda", "must be empty for the cpu index")
     tv = f.get("torchvision")
-    if tv and not tv.startswith(stacks.matching_torchvision(f["torch"]) + "."):
+    if variants and tv and not tv.startswith(stacks.matching_torchvision(f["torch"]) + "."):
         raise _fail(
             where,
             "torchvision",
@@ -174,8 +174,11 @@ def _check_stack(where: str, f: dict) -> None:
             )
 
 
-def load(path: Path) -> list:
-    """Cells of a matrix file, validated; defaults from [defaults] apply to every cell."""
+def load(path: Path, variants: bool = True) -> list:
+    """Cells of a matrix file, validated; defaults from [defaults] apply to every cell.
+
+    ``variants=False`` leaves torch x variant and torch x torchvision to the caller:
+    `cudastack check` reports them per cell instead of refusing the whole file."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -203,7 +206,7 @@ def load(path: Path) -> list:
             if not fields.get(key):
                 raise _fail(where, key, "is missing")
         _check_shapes(where, fields)
-        _check_stack(where, fields)
+        _check_stack(where, fields, variants)
         fields.setdefault("name", derive_name(fields))
         if fields["name"] in seen:
             raise _fail(where, "name", f"{fields['name']!r} repeats cell {seen[fields['name']]}")

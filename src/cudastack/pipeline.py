@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import doctor, images, reproduce, results, stacks
+from . import check, doctor, images, reproduce, results, stacks
 from .containers import ContainerOptions, container_kwargs, run_container
 from .matrix import DEFAULT_MATRIX, Cell
 from .runners import SuiteArgs
@@ -45,6 +45,14 @@ def ensure_image(
     tag = inputs.tag(cell)
     if images.exists(client, tag):
         return tag, False
+    # `cudastack check` first (cached per process): a cell whose packages cannot install fails
+    # in seconds with the conflict named, before a base is pulled or pip runs. A cell built
+    # from a wheelhouse is resolved against that folder alone, so offline builds stay offline.
+    found = check.check_cell(cell, inputs.wheelhouse, inputs.ca_file)
+    if found.problems:
+        raise images.BuildFailed(f"build of {cell.name} failed: check: {'; '.join(found.problems)}")
+    if found.unreachable:
+        on_line(f"check: {found.unreachable}; building without the resolution check")
     context = images.make_context(
         cell, inputs.dockerfile, inputs.locks_dir, inputs.wheelhouse, inputs.ca_file
     )

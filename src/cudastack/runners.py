@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,9 +23,56 @@ import psutil
 from . import results, suite
 from .doctor import nvml_host
 from .envinfo import usable_cores
+from .worker import PASSED_ENV
 
 LOG = "log.txt"
 DEFAULT_TIMEOUT_S = 3 * 3600.0  # per cell, here and in containers (--timeout)
+# Host variables a cell gets without --env, when set: NCCL's and torch's own switches, which is
+# what anyone debugging a failure in a container reaches for first (NCCL_DEBUG=INFO, TORCH_LOGS,
+# TORCH_NCCL_*, CUDA_LAUNCH_BLOCKING=1). TORCH_HOME is a folder on this host, not in a cell.
+PASSTHROUGH_PREFIXES = ("NCCL_", "TORCH_")
+PASSTHROUGH_NAMES = ("CUDA_LAUNCH_BLOCKING",)
+PASSTHROUGH_EXCLUDED = ("TORCH_HOME",)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` items as a dict (a later KEY wins). Raises SuiteError on an item
+    without ``=`` or whose KEY is not a shell variable name."""
+    env = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise suite.SuiteError(f"--env {item!r}: give KEY=VALUE, e.g. --env NCCL_DEBUG=INFO")
+        if not _ENV_NAME.fullmatch(key):
+            raise suite.SuiteError(
+                f"--env {item!r}: {key!r} is not a variable name (letters, digits and _, "
+                "not starting with a digit)"
+            )
+        env[key] = value
+    return env
+
+
+def passthrough_env(host: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The variables of ``host`` (default: this process's environment) that a cell gets without
+    --env: every NCCL_* and TORCH_* (but TORCH_HOME), and CUDA_LAUNCH_BLOCKING."""
+    host = dict(os.environ) if host is None else host
+    return {
+        k: v
+        for k, v in sorted(host.items())
+        if (k.startswith(PASSTHROUGH_PREFIXES) or k in PASSTHROUGH_NAMES)
+        and k not in PASSTHROUGH_EXCLUDED
+    }
+
+
+def cell_env(items: list[str], host: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """What a cell's worker is given beyond its defaults: the passthrough variables, then the
+    --env items over them (an explicit --env wins), and under PASSED_ENV the names of all of
+    them, so the worker records in env.json what it was given."""
+    env = {**passthrough_env(host), **parse_env(items)}
+    if env:
+        env[PASSED_ENV] = ",".join(sorted(env))
+    return env
 
 
 def device_limit(device: str) -> tuple[int, str]:
@@ -54,9 +102,15 @@ class SuiteArgs:
     # since on shared machines one process's speed differs from the next one's by more than
     # its samples differ from each other.
     repeat: int = 1
+    env: list[str] = field(default_factory=list)  # --env KEY=VALUE
+
+    def environment(self) -> dict[str, str]:
+        """The variables the cell's worker gets beyond its defaults (see ``cell_env``)."""
+        return cell_env(self.env)
 
     def validate(self) -> int:
         """Raise SuiteError on bad input; return how many cases the largest profile would run."""
+        parse_env(self.env)
         specs = suite.discover(self.bench_dir)
         selection = suite.parse_select(self.select)
         overrides = suite.parse_set(self.overrides, specs)
@@ -165,10 +219,12 @@ def run_local(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> LocalResult:
     """Run the worker in this Python, ``args.repeat`` processes one after another; their output
-    goes to <cell_dir>/log.txt and ``on_line``. Each process gets ``timeout_s`` seconds, as a
+    goes to <cell_dir>/log.txt and ``on_line``; they get this process's environment with
+    ``args.environment()`` over it. Each process gets ``timeout_s`` seconds, as a
     container does: past it, the worker and every process it started are killed, the cases it
     finished stay, and the cell gets a failed row."""
     cell_dir.mkdir(parents=True)
+    env = {**os.environ, **args.environment()}
     for process in range(args.repeat):
         if args.repeat > 1 and on_line:
             on_line(f"process {process + 1} of {args.repeat}")
@@ -177,7 +233,7 @@ def run_local(
             *args.launcher(),
             *args.worker_argv(cell_dir, "local", run_id, args.bench_dir, process=process),
         ]
-        code, timed_out = _run_worker(argv, cell_dir / LOG, on_line, timeout_s)
+        code, timed_out = _run_worker(argv, cell_dir / LOG, on_line, timeout_s, env)
         if timed_out:
             reason = time_limit_reason(timeout_s)
             results.append_records(
@@ -194,6 +250,7 @@ def _run_worker(
     log_path: Path,
     on_line: Optional[Callable[[str], None]],
     timeout_s: float,
+    env: Optional[dict[str, str]] = None,
 ) -> tuple[int, bool]:
     """(exit code, timed out). The worker leads a session of its own, so that it and whatever
     it starts (torchrun's ranks, DataLoader workers) can be found and killed as one."""
@@ -205,6 +262,7 @@ def _run_worker(
             text=True,
             bufsize=1,
             start_new_session=True,
+            env=env,
         )
 
         def pump() -> None:

@@ -45,6 +45,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
+        # smoke: every code path once at its smallest size, what a new host runs first. Its
+        # numbers are not for comparing; its timeout leaves room for a torch.compile.
+        Profile("smoke", 0.01, 0.1, 0.05, 3, 100, 0.05, 180.0),
         Profile("quick", 0.05, 0.5, 0.3, 5, 500, 0.02, 60.0),
         Profile("standard", 0.2, 1.0, 1.0, 10, 2000, 0.01, 300.0),
         Profile("full", 0.5, 2.0, 4.0, 20, 10000, 0.005, 900.0),
@@ -91,6 +94,9 @@ class BenchSpec:
     params: dict[str, list[Any]]
     profiles: dict[str, dict[str, list[Any]]]
     data_parallel: bool = False  # DATA_PARALLEL = True: runs under torchrun with --nproc N
+    # ISOLATE = ["p"]: cases with different values of p never share a worker process, for state
+    # a process keeps that no flag resets (cuDNN's plan cache ignores cudnn.benchmark).
+    isolate: tuple[str, ...] = ()
 
     def grid(self, profile: str) -> dict[str, list[Any]]:
         return {**self.params, **self.profiles.get(profile, {})}
@@ -136,7 +142,26 @@ def load_spec(path: Path) -> BenchSpec:
         if unknown:
             raise SuiteError(f"{path.name}: PROFILES[{prof!r}] sets unknown {sorted(unknown)}")
     data_parallel = _literal(tree, "DATA_PARALLEL", path) is True
-    return BenchSpec(path.stem, path, doc[0] if doc else "", params, profiles, data_parallel)
+    isolate = _isolate(_literal(tree, "ISOLATE", path), params, data_parallel, path)
+    return BenchSpec(
+        path.stem, path, doc[0] if doc else "", params, profiles, data_parallel, isolate
+    )
+
+
+def _isolate(
+    value: Any, params: dict[str, list[Any]], data_parallel: bool, path: Path
+) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SuiteError(f"{path.name}: ISOLATE must be a list of parameter names")
+    unknown = [v for v in value if v not in params]
+    if unknown:
+        raise SuiteError(f"{path.name}: ISOLATE names {unknown}, which PARAMS does not have")
+    if data_parallel and value:
+        # Its ranks run under torchrun, which starts them once for the whole suite.
+        raise SuiteError(f"{path.name}: a DATA_PARALLEL bench cannot ISOLATE parameters")
+    return tuple(value)
 
 
 def discover(bench_dir: Path) -> dict[str, BenchSpec]:
@@ -250,3 +275,26 @@ def plan(
             )
         cases = [c for c in cases if key in c.params and format_value(c.params[key]) in wanted]
     return cases
+
+
+def process_groups(specs: dict[str, BenchSpec], cases: Sequence[Case]) -> list[list[Case]]:
+    """The cases split into groups that each run in a fresh worker process, in this order.
+
+    Two cases whose values differ for a parameter their bench ISOLATEs are never in one group;
+    each case joins the first group it may join, so cases of benches without ISOLATE all stay
+    in group 0 and a suite without ISOLATE is one group (no extra process). Within a group the
+    planned order is kept. Always at least one group (an empty one for no cases).
+    """
+    groups: list[tuple[dict[str, Any], list[Case]]] = []
+    for case in cases:
+        spec = specs.get(case.bench)
+        wants = {k: case.params[k] for k in (spec.isolate if spec else ()) if k in case.params}
+        for fixed, members in groups:
+            # Compare formatted values: True and 1 are equal in Python but not as parameters.
+            if all(format_value(fixed.get(k, v)) == format_value(v) for k, v in wants.items()):
+                fixed.update(wants)
+                members.append(case)
+                break
+        else:
+            groups.append((dict(wants), [case]))
+    return [members for _, members in groups] or [[]]

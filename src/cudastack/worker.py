@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
-from . import envinfo, precision, suite
+from . import envinfo, hostalloc, isolation, precision, suite
 from . import world as worldmod
 from .context import CheckFailed, Context, Metric, Skip
 from .peaks import for_gpu
@@ -32,6 +32,9 @@ from .stats import summarize
 from .telemetry import Nvml
 
 EXIT_BAD_INPUT = 2
+# Comma-separated names of the variables the host passed in (--env and the NCCL_* / TORCH_*
+# passthrough): env.json records them under "env_passed" with the values this process sees.
+PASSED_ENV = "CUDASTACK_ENV_PASSED"
 # An exception under torchrun may leave the ranks at different collectives: nothing after it
 # would be measured in step, so the run ends there (torchrun then stops the other ranks).
 OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
@@ -51,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="folder for records.jsonl and env.json")
     p.add_argument("--bench", default="", help="comma-separated bench names (default: all)")
     p.add_argument("--select", action="append", default=[], help="key=value[,value] filter")
-    p.add_argument("--profile", default="auto", help="auto | quick | standard | full")
+    p.add_argument("--profile", default="auto", help="auto | smoke | quick | standard | full")
     p.add_argument("--bench-dir", type=Path, default=suite.DEFAULT_BENCH_DIR)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
@@ -84,6 +87,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="index of this process among a cell's repeats; above 0 appends to --out's records",
     )
     p.add_argument("--cell", default="local")
+    # Set by the worker itself when a bench ISOLATEs a parameter: run only this process group.
+    p.add_argument(isolation.GROUP_OPTION, type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-id", default="")
     p.add_argument("--image-digest", default="")
     return p.parse_args(argv)
@@ -270,6 +275,7 @@ def headline(metrics: list[Metric]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a process group reruns
     world = worldmod.from_env()
     try:
         specs = suite.discover(args.bench_dir)
@@ -296,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise suite.SuiteError(
                 f"--nproc {world.size} asks for more CPU processes than the {cores} cores here"
             )
-        if world.is_main and args.process == 0:
+        if world.is_main and args.process == 0 and args.group is None:
             _out_dir_ready(args.out)
     except suite.SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -326,6 +332,8 @@ def _run_suite(
     world: worldmod.World,
     specs: dict[str, suite.BenchSpec],
 ) -> int:
+    # Before the first case, on every rank: each case sees the same host allocator state.
+    allocator = hostalloc.fix_thresholds()
     nvml, telemetry_note = Nvml.open(torch, device)
     # Before the first case: a build without code for this GPU would fail every case with "no
     # kernel image is available"; the cell gets one row that says why instead.
@@ -348,11 +356,15 @@ def _run_suite(
         telemetry=telemetry_note,
         nvml=nvml,
         nvml_note=telemetry_note,
+        host_allocator=allocator,
     )
     found = for_gpu(fp["gpu"])
     if found is not None:  # env.json says which data sheet % of peak is against, or why none
         fp["gpu"]["peaks"] = found.record()
-    if args.process == 0:  # a repeat runs in the same environment: the first one records it
+    passed = [k for k in os.environ.get(PASSED_ENV, "").split(",") if k]
+    fp["env_passed"] = {k: os.environ[k] for k in passed if k in os.environ}
+    # A repeat runs in the same environment: the first one records it (not its process groups).
+    if args.process == 0 and args.group is None:
         _write_json_atomic(args.out / "env.json", fp)
     base = {
         "schema_version": SCHEMA_VERSION,
@@ -361,6 +373,7 @@ def _run_suite(
         "image_digest": args.image_digest,
         "harness_rev": rev,
         "process": args.process,
+        "pid": os.getpid(),  # records.jsonl only (not a results column): which OS process ran it
         **envinfo.record_fields(fp),
     }
     if unfit:
@@ -378,8 +391,22 @@ def _run_suite(
         print(f"no % of peak: {found.reason}", flush=True)
     started = time.perf_counter()
     counts = {"ok": 0, "skipped": 0, "failed": 0}
+    # Torchrun starts the ranks once for the suite: data-parallel benches never ISOLATE.
+    groups = [cases] if world.distributed else suite.process_groups(specs, cases)
+    order = list(enumerate((c for g in groups for c in g), 1))  # numbered as run
+    if args.group is not None:  # a child of the worker: its own group only
+        first = sum(len(g) for g in groups[: args.group])
+        order = order[first : first + len(groups[args.group])]
+    elif len(groups) > 1:
+        order = []
+
+        def failed(case: suite.Case, reason: str) -> list[dict[str, Any]]:
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            return list(case_rows({**base, "started_at": now}, case, "failed", reason, []))
+
+        counts = isolation.run_groups(args.argv, groups, args.out / "records.jsonl", failed)
     with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
-        for i, case in enumerate(cases, 1):
+        for i, case in order:
             ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case)
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, modules, case)
@@ -392,6 +419,8 @@ def _run_suite(
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
             if reason.endswith(OUT_OF_STEP):
                 return 1
+    if args.group is not None:
+        return 0  # the parent counts the groups' cases and writes done.json
     elapsed = time.perf_counter() - started
     # done.json marks a finished suite (of the latest process, with --repeat); its time lets
     # the host tell suite time from overhead.

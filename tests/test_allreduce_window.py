@@ -1,0 +1,110 @@
+"""All-reduce windows: every rank starts together, and small sizes run enough calls per window."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing
+
+from cudastack import suite
+from cudastack import world as worldmod
+from cudastack.context import Context
+from cudastack.world import World
+
+BENCH = suite.DEFAULT_BENCH_DIR / "allreduce.py"
+PROFILE = "quick"
+WARMUP, WINDOWS, AT_LEAST = 3, 5, 4  # the quick profile's CALLS, checked below
+SIZE_MB = 1
+DELAY_S = 0.4  # how late rank 1 arrives at each window
+
+
+def load_bench() -> Any:
+    spec = importlib.util.spec_from_file_location("allreduce_under_test", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rank(rank: int, store: str, out: str, delay_s: float, min_window_s: float) -> None:
+    """One of two gloo processes running the real bench; rank 1 may arrive late at each window."""
+    torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=120)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timeout
+    )
+    world, finished = World(rank, 2, rank), False
+    try:
+        bench = load_bench()
+        bench.MIN_WINDOW_S = min_window_s
+        seen = {"late": 0, "calls": 0}
+        # This process is the test's own and ends with it: patching torch here touches no other.
+        all_reduce = torch.distributed.all_reduce
+
+        def counted(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            if tensor.numel() * tensor.element_size() == SIZE_MB * 2**20:  # the bench's buffer
+                seen["calls"] += 1
+            return all_reduce(tensor, *args, **kwargs)
+
+        torch.distributed.all_reduce = counted
+        if rank == 1 and delay_s:
+            fill = torch.Tensor.fill_
+
+            def late_fill(self: Any, value: Any) -> Any:
+                # The bench refills its buffer just before each window: arrive late there.
+                seen["late"] += 1
+                time.sleep(delay_s)
+                return fill(self, value)
+
+            torch.Tensor.fill_ = late_fill  # type: ignore[method-assign]
+        ctx = Context(torch, torch.device("cpu"), suite.PROFILES[PROFILE], None, world=world)
+        metrics = {m.name: m.values for m in bench.run(ctx, size_mb=SIZE_MB, dtype="fp32")}
+        Path(f"{out}.{rank}").write_text(json.dumps({**metrics, **seen}))
+        finished = True
+    finally:
+        worldmod.leave(torch, world, finished)  # the worker's own way out
+
+
+def run_two_ranks(tmp_path: Path, delay_s: float, min_window_s: float) -> tuple[dict, dict]:
+    out = str(tmp_path / "metrics")
+    args = (str(tmp_path / "store"), out, delay_s, min_window_s)
+    torch.multiprocessing.spawn(_rank, args=args, nprocs=2)
+    return tuple(json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1))  # type: ignore
+
+
+def test_a_rank_arriving_late_is_not_counted_in_the_window(tmp_path):
+    assert load_bench().CALLS[PROFILE] == (WARMUP, WINDOWS, AT_LEAST)
+    # MIN_WINDOW_S = 0: each window is the profile's AT_LEAST calls, so without a barrier
+    # before it rank 0's window would include the 0.4 s wait for rank 1: >= 100 ms a call.
+    main, late = run_two_ranks(tmp_path, DELAY_S, min_window_s=0.0)
+    assert late["late"] == WINDOWS  # the delay really came before every window
+    assert main["calls"] == 1 + WARMUP + AT_LEAST + WINDOWS * AT_LEAST  # check, first, windows
+    assert len(main["latency"]) == WINDOWS
+    # 1 MB over gloo takes about a millisecond here; half the delay's share is far above it.
+    assert max(main["latency"]) < 1e3 * DELAY_S / AT_LEAST / 2, main["latency"]
+
+
+def test_small_sizes_run_enough_calls_for_a_window_of_min_window_s(tmp_path):
+    main, _ = run_two_ranks(tmp_path, 0.0, min_window_s=0.2)
+    per_window = (main["calls"] - 1 - WARMUP - AT_LEAST) / WINDOWS
+    assert per_window == int(per_window) and per_window > AT_LEAST
+    # The count comes from a first window's pace: the windows then last about 0.2 s each (a
+    # loaded 2-core machine's pace moves by 2x between windows).
+    window_s = [per_window * ms / 1e3 for ms in main["latency"]]
+    assert all(s > 0.05 for s in window_s), window_s
+
+
+def test_calls_per_window_rule():
+    bench = load_bench()
+    for per_call in (1e-6, 2e-5, 3e-4, 1e-3, 7e-3):
+        n = bench.calls_per_window(per_call, 1)
+        assert n == min(bench.MAX_CALLS_PER_WINDOW, math.ceil(bench.MIN_WINDOW_S / per_call))
+    assert bench.calls_per_window(1.0, 10) == 10  # never fewer than the profile's count
+    assert bench.calls_per_window(0.0, 10) == bench.MAX_CALLS_PER_WINDOW
