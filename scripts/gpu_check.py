@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
         wall = time.perf_counter() - start
-        worst = max(worst, code)
+        # A worker killed by a signal (negative code) left its case without a row: a failure.
+        worst = max(worst, 1 if code < 0 else code)
         lines.append(f"- `{cell}` ({wall:.0f} s, exit {code}): `PYTHONPATH=src {shlex.join(cmd)}`")
     _write_command(run, a, lines)
     failed = _tables(run)

@@ -169,3 +169,26 @@ def test_a_transformers_that_disabled_torch_is_a_skipped_row(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped: transformers 5." in proc.stdout
     assert "does not run with torch" in proc.stdout
+
+
+def test_a_locked_cell_is_judged_by_its_locks_pins_without_asking_an_index(tmp_path, monkeypatch):
+    from cudastack import check
+
+    cell = matrix.load(
+        _matrix(tmp_path, _cell("2.5.1", "0.20.1", "cu121", "3.11", JAMMY_121, "12.1"))
+    )[0]
+    lock = tmp_path / "lock.txt"
+    lock.write_text(
+        "torch==2.5.1+cu121 \\\n    --hash=sha256:00\n"
+        "transformers==5.24.0 \\\n    --hash=sha256:11\n"
+    )
+
+    def no_index(*args, **kwargs):
+        raise AssertionError("a locked cell asked an index")
+
+    monkeypatch.setattr(check, "resolve", no_index)
+    found = check.check_cell(cell, lock=lock)
+    assert found.source == "lock lock.txt"
+    assert [p.split(" needs ")[0] for p in found.problems] == ["transformers==5.24.0"]
+    lock.write_text("torch==2.5.1+cu121 \\\n    --hash=sha256:00\ntransformers==4.57.6\n")
+    assert check.check_cell(cell, lock=lock).problems == ()

@@ -18,6 +18,8 @@ HOST = {
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
     "CUDA_LAUNCH_BLOCKING": "1",
     "TORCH_HOME": "/home/someone/.cache/torch",  # a folder of the host: not for a cell
+    "TORCH_EXTENSIONS_DIR": "/home/someone/ext",  # nor this
+    "NCCL_TOPO_FILE": "/etc/nccl-topo.xml",  # nor a file of the host
     "TORCHINDUCTOR_MAX_AUTOTUNE": "1",  # not TORCH_*
     "XNCCL_DEBUG": "x",
     "HOME": "/root",
@@ -95,6 +97,8 @@ def test_a_local_run_sees_and_records_what_was_passed(make_bench, tmp_path: Path
         "PROBE=from --env",
         "--env",
         "TORCH_SHOW_CPP_STACKTRACES=1",
+        "--env",
+        "HF_TOKEN=hf_secret",
         "--out",
         "run",
         cwd=tmp_path,
@@ -103,7 +107,12 @@ def test_a_local_run_sees_and_records_what_was_passed(make_bench, tmp_path: Path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert set(results.load_table(tmp_path / "run")["status"]) == {"ok"}
     recorded = json.loads((tmp_path / "run" / "local" / "env.json").read_text())
-    passed = {"NCCL_DEBUG": "INFO", "PROBE": "from --env", "TORCH_SHOW_CPP_STACKTRACES": "1"}
+    passed = {
+        "NCCL_DEBUG": "INFO",
+        "PROBE": "from --env",
+        "TORCH_SHOW_CPP_STACKTRACES": "1",
+        "HF_TOKEN": "(redacted)",  # env.json travels; a secret's value does not
+    }
     if "CUDA_LAUNCH_BLOCKING" in env:
         passed["CUDA_LAUNCH_BLOCKING"] = env["CUDA_LAUNCH_BLOCKING"]
     assert recorded["env_passed"] == passed

@@ -1,7 +1,10 @@
 """The worker fixes glibc malloc's thresholds, so a case's page faults (and speed) on a CPU no
 longer depend on what ran before it; each variant runs in a fresh process."""
 
+import ctypes.util
+import glob
 import json
+import os
 import subprocess
 import sys
 
@@ -48,12 +51,35 @@ def test_fixed_thresholds_give_every_call_the_same_state_whatever_ran_before():
     assert alone["state"]["allocator"].startswith("glibc ")
 
 
-def test_a_preloaded_allocator_or_the_users_own_settings_are_left_alone(monkeypatch):
-    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
-    assert hostalloc.fix_thresholds() == {
-        "allocator": "unchanged",
-        "reason": "LD_PRELOAD=libjemalloc.so.2",
-    }
-    monkeypatch.delenv("LD_PRELOAD")
+def test_the_users_own_malloc_settings_are_left_alone_and_other_tunables_are_not(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.pthread.rseq=0")  # common in CUDA images
+    assert hostalloc.fix_thresholds()["mmap_threshold_bytes"] == hostalloc.MMAP_THRESHOLD
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    assert hostalloc.fix_thresholds()["reason"] == "set by the user: GLIBC_TUNABLES"
+    monkeypatch.delenv("GLIBC_TUNABLES")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert hostalloc.fix_thresholds()["reason"] == "set by the user: MALLOC_MMAP_THRESHOLD_"
+
+
+def preloaded(library: str) -> dict:
+    code = "import json, cudastack.hostalloc as h; print(json.dumps(h.fix_thresholds()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LD_PRELOAD": library},
+    )
+    return json.loads(out.stdout)
+
+
+def test_a_preloaded_allocator_is_left_alone_and_a_preloaded_library_that_is_not_one_is_not():
+    # LD_PRELOAD as such says nothing: only a malloc that is not libc's does.
+    jemalloc = sorted(glob.glob("/usr/lib/*/libjemalloc.so.2"))
+    assert jemalloc, "libjemalloc2 is missing (.ci/run installs it)"
+    assert preloaded(jemalloc[0]) == {
+        "allocator": "unchanged",
+        "reason": f"malloc is not glibc's (LD_PRELOAD={jemalloc[0]})",
+    }
+    libc = ctypes.util.find_library("c") or "libc.so.6"
+    assert preloaded(libc)["mmap_threshold_bytes"] == hostalloc.MMAP_THRESHOLD

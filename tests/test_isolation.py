@@ -94,6 +94,7 @@ def test_a_real_conv_run_puts_each_benchmark_value_in_its_own_process(tmp_path):
     )
     assert set(pids) == {false_id, true_id}
     assert pids[false_id] != pids[true_id]
+    assert len({r["run_id"] for r in rows}) == 1  # one run, though no --run-id was given
     table = results.read_records(out / "records.jsonl")
     status = dict(zip(table["case"], table["status"]))
     assert status == {false_id: "ok", true_id: "skipped"}  # benchmark=true is CUDA only

@@ -208,6 +208,7 @@ class FakeCuda:
     stamp it. What torch.cuda offers the timers, for a CPU-only test of the device arithmetic."""
 
     SM_HZ = 1.98e9  # the clock ``_sleep`` counts cycles at
+    SPIN_FIXED_S = 5e-6  # a kernel's launch and run cost beyond its cycles
 
     def __init__(self) -> None:
         self.stream_s = 0.0
@@ -234,14 +235,16 @@ class FakeCuda:
 
     def _sleep(self, cycles: int) -> None:
         self.slept.append(cycles)
-        self.stream_s += cycles / self.SM_HZ
+        self.stream_s += self.SPIN_FIXED_S + cycles / self.SM_HZ
 
     def synchronize(self) -> None:
         pass
 
 
-def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction():
+def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction(monkeypatch):
     from types import SimpleNamespace
+
+    monkeypatch.setattr(timing, "CALIBRATION_WARMUP_S", 0.0)
 
     cuda = FakeCuda()
     torch = SimpleNamespace(cuda=cuda)
@@ -251,13 +254,18 @@ def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction():
     # Every timed call: the kernel's 4 ms and a spin of 0.15 x 4 ms = 0.6 ms, both on the
     # stream between the events (host busy-work would not be).
     assert samples == pytest.approx([0.0046] * 6, rel=1e-6)
-    # Calibrated once: 0.6 ms at 1.98 GHz is 1,188,000 cycles; then one spin per call.
-    assert set(cuda.slept[1:]) == {1_188_000}
-    assert cuda.slept[0] == timing.SPIN_CALIBRATION_CYCLES
+    # Calibrated once, at two spin lengths: 0.6 ms less the spin's 5 us fixed cost, at
+    # 1.98 GHz, is 1,178,100 cycles; then one spin per call.
+    assert cuda.slept[:2] == [timing.SPIN_CALIBRATION_CYCLES, 2 * timing.SPIN_CALIBRATION_CYCLES]
+    assert set(cuda.slept[2:]) == {1_178_100}
 
 
-def test_a_gpu_context_slows_the_device_clock_on_the_device_and_the_host_clock_on_the_host():
+def test_a_gpu_context_slows_the_device_clock_on_the_device_and_the_host_clock_on_the_host(
+    monkeypatch,
+):
     from types import SimpleNamespace
+
+    monkeypatch.setattr(timing, "CALIBRATION_WARMUP_S", 0.0)
 
     from cudastack import suite
     from cudastack.context import Context

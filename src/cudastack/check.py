@@ -95,11 +95,13 @@ class CellCheck:
 
 
 def platform(cell: Cell) -> str:
-    """uv's --python-platform for the cell's base image, e.g. x86_64-manylinux_2_35."""
+    """uv's --python-platform for the cell's base image on this host's architecture (cells
+    build and run here), e.g. x86_64-manylinux_2_35 or aarch64-manylinux_2_35 on a GH200."""
     repo, _, tag = cell.base_image.split("@")[0].rpartition(":")
     parsed = stacks.parse_nvidia_tag(tag)
     os_name = parsed["os"] if parsed else f"{repo.rsplit('/', 1)[-1]}{tag}"
-    return f"x86_64-manylinux_{GLIBC.get(os_name, GLIBC.get(tag, DEFAULT_GLIBC))}"
+    arch = os.uname().machine
+    return f"{arch}-manylinux_{GLIBC.get(os_name, GLIBC.get(tag, DEFAULT_GLIBC))}"
 
 
 def variant_problems(cell: Cell) -> list:
@@ -173,7 +175,8 @@ def conflict(text: str, cell: Cell, source: str) -> str:
     if m:
         return f"{m[1]} requires Python {m[2]}; the cell has python {cell.python}"
     where = f"on {source}" if source == "PyPI" else f"in {source}"
-    m = re.search(r"there is no version of (\S+?)(?: and|,|\.|$)", cause)
+    # A sentence's period, not the dots of a version (torch==2.12.0): followed by space or end.
+    m = re.search(r"there is no version of (\S+?)(?: and|,|\.(?:\s|$)|$)", cause)
     if m:
         return f"{m[1]} is not {where}"
     m = re.search(r"was not found in the provided package locations and you require (\S+?),", cause)
@@ -260,13 +263,35 @@ _CACHE: dict = {}
 _DOWN: dict = {}  # source -> why it could not be reached: asked once per process
 
 
+def lock_pins(lock: Path) -> dict:
+    """The exact pins (name==version) of a hash lock, by canonical name."""
+    pins = {}
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!]+)", line.strip())
+        if m:
+            pins[canonicalize_name(m[1])] = m[2]
+    return pins
+
+
 def check_cell(
-    cell: Cell, wheelhouse: Optional[Path] = None, ca_file: Optional[Path] = None
+    cell: Cell,
+    wheelhouse: Optional[Path] = None,
+    ca_file: Optional[Path] = None,
+    lock: Optional[Path] = None,
 ) -> CellCheck:
     """Check one cell: the variant table, a resolution of its packages, the RULES.
 
-    Results are kept for the process by the cell's inputs, so `bench` asking again costs
-    nothing. Raises CheckUnavailable when uv is not installed."""
+    A cell with a hash ``lock`` installs exactly the lock's pins, whatever the index serves
+    today: nothing is resolved, and the rules judge the lock's versions. Results are kept for
+    the process by the cell's inputs, so `bench` asking again costs nothing. Raises
+    CheckUnavailable when uv is not installed."""
+    if lock is not None:
+        problems = variant_problems(cell)
+        pins = lock_pins(lock)
+        problems += rule_problems(cell, pins)
+        return CellCheck(
+            cell.name, tuple(problems), tuple(sorted(pins.items())), f"lock {lock.name}", "", 0.0
+        )
     key = (
         cell.python,
         cell.torch,

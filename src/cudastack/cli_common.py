@@ -76,7 +76,8 @@ EnvOpt = typer.Option(
     None,
     "--env",
     help="KEY=VALUE: a variable for the cell's worker; repeatable. Passed through when set "
-    "here: every NCCL_* and TORCH_* (but TORCH_HOME) and CUDA_LAUNCH_BLOCKING; --env wins. "
+    "here: every NCCL_* and TORCH_* (but *_HOME/_DIR/_FILE/_PATH) and CUDA_LAUNCH_BLOCKING; "
+    "--env wins. "
     "Recorded in env.json (env_passed).",
 )
 

@@ -33,22 +33,25 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD
 TRIM_THRESHOLD = 128 * 1024  # glibc's DEFAULT_TRIM_THRESHOLD
 # Set by the user, these already fix glibc's thresholds (read once at start-up): left alone.
-USER_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+USER_TUNABLE = "glibc.malloc."  # in GLIBC_TUNABLES (other tunables, e.g. rseq, do not count)
 
 
 def fix_thresholds() -> dict[str, Any]:
     """Fix glibc malloc's mmap and trim thresholds for this process; returns what env.json
     records: the values set, or why nothing was changed (another allocator preloaded, the
     user's own malloc settings, a C library other than glibc)."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    if preload:
-        return {"allocator": "unchanged", "reason": f"LD_PRELOAD={preload}"}
-    own = [k for k in USER_TUNABLES if k in os.environ]
-    if own:
-        return {"allocator": "glibc, unchanged", "reason": f"set by the user: {', '.join(own)}"}
     libc = _glibc()
     if libc is None:
         return {"allocator": "unchanged", "reason": "not glibc"}
+    if _interposed(libc):  # jemalloc or tcmalloc preloaded: glibc's settings do not apply
+        preload = os.environ.get("LD_PRELOAD", "")
+        return {"allocator": "unchanged", "reason": f"malloc is not glibc's (LD_PRELOAD={preload})"}
+    own = [k for k in USER_SETTINGS if k in os.environ]
+    if USER_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""):
+        own.append("GLIBC_TUNABLES")
+    if own:
+        return {"allocator": "glibc, unchanged", "reason": f"set by the user: {', '.join(own)}"}
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
     if not ok:
@@ -68,3 +71,9 @@ def _glibc() -> Any:
         return None
     version.restype = ctypes.c_char_p
     return libc
+
+
+def _interposed(libc: Any) -> bool:
+    """Whether the process's malloc (the first one the dynamic linker finds) is not libc's."""
+    used = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
+    return used != ctypes.cast(libc.malloc, ctypes.c_void_p).value

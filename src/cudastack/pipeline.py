@@ -47,8 +47,12 @@ def ensure_image(
         return tag, False
     # `cudastack check` first (cached per process): a cell whose packages cannot install fails
     # in seconds with the conflict named, before a base is pulled or pip runs. A cell built
-    # from a wheelhouse is resolved against that folder alone, so offline builds stay offline.
-    found = check.check_cell(cell, inputs.wheelhouse, inputs.ca_file)
+    # from a wheelhouse is resolved against that folder alone, so offline builds stay offline;
+    # a locked cell is judged by its lock's pins, which is what it installs.
+    lock = cell.lock_path(inputs.locks_dir)
+    found = check.check_cell(
+        cell, inputs.wheelhouse, inputs.ca_file, lock if lock.is_file() else None
+    )
     if found.problems:
         raise images.BuildFailed(f"build of {cell.name} failed: check: {'; '.join(found.problems)}")
     if found.unreachable:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import images
-from .containers import HARNESS_SRC, IN_SRC
+from .containers import HARNESS_SRC, IN_SRC, base_environment
 from .matrix import Cell
 
 INPUTS = "cell.json"  # what a run records about each cell's image, beside its results
@@ -109,7 +109,7 @@ def probe(client: Any, tag: str) -> dict:
         ["python", "-m", "cudastack.envinfo"],
         remove=True,
         user=f"{os.getuid()}:{os.getgid()}",
-        environment={"PYTHONPATH": IN_SRC, "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
+        environment=base_environment(),
         volumes={str(HARNESS_SRC): {"bind": IN_SRC, "mode": "ro"}},
         stderr=False,
     )

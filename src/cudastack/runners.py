@@ -23,16 +23,18 @@ import psutil
 from . import results, suite
 from .doctor import nvml_host
 from .envinfo import usable_cores
-from .worker import PASSED_ENV
+from .schema import PASSED_ENV
 
 LOG = "log.txt"
 DEFAULT_TIMEOUT_S = 3 * 3600.0  # per cell, here and in containers (--timeout)
 # Host variables a cell gets without --env, when set: NCCL's and torch's own switches, which is
 # what anyone debugging a failure in a container reaches for first (NCCL_DEBUG=INFO, TORCH_LOGS,
-# TORCH_NCCL_*, CUDA_LAUNCH_BLOCKING=1). TORCH_HOME is a folder on this host, not in a cell.
+# TORCH_NCCL_*, CUDA_LAUNCH_BLOCKING=1).
 PASSTHROUGH_PREFIXES = ("NCCL_", "TORCH_")
 PASSTHROUGH_NAMES = ("CUDA_LAUNCH_BLOCKING",)
-PASSTHROUGH_EXCLUDED = ("TORCH_HOME",)
+# Names of host folders and files (TORCH_HOME, TORCH_EXTENSIONS_DIR, NCCL_TOPO_FILE, ...): the
+# paths do not exist in a cell; --env passes one on purpose.
+PASSTHROUGH_EXCLUDED_SUFFIXES = ("_HOME", "_DIR", "_FILE", "_PATH")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -55,13 +57,14 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 def passthrough_env(host: Optional[dict[str, str]] = None) -> dict[str, str]:
     """The variables of ``host`` (default: this process's environment) that a cell gets without
-    --env: every NCCL_* and TORCH_* (but TORCH_HOME), and CUDA_LAUNCH_BLOCKING."""
+    --env: every NCCL_* and TORCH_* but those naming host paths (*_HOME, *_DIR, *_FILE, *_PATH),
+    and CUDA_LAUNCH_BLOCKING."""
     host = dict(os.environ) if host is None else host
     return {
         k: v
         for k, v in sorted(host.items())
         if (k.startswith(PASSTHROUGH_PREFIXES) or k in PASSTHROUGH_NAMES)
-        and k not in PASSTHROUGH_EXCLUDED
+        and not k.endswith(PASSTHROUGH_EXCLUDED_SUFFIXES)
     }
 
 

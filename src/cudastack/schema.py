@@ -8,6 +8,8 @@ History of SCHEMA_VERSION:
 
 from __future__ import annotations
 
+import re
+
 SCHEMA_VERSION = 3
 
 # Column -> type. Order is the order of the results table.
@@ -73,3 +75,9 @@ UNITS = {
     "throttled": "flag",  # 1 when any sample had a power, thermal or slowdown clock reason
     "throttled_pct": "%",
 }
+
+# Comma-separated names of the variables the host passed in (--env and the NCCL_* / TORCH_*
+# passthrough): env.json records them under "env_passed" with the values the worker sees,
+# except values whose names say they are secrets (see SECRET_NAME).
+PASSED_ENV = "CUDASTACK_ENV_PASSED"
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|AUTH|CREDENTIAL", re.IGNORECASE)

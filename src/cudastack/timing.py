@@ -136,9 +136,10 @@ def with_extra_work(fn: Callable[..., Any], fraction: float) -> Callable[..., An
     return call
 
 
-# Calls before and during the calibration of ``with_device_extra_work``: the first ones may
-# carry lazy initialisation (cuBLAS handles, cuDNN autotuning), the next ones are timed.
-CALIBRATION_WARMUP_CALLS = 2
+# The calibration of ``with_device_extra_work``: warm-up by time first (clocks ramp, lazy
+# initialisation and autotuning happen), then back-to-back calls timed together, and the spin
+# kernel timed at two lengths, for its cost per cycle and its fixed launch-and-run cost.
+CALIBRATION_WARMUP_S = 1.0
 CALIBRATION_CALLS = 3
 SPIN_CALIBRATION_CYCLES = 10_000_000  # ~5 ms at 2 GHz: long enough for event resolution
 
@@ -150,10 +151,13 @@ def with_device_extra_work(
     same stream: every call becomes (1 + fraction) times slower as CUDA events (and a
     synchronized wall clock) see it, which host busy-work cannot do while the GPU runs ahead.
 
-    The first call calibrates: it runs ``fn`` ``CALIBRATION_WARMUP_CALLS`` times, then times
-    ``CALIBRATION_CALLS`` back-to-back calls with an event pair (device seconds per call), and
-    times ``torch.cuda._sleep`` (a private spin kernel torch's own tests use, counted in SM
-    cycles) to turn seconds into cycles at the clock the GPU runs now.
+    The first call calibrates: ``fn`` runs for ``CALIBRATION_WARMUP_S``, then an event pair
+    times ``CALIBRATION_CALLS`` back-to-back calls (device seconds per call), and
+    ``torch.cuda._sleep`` (a private spin kernel torch's own tests use, counted in SM cycles)
+    is timed at two lengths, so the spin's fixed cost is subtracted from the time it must add.
+    Approximate where a call is as short as that fixed cost (a few microseconds: the slowdown
+    is then larger than asked) or where the timer flushes L2 between calls (the calibration
+    does not, so memory-bound calls get a slightly short spin).
     """
     cycles = 0
 
@@ -166,18 +170,23 @@ def with_device_extra_work(
         end.synchronize()
         return float(begin.elapsed_time(end)) * 1e-3
 
+    def spin(n: int) -> Callable[[], Any]:
+        return lambda: torch.cuda._sleep(n)
+
     def calibrate(*args: Any) -> int:
-        for _ in range(CALIBRATION_WARMUP_CALLS):
-            fn(*args)
-        torch.cuda.synchronize()
+        _warm_up(lambda: fn(*args), CALIBRATION_WARMUP_S, torch.cuda.synchronize)
 
         def calls() -> None:
             for _ in range(CALIBRATION_CALLS):
                 fn(*args)
 
         per_call_s = elapsed_s(calls) / CALIBRATION_CALLS
-        spin_s = elapsed_s(lambda: torch.cuda._sleep(SPIN_CALIBRATION_CYCLES))
-        return max(1, round(fraction * per_call_s * SPIN_CALIBRATION_CYCLES / spin_s))
+        short = elapsed_s(spin(SPIN_CALIBRATION_CYCLES))
+        per_cycle_s = (
+            elapsed_s(spin(2 * SPIN_CALIBRATION_CYCLES)) - short
+        ) / SPIN_CALIBRATION_CYCLES
+        fixed_s = short - SPIN_CALIBRATION_CYCLES * per_cycle_s
+        return max(1, round((fraction * per_call_s - fixed_s) / per_cycle_s))
 
     def call(*args: Any) -> Any:
         nonlocal cycles

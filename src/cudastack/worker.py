@@ -27,14 +27,11 @@ from . import envinfo, hostalloc, isolation, precision, suite
 from . import world as worldmod
 from .context import CheckFailed, Context, Metric, Skip
 from .peaks import for_gpu
-from .schema import SCHEMA_VERSION
+from .schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
 from .stats import summarize
 from .telemetry import Nvml
 
 EXIT_BAD_INPUT = 2
-# Comma-separated names of the variables the host passed in (--env and the NCCL_* / TORCH_*
-# passthrough): env.json records them under "env_passed" with the values this process sees.
-PASSED_ENV = "CUDASTACK_ENV_PASSED"
 # An exception under torchrun may leave the ranks at different collectives: nothing after it
 # would be measured in step, so the run ends there (torchrun then stops the other ranks).
 OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
@@ -316,7 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finished = False
     try:
         code = _run_suite(args, torch, device, profile, cases, threads, world, specs)
-        finished = True
+        # Code 1 ends an out-of-step run: a peer may sit in another collective, so no barrier.
+        finished = code == 0
         return code
     finally:
         worldmod.leave(torch, world, finished)
@@ -362,7 +360,12 @@ def _run_suite(
     if found is not None:  # env.json says which data sheet % of peak is against, or why none
         fp["gpu"]["peaks"] = found.record()
     passed = [k for k in os.environ.get(PASSED_ENV, "").split(",") if k]
-    fp["env_passed"] = {k: os.environ[k] for k in passed if k in os.environ}
+    # env.json travels (export, results/reference): a token passed with --env must not.
+    fp["env_passed"] = {
+        k: "(redacted)" if SECRET_NAME.search(k) else os.environ[k]
+        for k in passed
+        if k in os.environ
+    }
     # A repeat runs in the same environment: the first one records it (not its process groups).
     if args.process == 0 and args.group is None:
         _write_json_atomic(args.out / "env.json", fp)
@@ -404,7 +407,8 @@ def _run_suite(
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             return list(case_rows({**base, "started_at": now}, case, "failed", reason, []))
 
-        counts = isolation.run_groups(args.argv, groups, args.out / "records.jsonl", failed)
+        argv = [*args.argv, "--run-id", run_id]  # the groups' rows are one run's (the last wins)
+        counts = isolation.run_groups(argv, groups, args.out / "records.jsonl", failed)
     with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
         for i, case in order:
             ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case)
