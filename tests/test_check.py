@@ -146,6 +146,11 @@ def test_build_and_lock_refuse_a_cell_that_fails_the_check(tmp_path, engine):
     assert "build of cu11.8-torch2.7.1-py3.10 failed: check: transformers==" in built.stderr
     assert "requires Python >=3.11.0; the cell has python 3.10" in built.stderr
     assert images.exists(engine, JAMMY_118) == had_base  # nothing pulled, nothing built
+    # doctor says what bench will do with that cell (run on the CPU, as --gpus none asks).
+    doc = cli("doctor", "--matrix", str(path), "--gpus", "none", timeout=300)
+    assert doc.returncode == 1, doc.stdout + doc.stderr
+    said = " ".join(doc.stdout.split())
+    assert "fail cu11.8-torch2.7.1-py3.10: check: transformers==" in said, said
     locked = cli("lock", "--matrix", str(path), timeout=300)
     assert locked.returncode == 2, locked.stdout + locked.stderr
     assert locked.stderr.startswith(

@@ -306,12 +306,16 @@ def doctor_cmd(
     cli_runs.resolve_gpus(gpus, report)  # refuses a malformed --gpus
     inputs = pipeline.BuildInputs.for_matrix(matrix_file)
     plan = pipeline.plan_cells(cells, report, gpus, client, inputs, minor_version_compat)
-    for c, ok, why in plan:
-        console.print(
-            f"[{'green' if ok else 'yellow'}]{'runs' if ok else 'skip':>4}[/]  "
-            f"{escape(c.name)}: {escape(why)}"
-        )
     failed = any(ch.status == "fail" for ch in report.checks)
+    for c, ok, why in plan:
+        verdict, colour_of = ("runs", "green") if ok else ("skip", "yellow")
+        # What bench does before building a cell it has no image of: a conflict fails it.
+        if ok and client is not None and not images.exists(client, inputs.tag(c)):
+            found = pipeline.check_before_build(c, inputs)
+            if found.problems:
+                verdict, colour_of, why = "fail", "red", f"check: {'; '.join(found.problems)}"
+                failed = True
+        console.print(f"[{colour_of}]{verdict:>4}[/]  {escape(c.name)}: {escape(why)}")
     if deep:
         smoke = cli_runs.run_smoke(bench_dir, results_dir)
         status = "fail" if smoke.failed or not smoke.ok else "ok"

@@ -38,6 +38,15 @@ class BuildInputs:
         return cell.image_tag(self.dockerfile, self.locks_dir)
 
 
+def check_before_build(cell: Cell, inputs: BuildInputs) -> check.CellCheck:
+    """`cudastack check` as a build of ``cell`` from ``inputs`` needs it (cached per process):
+    resolved against the wheelhouse when there is one, judged by the lock when there is one."""
+    lock = cell.lock_path(inputs.locks_dir)
+    return check.check_cell(
+        cell, inputs.wheelhouse, inputs.ca_file, lock if lock.is_file() else None
+    )
+
+
 def ensure_image(
     client: Any, cell: Cell, inputs: BuildInputs, on_line: Callable[[str], None]
 ) -> tuple:
@@ -49,10 +58,7 @@ def ensure_image(
     # in seconds with the conflict named, before a base is pulled or pip runs. A cell built
     # from a wheelhouse is resolved against that folder alone, so offline builds stay offline;
     # a locked cell is judged by its lock's pins, which is what it installs.
-    lock = cell.lock_path(inputs.locks_dir)
-    found = check.check_cell(
-        cell, inputs.wheelhouse, inputs.ca_file, lock if lock.is_file() else None
-    )
+    found = check_before_build(cell, inputs)
     if found.problems:
         raise images.BuildFailed(f"build of {cell.name} failed: check: {'; '.join(found.problems)}")
     if found.unreachable:

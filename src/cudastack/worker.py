@@ -123,8 +123,11 @@ def _pick_device(torch: Any, wanted: str, world: worldmod.World) -> Any:
             )
         wanted = f"cuda:{world.local_rank}"
     device = torch.device(wanted)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # (CUDA 12+ creates the GPU's context here)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        # Plain "cuda" is the current device, context not yet made: a worker that only starts
+        # its process groups' children (ISOLATE) then holds no GPU memory while they run.
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
