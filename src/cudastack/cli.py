@@ -202,9 +202,10 @@ def check(
     ca_file: Optional[Path] = CaFileOpt,
 ) -> None:
     """Check each cell before a build: its torch x CUDA variant was published, its packages
-    resolve for its Python on Linux x86_64 (from PyPI, or --wheelhouse alone), and no known
-    run-time rule is broken. Exit 0: all resolve; 1: a cell conflicts, or PyPI cannot be
-    reached (nothing was shown to resolve); 2: bad input. build, bench and lock run it first."""
+    resolve for its Python on Linux on this host's architecture (from PyPI, or --wheelhouse
+    alone), and no known run-time rule is broken. Exit 0: all resolve; 1: a cell conflicts, or
+    PyPI cannot be reached (nothing was shown to resolve); 2: bad input. build, bench and lock
+    run it first."""
     cells = matrix.select(matrix.load(matrix_file, variants=False), names(cell))
     inputs = cli_runs.build_inputs(matrix_file, wheelhouse, ca_file)
     try:
