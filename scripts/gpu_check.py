@@ -132,7 +132,7 @@ def _tables(run: Path) -> bool:
     """Store the run's table where pandas exists; True when any case failed."""
     sys.path.insert(0, str(ROOT / "src"))
     try:
-        from cudastack import results
+        from cudastack.host.analysis import results
     except ImportError:  # no pandas here: the host makes the table later (cudastack show)
         print(f"records in {run}; make the table with: cudastack show {run}")
         return False

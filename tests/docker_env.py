@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cudastack import images
+from cudastack.host.cells import images
 
 BASE_IMAGE = "cudastack-test-base:bookworm"
 MIRROR = os.environ.get("CUDASTACK_TEST_MIRROR", "http://deb.debian.org/debian")

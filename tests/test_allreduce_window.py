@@ -13,10 +13,10 @@ from typing import Any
 import torch
 import torch.multiprocessing
 
-from cudastack import suite
-from cudastack import world as worldmod
-from cudastack.context import Context
-from cudastack.world import World
+from cudastack.environment import suite
+from cudastack.environment import world as worldmod
+from cudastack.environment.context import Context
+from cudastack.environment.world import World
 
 BENCH = suite.DEFAULT_BENCH_DIR / "allreduce.py"
 PROFILE = "quick"

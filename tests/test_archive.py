@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from test_atomic import kill_mid_write
 
-from cudastack import handoff
-from cudastack.matrix import Cell
+from cudastack.host.cells import handoff
+from cudastack.host.cells.matrix import Cell
 
 # Uneven chunks, as an engine's HTTP stream gives them, none a multiple of the tar block.
 CHUNKS = [bytes([i % 251]) * (300_001 + 7_919 * i) for i in range(9)]
@@ -148,8 +148,8 @@ def test_a_same_size_change_fails_its_sha_check_and_nothing_loads(tmp_path, wher
 KILLED_MID_EXPORT = """
 import sys, time
 from pathlib import Path
-from cudastack import handoff
-from cudastack.matrix import Cell
+from cudastack.host.cells import handoff
+from cudastack.host.cells.matrix import Cell
 
 class Image:
     id, labels = "sha256:" + "ab" * 32, {}

@@ -23,7 +23,7 @@ OLD = b"old complete file\n" * 1000
 KILLED_MID_WRITE = """
 import sys, time
 from pathlib import Path
-from cudastack.results import atomic_write
+from cudastack.host.analysis.results import atomic_write
 
 def write(tmp):
     with open(tmp, "wb") as f:
@@ -74,22 +74,22 @@ LIMIT = 4096
 BIG = "x" * (16 * LIMIT)
 WRITERS = {
     "results.atomic_write": (
-        "from cudastack.results import atomic_write\n"
+        "from cudastack.host.analysis.results import atomic_write\n"
         "atomic_write(target, lambda p: p.write_text(BIG))"
     ),
     "lock.write_lock": (
-        "from cudastack import lock, matrix\n"
+        "from cudastack.host.cells import lock, matrix\n"
         "cell = matrix.Cell('c', 'debian:12', '2.9.1', 'cpu', '3.12')\n"
         "lock.write_lock(target, cell, [f'pkg{i}==1.0 --hash=sha256:{BIG[:64]}' "
         "for i in range(1000)])"
     ),
     "lock.pin_base": (
-        "from cudastack import lock\n"
+        "from cudastack.host.cells import lock\n"
         "lock.pin_base(target, 'debian:12', 'debian:12@sha256:' + 'a' * 64)"
     ),
     # env.json and done.json of a worker.
     "worker._write_json_atomic": (
-        "from cudastack import worker\nworker._write_json_atomic(target, {'padding': BIG})"
+        "from cudastack.environment import worker\nworker._write_json_atomic(target, {'padding': BIG})"
     ),
 }
 FULL_DISK = """

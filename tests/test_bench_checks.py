@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_known_flops import PROFILE, bench
 
-from cudastack.context import CheckFailed, Context, Skip
+from cudastack.environment.context import CheckFailed, Context, Skip
 
 pytestmark = pytest.mark.integration
 

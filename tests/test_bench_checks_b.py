@@ -10,7 +10,7 @@ import torch
 from test_bench_checks import context, nudged, off_by, pct_of_peak, rate
 from test_known_flops import PROFILE, bench
 
-from cudastack.context import CheckFailed, Skip
+from cudastack.environment.context import CheckFailed, Skip
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from cudastack import images, matrix
+from cudastack.host.cells import images, matrix
 
 DEFAULTS = [p for p in matrix.load(matrix.DEFAULT_MATRIX)[-1].packages]  # the shared packages
 JAMMY_118 = "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04"
@@ -177,7 +177,7 @@ def test_a_transformers_that_disabled_torch_is_a_skipped_row(tmp_path):
 
 
 def test_a_locked_cell_is_judged_by_its_locks_pins_without_asking_an_index(tmp_path, monkeypatch):
-    from cudastack import check
+    from cudastack.host.cells import check
 
     cell = matrix.load(
         _matrix(tmp_path, _cell("2.5.1", "0.20.1", "cu121", "3.11", JAMMY_121, "12.1"))

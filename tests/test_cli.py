@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import cli
 
-from cudastack import results
-from cudastack.suite import DEFAULT_BENCH_DIR
+from cudastack.environment.suite import DEFAULT_BENCH_DIR
+from cudastack.host.analysis import results
 
 
 @pytest.mark.parametrize(

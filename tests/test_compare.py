@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
-from cudastack import compare
-from cudastack.compare import Settings
+from cudastack.host.analysis import compare
+from cudastack.host.analysis.compare import Settings
 
 
 def samples(side, case, values, metric="tflops", better="higher", run="r1", process=0):

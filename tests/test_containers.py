@@ -6,14 +6,16 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from cudastack import cli_runs, containers, doctor, matrix, pipeline, stacks, suite
-from cudastack.containers import ContainerOptions
-from cudastack.runners import SuiteArgs
+from cudastack.environment import suite
+from cudastack.host.cells import doctor, matrix, stacks
+from cudastack.host.run import container, loop, pipeline
+from cudastack.host.run.container import ContainerOptions
+from cudastack.host.run.local import SuiteArgs
 
 
 def kwargs(tmp_path, **opts):
     args = SuiteArgs(["gemm"], ["dtype=bf16"], "quick")
-    return containers.container_kwargs(
+    return container.container_kwargs(
         "cudastack/x:1", args, tmp_path, "cellA", "run1", "sha256:abc", ContainerOptions(**opts)
     )
 
@@ -21,7 +23,7 @@ def kwargs(tmp_path, **opts):
 def test_harness_read_only_results_read_write_and_user(tmp_path):
     kw = kwargs(tmp_path)
     vols = kw["volumes"]
-    assert vols[str(containers.HARNESS_SRC)] == {"bind": "/harness/src", "mode": "ro"}
+    assert vols[str(container.HARNESS_PACKAGE)] == {"bind": "/harness/src/cudastack", "mode": "ro"}
     assert vols[str(Path(suite.DEFAULT_BENCH_DIR).resolve())]["mode"] == "ro"
     assert vols[str(tmp_path.resolve())] == {"bind": "/results", "mode": "rw"}
     assert kw["user"] == f"{os.getuid()}:{os.getgid()}"
@@ -201,7 +203,7 @@ def test_without_a_gpu_cuda_cells_are_skipped_unless_gpus_none_is_said():
     ok, why = doctor.cell_verdict(cells[0], no_runtime, "auto")
     assert not ok and "no GPU runtime" in why and "--gpus none runs CUDA cells on the CPU" in why
     # The CPU cells' containers then ask for no GPU.
-    assert cli_runs.resolve_gpus("auto", no_gpu) == "none"
+    assert loop.resolve_gpus("auto", no_gpu) == "none"
 
 
 def test_doctor_tells_what_bench_will_do_on_a_host_without_a_gpu(tmp_path):
@@ -251,7 +253,7 @@ def test_a_refusal_by_the_runtime_says_what_to_do(tmp_path):
             def create(**kw):
                 return Refused()
 
-    outcome = containers.run_container(Engine(), {"image": "x"}, tmp_path, 10)
+    outcome = container.run_container(Engine(), {"image": "x"}, tmp_path, 10)
     assert not outcome.ok and Refused.removed
     assert "unsatisfied condition: cuda>=12.8" in outcome.reason
     assert outcome.reason.endswith(

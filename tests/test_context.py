@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_timing import Clock  # the controlled clock the timers are tested on
 
-from cudastack.context import CheckFailed, Context, Skip
-from cudastack.suite import PROFILES
+from cudastack.environment.context import CheckFailed, Context, Skip
+from cudastack.environment.suite import PROFILES
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_check_close_reports_the_largest_relative_error(ctx):
 def test_measure_divides_each_sample_by_the_calls_it_holds(monkeypatch, ctx, clock):
     # Every call takes exactly 8 ms on a controlled clock and holds 4 operations: 2 ms each,
     # 8 GFLOP / 2 ms = 4 TFLOP/s, 40% of a 10 TFLOP/s fp32 peak.
-    from cudastack import timing
+    from cudastack.environment import timing
 
     fake = Clock()
     monkeypatch.setattr(timing, "time", fake)
@@ -115,7 +115,7 @@ def test_measure_divides_each_sample_by_the_calls_it_holds(monkeypatch, ctx, clo
 
 
 def test_one_call_per_sample_unless_told(monkeypatch, ctx):
-    from cudastack import timing
+    from cudastack.environment import timing
 
     fake = Clock()
     monkeypatch.setattr(timing, "time", fake)

@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from cudastack import jpegs, suite
-from cudastack.context import CheckFailed, Context
-from cudastack.suite import DEFAULT_BENCH_DIR
+from cudastack.environment import jpegs, suite
+from cudastack.environment.context import CheckFailed, Context
+from cudastack.environment.suite import DEFAULT_BENCH_DIR
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from cudastack import results
-from cudastack.containers import ContainerOptions, container_kwargs
-from cudastack.runners import PASSED_ENV, SuiteArgs, cell_env, passthrough_env
+from cudastack.host.analysis import results
+from cudastack.host.run.container import ContainerOptions, container_kwargs
+from cudastack.host.run.local import PASSED_ENV, SuiteArgs, cell_env, passthrough_env
 
 HOST = {
     "NCCL_DEBUG": "INFO",

@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cudastack import envinfo, pipeline, precision, suite, worker
-from cudastack import world as worldmod
-from cudastack.context import Context, Skip
+from cudastack.environment import envinfo, precision, suite, worker
+from cudastack.environment import world as worldmod
+from cudastack.environment.context import Context, Skip
+from cudastack.host.run import pipeline
 
 # torch.cuda.get_arch_list() of the PyTorch wheels, as torch's own release table
 # (torch/cuda/__init__.py, PYTORCH_RELEASES_CODE_CC, x86_64) lists them: machine code only, no PTX.
@@ -178,8 +179,8 @@ def test_bf16_still_runs_on_a_cpu(fp32_math):
 TF32_BENCH = '''
 """Cases that change fp32 math: as library code does with torch >= 2.9's switches, and through
 the harness's helper. Each reports the switches it found at its start, as torch reads them."""
-from cudastack import precision
-from cudastack.context import Metric
+from cudastack.environment import precision
+from cudastack.environment.context import Metric
 
 PARAMS = {"step": ["library", "helper", "last"]}
 

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from cudastack import hostalloc
+from cudastack.environment import hostalloc
 
 # 8 MiB buffers: above glibc's initial 128 KiB mmap threshold, below the 16 MiB one a freed
 # 16 MiB buffer (the "fp64 check" here) raises it to.
 PROBE = """
 import json, resource, sys
-from cudastack import hostalloc
+from cudastack.environment import hostalloc
 import torch
 state = hostalloc.fix_thresholds() if sys.argv[1] == "fixed" else None
 if sys.argv[2] == "check-first":
@@ -62,7 +62,9 @@ def test_the_users_own_malloc_settings_are_left_alone_and_other_tunables_are_not
 
 
 def preloaded(library: str) -> dict:
-    code = "import json, cudastack.hostalloc as h; print(json.dumps(h.fix_thresholds()))"
+    code = (
+        "import json, cudastack.environment.hostalloc as h; print(json.dumps(h.fix_thresholds()))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from conftest import cli
 
-from cudastack import results, suite
-from cudastack.context import Context
-from cudastack.schema import COLUMNS, STATUSES, UNITS
-from cudastack.suite import DEFAULT_BENCH_DIR
+from cudastack.contract.schema import COLUMNS, STATUSES, UNITS
+from cudastack.environment import suite
+from cudastack.environment.context import Context
+from cudastack.environment.suite import DEFAULT_BENCH_DIR
+from cudastack.host.analysis import results
 
 pytestmark = pytest.mark.integration
 

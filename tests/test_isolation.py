@@ -5,8 +5,9 @@ import json
 import pytest
 from conftest import worker
 
-from cudastack import results, suite
-from cudastack.isolation import case_statuses
+from cudastack.environment import suite
+from cudastack.environment.isolation import case_statuses
+from cudastack.host.analysis import results
 
 SPECS = suite.discover(suite.DEFAULT_BENCH_DIR)
 

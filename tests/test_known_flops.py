@@ -11,8 +11,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cudastack.context import Context, Metric
-from cudastack.suite import DEFAULT_BENCH_DIR, Profile
+from cudastack.environment.context import Context, Metric
+from cudastack.environment.suite import DEFAULT_BENCH_DIR, Profile
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from cudastack import results
+from cudastack.host.analysis import results
 
 pytestmark = pytest.mark.integration
 

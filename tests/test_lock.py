@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cudastack import images, lock
-from cudastack.matrix import Cell
+from cudastack.host.cells import images, lock
+from cudastack.host.cells.matrix import Cell
 
 
 def _cell(**fields: object) -> Cell:

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from cudastack import matrix, stacks
-from cudastack.matrix import MatrixError
+from cudastack.host.cells import matrix, stacks
+from cudastack.host.cells.matrix import MatrixError
 
 DOCKERFILE = matrix.DEFAULT_MATRIX.parent / "Dockerfile"
 

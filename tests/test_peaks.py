@@ -2,8 +2,8 @@
 
 import pytest
 
-from cudastack import peaks
-from cudastack.peaks import lookup, peaks_for
+from cudastack.environment import peaks
+from cudastack.environment.peaks import lookup, peaks_for
 
 # Names as torch.cuda.get_device_name() returns them (the driver's own spelling), with the SM
 # count and memory (GiB, after the driver's reservations) such a device reports, and the

@@ -36,20 +36,17 @@ import typer
 from conftest import cli
 from typer.testing import CliRunner
 
-from cudastack import cli as commands
-from cudastack import (
-    cli_compare,
-    cli_handoff,
-    containers,
-    matrix,
-    peaks,
-    results,
-    schema,
-    suite,
-)
-from cudastack import worker as worker_mod
-from cudastack.cli_common import app as APP
-from cudastack.runners import SuiteArgs
+from cudastack.contract import schema
+from cudastack.environment import peaks, suite
+from cudastack.environment import worker as worker_mod
+from cudastack.host.analysis import results
+from cudastack.host.cells import matrix
+from cudastack.host.cli import handoff as cli_handoff
+from cudastack.host.cli import main as commands
+from cudastack.host.cli import reading as cli_compare
+from cudastack.host.cli.app import app as APP
+from cudastack.host.run import container
+from cudastack.host.run.local import SuiteArgs
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -563,7 +560,7 @@ def test_the_profiles_the_readme_offers_are_accepted():
 def test_list_auto_shows_the_profile_a_run_here_picks():
     # No NVIDIA GPU here means a run's auto is quick: list auto must show the quick cases, not
     # the bench files' unprofiled grids.
-    from cudastack.doctor import nvml_host
+    from cudastack.host.cells.doctor import nvml_host
 
     here = "standard" if nvml_host()[2] else "quick"
     auto = invoke(["list", "--cases", "--profile", "auto"])
@@ -632,8 +629,8 @@ def test_container_mounts_and_environment_are_as_described(tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
     args = SuiteArgs(overrides=[f"weights={weights}"])
-    kwargs = containers.container_kwargs(
-        "img", args, tmp_path / "cell", "c", "r", "", containers.ContainerOptions()
+    kwargs = container.container_kwargs(
+        "img", args, tmp_path / "cell", "c", "r", "", container.ContainerOptions()
     )
     mounts = {v["bind"]: v["mode"] for v in kwargs["volumes"].values()}
     described = re.findall(r"(read-only|read-write) (at|under) `(/[^`]*)`", paragraph)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import REPO, cli
 
-from cudastack import results
-from cudastack.schema import SCHEMA_VERSION
+from cudastack.contract.schema import SCHEMA_VERSION
+from cudastack.host.analysis import results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts"

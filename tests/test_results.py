@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from cudastack import results
-from cudastack.schema import COLUMNS, SCHEMA_VERSION
+from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
+from cudastack.host.analysis import results
 
 
 def row(**kw):

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from conftest import cli
 
-from cudastack import results, suite, training
-from cudastack.suite import DEFAULT_BENCH_DIR
+from cudastack.environment import suite, training
+from cudastack.environment.suite import DEFAULT_BENCH_DIR
+from cudastack.host.analysis import results
 
 pytestmark = pytest.mark.integration
 

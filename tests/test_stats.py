@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from cudastack import results
-from cudastack.stats import NOISY_REL_IQR, quantile, summarize
+from cudastack.contract.stats import NOISY_REL_IQR, quantile, summarize
+from cudastack.host.analysis import results
 
 
 def test_quantile_matches_linear_interpolation():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cudastack import suite
-from cudastack.suite import SuiteError
+from cudastack.environment import suite
+from cudastack.environment.suite import SuiteError
 
 GRID = '''
 """A toy bench: adds numbers."""

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from cudastack.telemetry import Reading, Sampler, window_metrics
+from cudastack.environment.telemetry import Reading, Sampler, window_metrics
 
 
 def reading(t, power=None, sm=None, reasons=None, temp=None):
@@ -84,7 +84,7 @@ class FakeBinding:
 
 
 def test_nvml_readings_convert_units_and_leave_unsupported_fields_empty():
-    from cudastack.telemetry import Nvml
+    from cudastack.environment.telemetry import Nvml
 
     nvml = Nvml(FakeBinding(), handle=object())
     r = nvml.read()
@@ -96,7 +96,7 @@ def test_nvml_readings_convert_units_and_leave_unsupported_fields_empty():
 def test_no_nvidia_gpu_means_no_sampler_and_a_reason():
     import torch
 
-    from cudastack.telemetry import Nvml
+    from cudastack.environment.telemetry import Nvml
 
     nvml, why = Nvml.open(torch, torch.device("cpu"))
     assert nvml is None and why == "none: no NVIDIA GPU in use (device cpu)"
@@ -176,8 +176,8 @@ def second_gpu_seen_by_torch(monkeypatch, binding, **ids):
 
 def env_nvml(torch, device):
     """env.json's NVML entry as the worker makes it: through telemetry's reader."""
-    from cudastack import envinfo
-    from cudastack.telemetry import Nvml
+    from cudastack.environment import envinfo
+    from cudastack.environment.telemetry import Nvml
 
     nvml, note = Nvml.open(torch, device)
     return envinfo.fingerprint(torch, device, nvml=nvml, nvml_note=note)["gpu"]["nvml"]

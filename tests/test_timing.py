@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from cudastack import timing
-from cudastack.context import rate_metrics
-from cudastack.timing import TimerSettings
+from cudastack.environment import timing
+from cudastack.environment.context import rate_metrics
+from cudastack.environment.timing import TimerSettings
 
 
 def settings(**kw):
@@ -267,8 +267,8 @@ def test_a_gpu_context_slows_the_device_clock_on_the_device_and_the_host_clock_o
 
     monkeypatch.setattr(timing, "CALIBRATION_WARMUP_S", 0.0)
 
-    from cudastack import suite
-    from cudastack.context import Context
+    from cudastack.environment import suite
+    from cudastack.environment.context import Context
 
     cuda = FakeCuda()
     ctx = Context(

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing
 
-from cudastack import suite, training
-from cudastack import world as worldmod
-from cudastack.context import CheckFailed, Context, Skip
-from cudastack.world import World
+from cudastack.environment import suite, training
+from cudastack.environment import world as worldmod
+from cudastack.environment.context import CheckFailed, Context, Skip
+from cudastack.environment.world import World
 
 # Each step waits WAIT_S for its batch, then computes for COMPUTE_S, on a clock that moves only
 # by these amounts. Binary fractions, so every sum of them below is exact in floating point.

@@ -7,9 +7,10 @@ import sys
 import pytest
 from conftest import cli
 
-from cudastack import jpegs, results, suite
-from cudastack.context import Context
-from cudastack.suite import DEFAULT_BENCH_DIR
+from cudastack.environment import jpegs, suite
+from cudastack.environment.context import Context
+from cudastack.environment.suite import DEFAULT_BENCH_DIR
+from cudastack.host.analysis import results
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,7 @@ LOSS_FLAT_BENCH = '''
 PARAMS = {"n": [8]}
 
 def run(ctx, n):
-    from cudastack import training
+    from cudastack.environment import training
     torch = ctx.torch
     x = ctx.randn(n, n)
 
@@ -139,7 +140,7 @@ PARAMS = {"sleep_ms": [20]}
 
 def run(ctx, sleep_ms):
     import time
-    from cudastack import training
+    from cudastack.environment import training
     torch = ctx.torch
 
     def make_step(wrap):

@@ -1,5 +1,5 @@
 """``python -m cudastack``: the same as the ``cudastack`` command."""
 
-from .cli import main
+from cudastack.host.cli.main import main
 
 main()

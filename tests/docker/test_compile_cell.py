@@ -11,9 +11,11 @@ import sys
 import pytest
 from docker_env import cpu_cell, write_matrix
 
-from cudastack import matrix, pipeline, results
-from cudastack.containers import ContainerOptions
-from cudastack.runners import SuiteArgs
+from cudastack.host.analysis import results
+from cudastack.host.cells import matrix
+from cudastack.host.run import pipeline
+from cudastack.host.run.container import ContainerOptions
+from cudastack.host.run.local import SuiteArgs
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 

@@ -15,8 +15,10 @@ import pytest
 from conftest import cli
 from docker_env import TORCH, cpu_cell, write_matrix
 
-from cudastack import doctor, images, matrix, pipeline, results
-from cudastack.containers import NO_GPU_RUNTIME
+from cudastack.host.analysis import results
+from cudastack.host.cells import doctor, images, matrix
+from cudastack.host.run import pipeline
+from cudastack.host.run.container import NO_GPU_RUNTIME
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 

@@ -12,7 +12,9 @@ from conftest import cli
 from docker_env import BASE_IMAGE, TORCH, cpu_cell, write_matrix
 
 import docker
-from cudastack import handoff, images, matrix, pipeline, reproduce, results
+from cudastack.host.analysis import results
+from cudastack.host.cells import handoff, images, matrix, reproduce
+from cudastack.host.run import pipeline
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 

@@ -32,21 +32,21 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "gemm: FLOPs per call 2n^3 -> n^3",
-        "bench/gemm.py",
+        "src/cudastack/environment/bench/gemm.py",
         "return 2 * n**3",
         "return n**3",
         ("tests/test_known_flops.py::test_gemm_reports_torch_count_of_one_mm",),
     ),
     Mutation(
         "sdpa: causal factor 0.5 -> 1.0",
-        "bench/sdpa.py",
+        "src/cudastack/environment/bench/sdpa.py",
         "(0.5 if causal else 1.0)",
         "(1.0 if causal else 1.0)",
         ("tests/test_known_flops.py::test_sdpa_reports_fused_attention_count_halved_when_causal",),
     ),
     Mutation(
         "training: throughput loses steps_per_window",
-        "src/cudastack/training.py",
+        "src/cudastack/environment/training.py",
         "items = work.items_per_step * w.steps_per_window * w1.size",
         "items = work.items_per_step * w1.size",
         (
@@ -56,7 +56,7 @@ MUTATIONS = [
     ),
     Mutation(
         "training: data-parallel total loses its x N",
-        "src/cudastack/training.py",
+        "src/cudastack/environment/training.py",
         "items = work.items_per_step * w.steps_per_window * w1.size",
         "items = work.items_per_step * w.steps_per_window",
         (
@@ -66,35 +66,35 @@ MUTATIONS = [
     ),
     Mutation(
         "training: injected slowdown removed from the steps",
-        "src/cudastack/training.py",
+        "src/cudastack/environment/training.py",
         "step = ctx.slowed(step)",
         "pass",
         ("tests/test_workloads.py::test_the_injected_slowdown_reaches_training_steps",),
     ),
     Mutation(
         "timers: a spent budget stops at min_reps instead of 3 samples",
-        "src/cudastack/timing.py",
+        "src/cudastack/environment/timing.py",
         "n >= min(s.min_reps, 3)",
         "n >= s.min_reps",
         ("tests/test_timing.py::test_a_spent_budget_stops_at_three_samples_even_below_min_reps",),
     ),
     Mutation(
         "compare: verdict from the raw p instead of the corrected one",
-        "src/cudastack/compare.py",
+        "src/cudastack/host/analysis/compare.py",
         'row["p_adj"] < s.alpha',
         'row["p"] < s.alpha',
         ("tests/test_compare.py::test_a_row_failing_one_condition_alone_is_the_same",),
     ),
     Mutation(
         "compare: the 'interval excludes 1' condition deleted",
-        "src/cudastack/compare.py",
+        "src/cudastack/host/analysis/compare.py",
         'and (row["ci_low"] > 1 or row["ci_high"] < 1)',
         "",
         ("tests/test_compare.py::test_a_row_failing_one_condition_alone_is_the_same",),
     ),
     Mutation(
         "results: atomic_write writes straight to the target",
-        "src/cudastack/results.py",
+        "src/cudastack/host/analysis/results.py",
         "        write(Path(tmp))\n"
         "        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: results are for sharing\n"
         "        os.replace(tmp, path)\n",
@@ -103,14 +103,14 @@ MUTATIONS = [
     ),
     Mutation(
         "archive: import's lock sha check deleted",
-        "src/cudastack/handoff.py",
+        "src/cudastack/host/cells/handoff.py",
         'if hashlib.sha256(lock).hexdigest() != manifest["lock_sha256"]:',
         "if False:",
         ("tests/test_archive.py::test_a_same_size_change_fails_its_sha_check_and_nothing_loads",),
     ),
     Mutation(
         "matrix: EXTRA_PACKAGES left out of the content hash",
-        "src/cudastack/matrix.py",
+        "src/cudastack/host/cells/matrix.py",
         "digest.update(json.dumps(self.build_args(), sort_keys=True).encode())",
         "args = {k: v for k, v in self.build_args().items() if k != 'EXTRA_PACKAGES'}\n"
         "        digest.update(json.dumps(args, sort_keys=True).encode())",
@@ -118,7 +118,7 @@ MUTATIONS = [
     ),
     Mutation(
         "matrix: the lock's file name hashed instead of its content",
-        "src/cudastack/matrix.py",
+        "src/cudastack/host/cells/matrix.py",
         'digest.update(lock.read_bytes() if lock.is_file() else b"no lock")',
         'digest.update(lock.name.encode() if lock.is_file() else b"no lock")',
         (
@@ -128,7 +128,7 @@ MUTATIONS = [
     ),
     Mutation(
         "run_here: a local run always reports success",
-        "src/cudastack/cli_runs.py",
+        "src/cudastack/host/run/loop.py",
         "finish(run_dir, run_id, code != 0)",
         "finish(run_dir, run_id, False)",
         ("tests/test_cli.py::test_a_local_run_whose_worker_dies_exits_1_and_keeps_what_finished",),

@@ -4,8 +4,9 @@ Loaded by ``[tool.mutmut] pytest_add_cli_args``; a plain test run never loads it
 
 - The worker and the tests import a bench by file path under a name of their own choosing
   (``cudastack_bench_gemm``, ``known_flops_gemm``, ...). mutmut names the mutants of
-  ``bench/gemm.py`` ``bench.gemm.*`` and switches a mutant on only inside the module of that
-  name, so every spec for a file of the mutated bench folder is given that name.
+  ``src/cudastack/environment/bench/gemm.py`` ``cudastack.environment.bench.gemm.*`` and
+  switches a mutant on only inside the module of that name, so every spec for a file of the
+  mutated bench folder is given that name.
 - mutmut runs a mutant's tests fastest first and sets its time limit from the tests' durations,
   but it measures only the call phase. A test whose fixture does the work (the GPT FLOP test
   trains the model in its fixture) would look instant: it would run first for every mutant it
@@ -22,8 +23,8 @@ from typing import Any, Optional
 
 import pytest
 
-# mutmut runs the tests in its copy of the tree, tests/ beside the bench/ it mutated.
-BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+# mutmut runs the tests in its copy of the tree, tests/ beside the src/ it mutated.
+BENCH_DIR = Path(__file__).resolve().parents[2] / "src" / "cudastack" / "environment" / "bench"
 SETUP_S = pytest.StashKey[float]()
 
 _spec_from_file_location = importlib.util.spec_from_file_location
@@ -36,7 +37,7 @@ def spec_from_file_location(
     if location is not None:
         path = Path(location).resolve()
         if path.parent == BENCH_DIR and path.suffix == ".py":
-            name = f"bench.{path.stem}"
+            name = f"cudastack.environment.bench.{path.stem}"
     return _spec_from_file_location(name, location, *args, **kwargs)
 
 

@@ -86,7 +86,7 @@ class ModuleRow:
 
 
 def module_name(path: str) -> str:
-    """mutmut's module name for a source path: src/cudastack/timing.py -> cudastack.timing."""
+    """mutmut's module name for a source path: src/cudastack/a/b.py -> cudastack.a.b."""
     dotted = path.removesuffix(".py").replace("/", ".")
     return dotted.removeprefix("src.")
 

@@ -18,7 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from cudastack import results
+from cudastack.host.analysis import results
 
 SIDES = {"A1": 0.0, "B": None, "A2": 0.0}  # None: the injected slowdown
 

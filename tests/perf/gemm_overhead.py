@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from cudastack.context import Context
-from cudastack.envinfo import usable_cores
-from cudastack.suite import DEFAULT_BENCH_DIR, PROFILES
+from cudastack.environment.context import Context
+from cudastack.environment.envinfo import usable_cores
+from cudastack.environment.suite import DEFAULT_BENCH_DIR, PROFILES
 
 
 def bare_tflops(n: int, seconds: float) -> float:

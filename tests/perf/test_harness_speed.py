@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from cudastack import results, timing
-from cudastack.timing import TimerSettings
+from cudastack.environment import timing
+from cudastack.environment.timing import TimerSettings
+from cudastack.host.analysis import results
 
 ROW = {
     "schema_version": 1,
@@ -81,7 +82,7 @@ def test_compare_one_million_rows(benchmark):
     import numpy as np
     import pandas as pd
 
-    from cudastack import compare
+    from cudastack.host.analysis import compare
 
     rng = np.random.default_rng(0)
     n_cases, n = 500, 1000

@@ -1,0 +1,498 @@
+"""Environment side entry point: run the suite's cases here and write records.jsonl + env.json.
+
+``python -m cudastack.worker --out DIR [--bench ...] [--select k=v] [--profile ...]``
+Standard library and torch only, so it runs on the bare Python inside a cell image (3.9+).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
+from cudastack.contract.stats import summarize
+from cudastack.environment import envinfo, hostalloc, isolation, precision, suite
+from cudastack.environment import world as worldmod
+from cudastack.environment.context import CheckFailed, Context, Metric, Skip
+from cudastack.environment.peaks import for_gpu
+from cudastack.environment.telemetry import Nvml
+
+EXIT_BAD_INPUT = 2
+# An exception under torchrun may leave the ranks at different collectives: nothing after it
+# would be measured in step, so the run ends there (torchrun then stops the other ranks).
+OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
+
+
+class CaseTimeout(Exception):
+    """The case ran past its profile's time limit."""
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across machines: 20261128-231502-3f9a1c."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cudastack.worker", description=__doc__)
+    p.add_argument("--out", required=True, type=Path, help="folder for records.jsonl and env.json")
+    p.add_argument("--bench", default="", help="comma-separated bench names (default: all)")
+    p.add_argument("--select", action="append", default=[], help="key=value[,value] filter")
+    p.add_argument("--profile", default="auto", help="auto | smoke | quick | standard | full")
+    p.add_argument("--bench-dir", type=Path, default=suite.DEFAULT_BENCH_DIR)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch (default: usable cores)"
+    )
+    p.add_argument(
+        "--case-timeout",
+        type=float,
+        default=0.0,
+        help="seconds before a case is failed (default: the profile's)",
+    )
+    p.add_argument(
+        "--extra-work",
+        type=float,
+        default=0.0,
+        help="testing aid: make every timed call this fraction slower (CPU clocks)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="key=value: replace a parameter's values (e.g. batch=128, weights=DIR)",
+    )
+    p.add_argument("--trace", action="store_true", help="save a torch.profiler trace per case")
+    p.add_argument(
+        "--process",
+        type=int,
+        default=0,
+        help="index of this process among a cell's repeats; above 0 appends to --out's records",
+    )
+    p.add_argument("--cell", default="local")
+    # Set by the worker itself when a bench ISOLATEs a parameter: run only this process group.
+    p.add_argument(isolation.GROUP_OPTION, type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-id", default="")
+    p.add_argument("--image-digest", default="")
+    return p.parse_args(argv)
+
+
+def _out_dir_ready(out: Path) -> None:
+    # The host may have put log.txt there already; earlier results are never appended to.
+    if out.exists() and (not out.is_dir() or (out / "records.jsonl").exists()):
+        raise suite.SuiteError(
+            f"--out {out} already holds results or is a file; choose a new folder"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise suite.SuiteError(f"cannot create --out {out}: {exc.strerror}") from None
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pick_device(torch: Any, wanted: str, world: worldmod.World) -> Any:
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise suite.SuiteError("--device cuda asked for, but torch sees no CUDA device here")
+    if world.distributed and wanted.startswith("cuda"):
+        # One GPU per process: rank r on the r-th GPU this container or host can see.
+        count = torch.cuda.device_count()
+        if world.size > count:
+            raise suite.SuiteError(
+                f"--nproc {world.size} asks for more processes than the {count} GPU(s) here"
+            )
+        wanted = f"cuda:{world.local_rank}"
+    device = torch.device(wanted)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # (CUDA 12+ creates the GPU's context here)
+    if device.type == "cuda":
+        # Plain "cuda" is the current device, context not yet made: a worker that only starts
+        # its process groups' children (ISOLATE) then holds no GPU memory while they run.
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class _Modules:
+    """Bench modules are imported once, on first use, by file path."""
+
+    def __init__(self, specs: dict[str, suite.BenchSpec]) -> None:
+        self._specs = specs
+        self._cache: dict[str, ModuleType] = {}
+
+    def get(self, name: str) -> ModuleType:
+        if name not in self._cache:
+            path = self._specs[name].path
+            spec = importlib.util.spec_from_file_location(f"cudastack_bench_{name}", path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self._cache[name] = module
+        return self._cache[name]
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise CaseTimeout()
+
+
+def _flags(torch: Any) -> tuple[dict[str, Any], bool, bool]:
+    return (
+        precision.tf32_flags(torch),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+
+
+def _restore_flags(torch: Any, saved: tuple[dict[str, Any], bool, bool]) -> None:
+    # A bench may switch TF32 or cudnn.benchmark for its case; the next case starts clean.
+    tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+    precision.restore_tf32_flags(torch, tf32)
+
+
+def arch_problem(torch: Any, device: Any) -> str:
+    """Why this torch build has no kernels this GPU can run, or '' (also on a CPU)."""
+    if device.type != "cuda" or not torch.version.cuda:
+        return ""
+    return envinfo.arch_problem(
+        torch.__version__,
+        torch.version.cuda,
+        tuple(torch.cuda.get_device_capability(device)),
+        list(torch.cuda.get_arch_list()),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, str, list[Metric]]:
+    """Run one case; never raises except KeyboardInterrupt. Returns (status, reason, metrics)."""
+    torch = ctx.torch
+    saved = _flags(torch)
+    timeout = ctx.profile.case_timeout_s
+    # Under torchrun each rank's alarm would fire on its own and leave the others waiting in
+    # a collective: there, the host's per-cell time limit is what stops a case that hangs.
+    use_alarm = hasattr(signal, "setitimer") and not ctx.world.distributed
+    if use_alarm:
+        # The alarm interrupts Python code between bytecodes; a single kernel that never returns
+        # is caught one level up, by the host's per-cell time limit.
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        metrics = modules.get(case.bench).run(ctx, **case.params)
+        return "ok", "", list(metrics)
+    except Skip as exc:
+        return "skipped", str(exc), []
+    except CheckFailed as exc:
+        return "failed", f"output check failed: {exc}", []
+    except CaseTimeout:
+        return "failed", f"timed out after {timeout:g} s (profile {ctx.profile.name})", []
+    except Exception as exc:  # a failed case is a row, never the end of the suite
+        reason = _first_line(exc)
+        if "out of memory" in reason.lower():
+            reason = "out of memory: " + reason
+        return "failed", reason + (OUT_OF_STEP if ctx.world.distributed else ""), []
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        _restore_flags(torch, saved)
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is not None:
+            # Compiled graphs hold their models and count towards dynamo's recompile limit;
+            # every case compiles a model of its own.
+            dynamo.reset()
+        gc.collect()
+        if ctx.is_cuda:
+            torch.cuda.empty_cache()
+
+
+def case_rows(
+    base: dict[str, Any], case: suite.Case, status: str, reason: str, metrics: list[Metric]
+) -> Iterator[dict[str, Any]]:
+    """One row per sample of every metric; a skipped or failed case is one row with no value."""
+    common = {
+        **base,
+        "bench": case.bench,
+        "case": case.id,
+        "params": json.dumps(case.params, sort_keys=True),
+        "status": status,
+        "reason": reason,
+    }
+    if status != "ok" or not metrics:
+        yield {
+            **common,
+            "status": status if status != "ok" else "failed",
+            "reason": reason or "benchmark returned no metrics",
+            "metric": "",
+            "unit": "",
+            "better": "",
+            "rep": 0,
+            "value": None,
+        }
+        return
+    for m in metrics:
+        for rep, value in enumerate(m.values):
+            ok = value is not None and math.isfinite(value)
+            yield {
+                **common,
+                "metric": m.name,
+                "unit": m.unit,
+                "better": m.better,
+                "rep": rep,
+                "value": value if ok else None,
+            }
+
+
+def headline(metrics: list[Metric]) -> str:
+    """The most telling number of a case for the progress line: its rate, else its latency
+    (the order of results.HEADLINE_METRICS)."""
+    by_name = {m.name: m for m in metrics}
+    m = by_name.get("items_per_s") or by_name.get("tflops") or by_name.get("gbps") or metrics[0]
+    s = summarize(m.values)
+    noisy = ", noisy" if s.noisy else ""
+    return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a process group reruns
+    world = worldmod.from_env()
+    try:
+        specs = suite.discover(args.bench_dir)
+        benches = [b for b in args.bench.split(",") if b]
+        selection = suite.parse_select(args.select)
+        overrides = suite.parse_set(args.overrides, specs)
+        if args.profile != "auto":
+            suite.resolve_profile(args.profile, has_gpu=False)  # validate before importing torch
+        try:
+            import torch
+        except ImportError:
+            raise suite.SuiteError(
+                f"torch is not installed in {sys.executable}; install it (pip install torch) first"
+            ) from None
+        device = _pick_device(torch, args.device, world)
+        profile = suite.resolve_profile(args.profile, has_gpu=device.type == "cuda")
+        if args.case_timeout > 0:
+            profile = dataclasses.replace(profile, case_timeout_s=args.case_timeout)
+        cases = suite.plan(
+            specs, profile.name, benches, selection, overrides, data_parallel=world.distributed
+        )
+        cores = envinfo.usable_cores()
+        if world.distributed and device.type == "cpu" and world.size > cores:
+            raise suite.SuiteError(
+                f"--nproc {world.size} asks for more CPU processes than the {cores} cores here"
+            )
+        if world.is_main and args.process == 0 and args.group is None:
+            _out_dir_ready(args.out)
+    except suite.SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    # Data-parallel CPU processes share the cores; each gets its share, and so does the
+    # one-process baseline that scaling efficiency is measured against.
+    threads = args.threads or max(1, envinfo.usable_cores() // world.size)
+    torch.set_num_threads(threads)
+    worldmod.init(torch, world, device, wait_s=max(1800.0, 2 * profile.case_timeout_s))
+    finished = False
+    try:
+        code = _run_suite(args, torch, device, profile, cases, threads, world, specs)
+        # Code 1 ends an out-of-step run: a peer may sit in another collective, so no barrier.
+        finished = code == 0
+        return code
+    finally:
+        worldmod.leave(torch, world, finished)
+
+
+def _run_suite(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    cases: list[suite.Case],
+    threads: int,
+    world: worldmod.World,
+    specs: dict[str, suite.BenchSpec],
+) -> int:
+    # Before the first case, on every rank: each case sees the same host allocator state.
+    allocator = hostalloc.fix_thresholds()
+    nvml, telemetry_note = Nvml.open(torch, device)
+    # Before the first case: a build without code for this GPU would fail every case with "no
+    # kernel image is available"; the cell gets one row that says why instead.
+    unfit = arch_problem(torch, device)
+    if not world.is_main:
+        return 0 if unfit else _follow(args, torch, device, profile, cases, world, specs, nvml)
+    run_id = args.run_id or new_run_id()
+    rev = envinfo.harness_rev([Path(__file__).resolve().parent, args.bench_dir])
+    fp = envinfo.fingerprint(
+        torch,
+        device,
+        run_id=run_id,
+        cell=args.cell,
+        profile=profile.name,
+        image_digest=args.image_digest,
+        harness_rev=rev,
+        threads=threads,
+        cases=len(cases),
+        nproc=world.size,
+        telemetry=telemetry_note,
+        nvml=nvml,
+        nvml_note=telemetry_note,
+        host_allocator=allocator,
+    )
+    found = for_gpu(fp["gpu"])
+    if found is not None:  # env.json says which data sheet % of peak is against, or why none
+        fp["gpu"]["peaks"] = found.record()
+    passed = [k for k in os.environ.get(PASSED_ENV, "").split(",") if k]
+    # env.json travels (export, results/reference): a token passed with --env must not.
+    fp["env_passed"] = {
+        k: "(redacted)" if SECRET_NAME.search(k) else os.environ[k]
+        for k in passed
+        if k in os.environ
+    }
+    # A repeat runs in the same environment: the first one records it (not its process groups).
+    if args.process == 0 and args.group is None:
+        _write_json_atomic(args.out / "env.json", fp)
+    base = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "cell": args.cell,
+        "image_digest": args.image_digest,
+        "harness_rev": rev,
+        "process": args.process,
+        "pid": os.getpid(),  # records.jsonl only (not a results column): which OS process ran it
+        **envinfo.record_fields(fp),
+    }
+    if unfit:
+        return _cell_skipped(args, base, "arch", unfit)
+    ctx_peaks = found.peaks if found is not None else None
+    modules = _Modules(specs)
+    procs = f", {world.size} data-parallel processes" if world.distributed else ""
+    print(
+        f"cudastack worker: {len(cases)} cases, profile {profile.name}, device "
+        f"{base['device_name']} ({device}), torch {torch.__version__}, {threads} threads{procs}; "
+        f"telemetry: {fp['telemetry']}",
+        flush=True,
+    )
+    if found is not None and found.board is None:
+        print(f"no % of peak: {found.reason}", flush=True)
+    started = time.perf_counter()
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    # Torchrun starts the ranks once for the suite: data-parallel benches never ISOLATE.
+    groups = [cases] if world.distributed else suite.process_groups(specs, cases)
+    order = list(enumerate((c for g in groups for c in g), 1))  # numbered as run
+    if args.group is not None:  # a child of the worker: its own group only
+        first = sum(len(g) for g in groups[: args.group])
+        order = order[first : first + len(groups[args.group])]
+    elif len(groups) > 1:
+        order = []
+
+        def failed(case: suite.Case, reason: str) -> list[dict[str, Any]]:
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            return list(case_rows({**base, "started_at": now}, case, "failed", reason, []))
+
+        argv = [*args.argv, "--run-id", run_id]  # the groups' rows are one run's (the last wins)
+        counts = isolation.run_groups(argv, groups, args.out / "records.jsonl", failed)
+    with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
+        for i, case in order:
+            ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case)
+            at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            status, reason, metrics = run_case(ctx, modules, case)
+            rows = list(case_rows({**base, "started_at": at}, case, status, reason, metrics))
+            status = rows[0]["status"]
+            records.writelines(json.dumps(r) + "\n" for r in rows)
+            records.flush()  # a crash later still leaves every finished case on disk
+            counts[status] += 1
+            detail = headline(metrics) if status == "ok" else rows[0]["reason"]
+            print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
+            if reason.endswith(OUT_OF_STEP):
+                return 1
+    if args.group is not None:
+        return 0  # the parent counts the groups' cases and writes done.json
+    elapsed = time.perf_counter() - started
+    # done.json marks a finished suite (of the latest process, with --repeat); its time lets
+    # the host tell suite time from overhead.
+    done = {"suite_s": round(elapsed, 3), "process": args.process, **counts}
+    _write_json_atomic(args.out / "done.json", done)
+    print(
+        f"done in {elapsed:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True
+    )
+    return 0
+
+
+def _cell_skipped(args: argparse.Namespace, base: dict[str, Any], stage: str, reason: str) -> int:
+    """One skipped row for the whole cell, shaped as the host's harness rows are, and a
+    finished suite: no case runs."""
+    cell = suite.Case("harness", {"stage": stage})
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = case_rows({**base, "started_at": at}, cell, "skipped", reason, [])
+    with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
+        records.writelines(json.dumps(r) + "\n" for r in rows)
+    done = {"suite_s": 0.0, "process": args.process, "ok": 0, "skipped": 1, "failed": 0}
+    _write_json_atomic(args.out / "done.json", {**done, "cell_skipped": reason})
+    print(f"cell skipped: {reason}", flush=True)
+    return 0
+
+
+def _context(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    peaks: Optional[dict[str, float]],
+    world: worldmod.World,
+    nvml: Optional[Nvml],
+    case: suite.Case,
+) -> Context:
+    return Context(
+        torch,
+        device,
+        profile,
+        peaks,
+        # Each rank draws its own data, as data-parallel training does.
+        seed=world.rank * 1_000_003,
+        extra_work=args.extra_work,
+        world=world,
+        nvml=nvml,
+        trace_dir=args.out / "traces" if args.trace else None,
+        case_id=case.id,
+    )
+
+
+def _follow(
+    args: argparse.Namespace,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    cases: list[suite.Case],
+    world: worldmod.World,
+    specs: dict[str, suite.BenchSpec],
+    nvml: Optional[Nvml],
+) -> int:
+    """A rank other than 0: run every case for its collectives; rank 0 records the results."""
+    modules = _Modules(specs)
+    for case in cases:
+        ctx = _context(args, torch, device, profile, None, world, nvml, case)
+        if run_case(ctx, modules, case)[1].endswith(OUT_OF_STEP):
+            print(f"rank {world.rank}: {case.id} failed{OUT_OF_STEP}", flush=True)
+            return 1
+    return 0

@@ -1,0 +1,234 @@
+"""Host checks before running cells: engine, GPU runtime, driver vs each cell's CUDA, disk, shm."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from cudastack.host.cells import stacks
+from cudastack.host.cells.matrix import Cell
+
+MIN_FREE_DISK_GB = 30  # a CUDA cell image with torch is 8-15 GB
+MIN_SHM_GB = 1.0  # below this, DataLoader workers die with "Bus error"
+
+
+@dataclass
+class Check:
+    """One line of the doctor's report."""
+
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+
+
+@dataclass
+class HostReport:
+    """What this host offers to the cells."""
+
+    checks: list = field(default_factory=list)
+    driver: str = ""  # the NVIDIA driver, '' when there is none
+    gpus: list = field(default_factory=list)
+    gpu_runtime: bool = False
+    cuda: str = ""  # the highest CUDA the driver supports, e.g. '12.8'
+    brand: str = ""  # GPU 0's brand as image requirements name it, e.g. 'tesla'
+    arch: str = ""  # GPU 0's compute capability, e.g. '9.0'
+
+    def runtime_properties(self) -> dict:
+        """What the NVIDIA container runtime checks an image's NVIDIA_REQUIRE_* against."""
+        return {"cuda": self.cuda, "driver": self.driver, "brand": self.brand, "arch": self.arch}
+
+
+NO_GPU = "no NVIDIA GPU on this host; --gpus none runs CUDA cells on the CPU"
+NO_RUNTIME = (
+    "the Docker engine has no GPU runtime (see `cudastack doctor`); "
+    "--gpus none runs CUDA cells on the CPU"
+)
+# NVML's brand numbers -> the names NVIDIA's images use in NVIDIA_REQUIRE_CUDA (brand=tesla,...).
+_BRANDS = {
+    1: "quadro",
+    2: "tesla",
+    3: "nvs",
+    4: "grid",
+    5: "geforce",
+    6: "titan",
+    7: "vapps",
+    8: "vpc",
+    9: "vcs",
+    10: "vws",
+    11: "cloudgaming",
+    12: "quadrortx",
+    13: "nvidiartx",
+    14: "nvidia",
+    15: "geforcertx",
+    16: "titanrtx",
+}
+
+
+def nvml_host() -> tuple:
+    """(driver version, highest CUDA the driver supports, GPU names) through NVML, or empties."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver, no device: all mean "no NVIDIA GPU here"
+        return "", "", []
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        names = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            for i in range(pynvml.nvmlDeviceGetCount())
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return text(driver), f"{cuda // 1000}.{cuda % 1000 // 10}", [text(n) for n in names]
+
+
+def nvml_first_gpu() -> tuple:
+    """(brand, compute capability) of GPU 0, what the container runtime checks; empties when
+    NVML cannot say."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return "", ""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        brand = _BRANDS.get(int(pynvml.nvmlDeviceGetBrand(handle)), "")
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return brand, f"{major}.{minor}"
+    except Exception:  # an old driver without one of the calls: the verdict then assumes less
+        return "", ""
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpu_runtime(info: dict) -> tuple:
+    """(configured, how): the `nvidia` runtime, or CDI-discovered NVIDIA devices."""
+    if "nvidia" in (info.get("Runtimes") or {}):
+        return True, "nvidia runtime configured"
+    cdi = [
+        d.get("ID", "")
+        for d in info.get("DiscoveredDevices") or []
+        if str(d.get("ID", "")).startswith("nvidia.com/gpu")
+    ]
+    if cdi:
+        return True, f"CDI devices: {', '.join(cdi)}"
+    return False, "no nvidia runtime and no CDI nvidia.com/gpu devices"
+
+
+def inspect(client: Optional[Any]) -> HostReport:
+    report = HostReport()
+    add = report.checks.append
+    info: dict = {}
+    if client is None:
+        add(Check("docker engine", "fail", "not reachable: start dockerd or set DOCKER_HOST"))
+    else:
+        version = client.version()
+        info = client.info()
+        add(
+            Check(
+                "docker engine", "ok", f"{version.get('Version')} (API {version.get('ApiVersion')})"
+            )
+        )
+    report.driver, report.cuda, report.gpus = nvml_host()
+    if report.driver:
+        report.brand, report.arch = nvml_first_gpu()
+        add(
+            Check(
+                "nvidia driver",
+                "ok",
+                f"{report.driver}, supports CUDA up to {report.cuda}; GPUs: "
+                + ", ".join(f"{i}: {n}" for i, n in enumerate(report.gpus)),
+            )
+        )
+    else:
+        add(
+            Check(
+                "nvidia driver",
+                "warn",
+                "no NVIDIA driver or GPU visible (NVML): CUDA cells are skipped "
+                "(--gpus none runs them on the CPU), CPU cells still run",
+            )
+        )
+    if client is not None:
+        report.gpu_runtime, how = gpu_runtime(info)
+        status = "ok" if report.gpu_runtime else ("fail" if report.driver else "warn")
+        add(
+            Check(
+                "gpu runtime",
+                status,
+                how
+                if report.gpu_runtime
+                else "none: install the NVIDIA Container Toolkit and run `sudo nvidia-ctk runtime "
+                "configure --runtime=docker`, then restart dockerd",
+            )
+        )
+        root = info.get("DockerRootDir", "")
+        if root and os.path.isdir(root):
+            free = shutil.disk_usage(root).free / 1e9
+            add(
+                Check(
+                    "disk for images",
+                    "ok" if free >= MIN_FREE_DISK_GB else "warn",
+                    f"{free:.0f} GB free under {root}",
+                )
+            )
+        else:
+            add(Check("disk for images", "warn", f"cannot see the engine's root {root!r} here"))
+    if os.path.isdir("/dev/shm"):
+        st = os.statvfs("/dev/shm")
+        shm = st.f_frsize * st.f_blocks / 2**30
+        add(
+            Check(
+                "/dev/shm",
+                "ok" if shm >= MIN_SHM_GB else "warn",
+                f"{shm:.1f} GiB (matters for local runs and --ipc-host; containers get --shm-size)",
+            )
+        )
+    return report
+
+
+def cell_verdict(
+    cell: Cell,
+    report: HostReport,
+    gpus: str,
+    requirements: Optional[list] = None,
+    minor_version_compat: bool = False,
+) -> tuple:
+    """(runnable, reason) for one cell on this host: what `doctor` prints and `bench` does.
+
+    ``gpus`` is the --gpus the user gave (auto | all | none | ids): only an explicit ``none``
+    runs a CUDA cell on the CPU. ``requirements`` are the NVIDIA_REQUIRE_* of the cell's image
+    where it is here to read (None: derived from its base image's tag); the container runtime
+    refuses a container whose requirements the driver does not meet, so such a cell is skipped
+    unless ``minor_version_compat`` (NVIDIA_DISABLE_REQUIRE=true in the container) is asked for.
+    Then the driver floors and minor-version compatibility decide."""
+    if not cell.torch_cuda:
+        return True, "CPU build: runs anywhere"
+    if gpus == "none":
+        return True, "GPUs not requested (--gpus none): the CUDA build runs on the CPU"
+    if not report.driver:
+        return False, NO_GPU
+    if not report.gpu_runtime:
+        return False, NO_RUNTIME
+    if requirements is None:
+        requirements = stacks.derived_requirements(cell.base_image)
+    unmet = stacks.unmet_requirement(requirements, report.runtime_properties())
+    if unmet and not minor_version_compat:
+        return False, (
+            f"driver {report.driver} supports CUDA {report.cuda or '(unknown)'}; this cell's "
+            f"image requires {unmet}: upgrade the driver, or --minor-version-compat to start "
+            "it anyway"
+        )
+    status, reason = stacks.driver_verdict(report.driver, cell.torch_cuda)
+    if unmet:
+        reason = f"{stacks.DISABLE_REQUIRE}=true lifts the image's {unmet}; {reason}"
+    return status != "no", reason

@@ -1,0 +1,167 @@
+"""Cell images through the Docker SDK: engine connection, build context, build, identity."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cudastack.host.cells.matrix import Cell
+
+# Docker's predefined build args: passed through from the host, never written to image history.
+PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+LOG_TAIL = 15
+OPERATION_TIMEOUT_S = 3600  # lines of a failed build or run quoted in its failure row
+
+
+class EngineUnavailable(RuntimeError):
+    """No Docker engine answers (not installed, not running, or no permission)."""
+
+
+class BuildFailed(RuntimeError):
+    """A cell's image did not build: a one-line headline and the last lines of its log."""
+
+    def __init__(self, headline: str, tail: Sequence[str] = ()) -> None:
+        self.headline = headline
+        self.tail = list(tail)
+        super().__init__(headline + "".join("\n  " + line for line in self.tail))
+
+
+class BaseUnavailable(BuildFailed):
+    """The base image could not be pulled (offline, no such tag, no access)."""
+
+
+def connect(timeout: int = 10) -> Any:
+    """A Docker client for the engine DOCKER_HOST names (or the local socket), checked by ping."""
+    try:
+        from docker.errors import DockerException
+
+        import docker
+    except ImportError as exc:  # pragma: no cover - docker is a host dependency
+        raise EngineUnavailable(f"the docker package is not installed: {exc}") from None
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except DockerException as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EngineUnavailable(f"no Docker engine reachable ({reason})") from None
+    # A short timeout tells a dead engine quickly; loading, saving or pushing a 10 GB image
+    # then needs a long one.
+    client.api.timeout = OPERATION_TIMEOUT_S
+    return client
+
+
+def exists(client: Any, tag: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(tag)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def config_env(client: Any, ref: str) -> Optional[list]:
+    """An image's configured environment (``KEY=VALUE`` items) if it is here; never pulls."""
+    from docker.errors import ImageNotFound
+
+    try:
+        image = client.images.get(ref)
+    except ImageNotFound:
+        return None
+    return list((image.attrs.get("Config") or {}).get("Env") or [])
+
+
+def identity(client: Any, tag: str) -> str:
+    """The image's registry digest once pushed or pulled, else its local ID (moby#22011)."""
+    image = client.images.get(tag)
+    repo_digests = image.attrs.get("RepoDigests") or []
+    return str(repo_digests[0].split("@", 1)[1] if repo_digests else image.id)
+
+
+def make_context(
+    cell: Cell,
+    dockerfile: Path,
+    locks_dir: Path,
+    wheelhouse: Optional[Path],
+    ca_file: Optional[Path],
+) -> Path:
+    """A build context holding the Dockerfile and the build-only inputs (removed by the caller).
+
+    Wheels are hard-linked where the file system allows, so an offline build of a large
+    wheelhouse costs no copy on disk.
+    """
+    ctx = Path(tempfile.mkdtemp(prefix=f"cudastack-build-{cell.name}-"))
+    inputs = ctx / "inputs"
+    (inputs / "wheelhouse").mkdir(parents=True)
+    shutil.copy(dockerfile, ctx / "Dockerfile")
+    if wheelhouse is not None:
+        for wheel in sorted(wheelhouse.iterdir()):
+            if wheel.is_file():
+                target = inputs / "wheelhouse" / wheel.name
+                try:
+                    os.link(wheel, target)
+                except OSError:
+                    shutil.copy(wheel, target)
+    lock = cell.lock_path(locks_dir)
+    (inputs / "lock.txt").write_bytes(lock.read_bytes() if lock.is_file() else b"")
+    (inputs / "ca.crt").write_bytes(ca_file.read_bytes() if ca_file else b"")
+    return ctx
+
+
+def build(
+    client: Any,
+    cell: Cell,
+    tag: str,
+    inputs_hash: str,
+    context: Path,
+    on_line: Callable[[str], None],
+) -> str:
+    """Build with the classic builder, streaming every log line; returns the image ID."""
+    from docker.errors import APIError
+
+    args = {**cell.build_args(), "INPUTS_HASH": inputs_hash}
+    args.update({k: os.environ[k] for k in PROXY_ARGS if k in os.environ})
+    tail: deque = deque(maxlen=LOG_TAIL)
+    image_id = ""
+    try:
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=args,
+            decode=True,
+            rm=True,
+            forcerm=True,
+            labels={"dev.cudastack.cell": cell.name},
+        )
+        for chunk in stream:
+            text = chunk.get("stream") or chunk.get("status") or ""
+            for line in text.splitlines():
+                if line.strip():
+                    tail.append(line)
+                    on_line(line)
+            if "error" in chunk:
+                error = str(chunk["error"]).strip()
+                at_from = bool(tail) and " : FROM " in tail[-1]  # failed pulling the base
+                tail.append(error)
+                on_line(error)
+                if at_from:
+                    raise BaseUnavailable(
+                        f"base image {cell.base_image} cannot be pulled here: {error}"
+                    )
+                raise BuildFailed(f"build of {cell.name} failed: {error}", tail)
+            image_id = chunk.get("aux", {}).get("ID", image_id)
+    except APIError as exc:
+        raise BuildFailed(f"build of {cell.name} failed: {exc.explanation or exc}", tail) from None
+    finally:
+        # The builder stage (wheels, CA, lock) stays behind as untagged images, after a
+        # success and after a failure alike: remove them.
+        # Best effort: another build on the same engine may be pruning at this very moment.
+        with contextlib.suppress(APIError):
+            client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
+    return image_id or str(client.images.get(tag).id)

@@ -1,0 +1,229 @@
+"""The matrix of cells: load and validate matrix.toml, derive names, build args and image tags."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from cudastack.host.cells import stacks
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+# The shipped matrix and Dockerfile are package data beside this module (the repository's docker/
+# links here), so a regular install finds them too.
+DEFAULT_MATRIX = Path(__file__).resolve().parent / "docker" / "matrix.toml"
+IMAGE_REPO = "cudastack"
+
+KEYS = (
+    "name",
+    "base_image",
+    "cuda",
+    "cudnn",
+    "torch",
+    "torchvision",
+    "index",
+    "python",
+    "packages",
+)
+REQUIRED = ("base_image", "torch", "index", "python")
+
+# Everything that reaches a Dockerfile ARG or a shell command is held to these shapes, so a
+# matrix can never inject a command: no spaces, quotes, $, ;, backticks or newlines.
+_SAFE = {
+    "name": re.compile(r"[a-z0-9][a-z0-9._-]{0,99}"),
+    "base_image": re.compile(r"[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?"),
+    "cuda": re.compile(r"\d+\.\d+"),
+    "cudnn": re.compile(r"\d*"),
+    "torch": re.compile(r"2\.\d+\.\d+"),
+    "torchvision": re.compile(r"0\.\d+\.\d+"),
+    "index": re.compile(r"cpu|cu\d{3}"),
+    "python": re.compile(r"3\.\d+"),
+}
+_PACKAGE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?([<>=!~]=?[A-Za-z0-9.*+]+,?)*"
+)
+
+
+class MatrixError(ValueError):
+    """A matrix file that cannot be used; the message names the cell and the field."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pinned CUDA / cuDNN / PyTorch / Python combination."""
+
+    name: str
+    base_image: str
+    torch: str
+    index: str
+    python: str
+    cuda: str = ""
+    cudnn: str = ""
+    torchvision: str = ""
+    packages: tuple = field(default_factory=tuple)
+
+    @property
+    def torch_cuda(self) -> str:
+        """What torch.version.cuda must say inside the image ('' for a CPU build)."""
+        return stacks.variant_cuda(self.index) or ""
+
+    def build_args(self) -> dict:
+        """Every difference between cells, as the Dockerfile's build ARGs."""
+        return {
+            "BASE_IMAGE": self.base_image,
+            "PYTHON_VERSION": self.python,
+            "TORCH_VERSION": self.torch,
+            "TORCHVISION_VERSION": self.torchvision,
+            "TORCH_INDEX": self.index,
+            "TORCH_CUDA": self.torch_cuda,
+            "EXTRA_PACKAGES": " ".join(self.packages),
+            "CELL_NAME": self.name,
+        }
+
+    def lock_path(self, locks_dir: Path) -> Path:
+        return locks_dir / f"{self.name}.txt"
+
+    def inputs_hash(self, dockerfile: Path, locks_dir: Path) -> str:
+        """Content hash of the Dockerfile, the build args and the lock file (if any)."""
+        digest = hashlib.sha256(dockerfile.read_bytes())
+        digest.update(json.dumps(self.build_args(), sort_keys=True).encode())
+        lock = self.lock_path(locks_dir)
+        digest.update(lock.read_bytes() if lock.is_file() else b"no lock")
+        return digest.hexdigest()
+
+    def image_tag(self, dockerfile: Path, locks_dir: Path) -> str:
+        """An unchanged cell keeps its tag, so it is never rebuilt (PyTorch's CI does the same)."""
+        return f"{IMAGE_REPO}/{self.name}:{self.inputs_hash(dockerfile, locks_dir)[:16]}"
+
+
+def derive_name(fields: dict) -> str:
+    """cu12.8-torch2.9.1-py3.12, or cpu-torch2.9.1-py3.12."""
+    cuda = stacks.variant_cuda(fields["index"])
+    stack = f"cu{cuda}" if cuda else "cpu"
+    return f"{stack}-torch{fields['torch']}-py{fields['python']}"
+
+
+def _fail(where: str, key: str, message: str) -> MatrixError:
+    return MatrixError(f"{where}: field '{key}' {message}")
+
+
+def _check_shapes(where: str, fields: dict) -> None:
+    for key, pattern in _SAFE.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise _fail(where, key, f"has an invalid value {value!r}")
+    packages = fields.get("packages", [])
+    if not isinstance(packages, list):
+        raise _fail(where, "packages", "must be a list of pip requirement strings")
+    for pkg in packages:
+        if not isinstance(pkg, str) or not _PACKAGE.fullmatch(pkg):
+            raise _fail(where, "packages", f"has an invalid requirement {pkg!r}")
+
+
+def _check_stack(where: str, f: dict, variants: bool = True) -> None:
+    published = stacks.published_variants(f["torch"])
+    if variants and f["index"] not in published:
+        raise _fail(
+            where,
+            "index",
+            f"{f['index']} has no torch {f['torch']} wheels; published: {', '.join(published)}",
+        )
+    want_cuda = stacks.variant_cuda(f["index"])
+    if want_cuda and f.get("cuda") != want_cuda:
+        raise _fail(where, "cuda", f"must be {want_cuda} to match index {f['index']}")
+    if not want_cuda and f.get("cuda"):
+        raise _fail(where, "cuda", "must be empty for the cpu index")
+    tv = f.get("torchvision")
+    if variants and tv and not tv.startswith(stacks.matching_torchvision(f["torch"]) + "."):
+        raise _fail(
+            where,
+            "torchvision",
+            f"{tv} does not match torch {f['torch']} "
+            f"(needs {stacks.matching_torchvision(f['torch'])}.x)",
+        )
+    repo, _, tag = f["base_image"].split("@")[0].partition(":")
+    if repo in ("nvidia/cuda", "docker.io/nvidia/cuda"):
+        parsed = stacks.parse_nvidia_tag(tag)
+        if parsed is None:
+            raise _fail(
+                where,
+                "base_image",
+                f"tag {tag!r} is not an nvidia/cuda tag (X.Y.Z-[cudnn-]runtime-ubuntuNN.NN)",
+            )
+        if want_cuda and parsed["cuda"] != want_cuda:
+            raise _fail(
+                where, "base_image", f"is CUDA {parsed['cuda']} but the cell is {want_cuda}"
+            )
+        tag_cudnn = {"cudnn8": "8", "cudnn9": "9", "cudnn": "9"}.get(parsed["cudnn"], "")
+        if f.get("cudnn") and tag_cudnn and f["cudnn"] != tag_cudnn:
+            raise _fail(where, "cudnn", f"is {f['cudnn']} but the base image has cuDNN {tag_cudnn}")
+        pythons = stacks.UBUNTU_PYTHONS.get(parsed["os"])
+        if pythons and f["python"] not in pythons:
+            raise _fail(
+                where,
+                "python",
+                f"{f['python']} is not packaged for {parsed['os']}; use {' or '.join(pythons)}",
+            )
+
+
+def load(path: Path, variants: bool = True) -> list:
+    """Cells of a matrix file, validated; defaults from [defaults] apply to every cell.
+
+    ``variants=False`` leaves torch x variant and torch x torchvision to the caller:
+    `cudastack check` reports them per cell instead of refusing the whole file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MatrixError(f"matrix file {path} does not exist; pass --matrix FILE") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MatrixError(f"{path}: not valid TOML: {exc}") from None
+    unknown_top = set(data) - {"defaults", "cell"}
+    if unknown_top:
+        raise MatrixError(
+            f"{path}: unknown table {sorted(unknown_top)[0]!r}; use [defaults] and [[cell]]"
+        )
+    defaults = data.get("defaults", {})
+    raw_cells = data.get("cell", [])
+    if not raw_cells:
+        raise MatrixError(f"{path}: no [[cell]] tables")
+    cells: list = []
+    seen: dict = {}
+    for number, raw in enumerate(raw_cells, 1):
+        fields = {**defaults, **raw}
+        where = f"{path.name}: cell {raw.get('name') or number}"
+        for key in fields:
+            if key not in KEYS:
+                raise _fail(where, key, f"is unknown; known fields: {', '.join(KEYS)}")
+        for key in REQUIRED:
+            if not fields.get(key):
+                raise _fail(where, key, "is missing")
+        _check_shapes(where, fields)
+        _check_stack(where, fields, variants)
+        fields.setdefault("name", derive_name(fields))
+        if fields["name"] in seen:
+            raise _fail(where, "name", f"{fields['name']!r} repeats cell {seen[fields['name']]}")
+        seen[fields["name"]] = number
+        fields["packages"] = tuple(fields.get("packages", ()))
+        cells.append(Cell(**fields))
+    return cells
+
+
+def select(cells: list, names: Optional[list]) -> list:
+    """The named cells, in matrix order; an unknown name is an error listing the valid ones."""
+    if not names:
+        return list(cells)
+    known = {c.name: c for c in cells}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise MatrixError(f"unknown cell {', '.join(unknown)}; cells: {', '.join(known)}")
+    return [c for c in cells if c.name in names]

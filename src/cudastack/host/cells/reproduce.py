@@ -1,0 +1,133 @@
+"""`cudastack reproduce`: rebuild a past run's cells from their recorded inputs, then verify."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cudastack.host.cells import images
+from cudastack.host.cells.matrix import Cell
+from cudastack.host.run.container import base_environment, harness_volume
+
+INPUTS = "cell.json"  # what a run records about each cell's image, beside its results
+
+
+class ReproduceError(ValueError):
+    """A cell's image cannot be had the way its records say; nothing was changed."""
+
+
+def record_inputs(
+    cell_dir: Path,
+    cell: Cell,
+    dockerfile: Path,
+    lock_text: str,
+    tag: str,
+    image_ref: str,
+    inputs_hash: str,
+) -> None:
+    """Everything needed to rebuild this cell's image: Dockerfile text, build args, lock."""
+    data = {
+        "cell": dataclasses.asdict(cell),
+        "build_args": cell.build_args(),
+        "tag": tag,
+        "image": image_ref,
+        "inputs_hash": inputs_hash,
+        "dockerfile": dockerfile.read_text(encoding="utf-8"),
+        "lock": lock_text,
+    }
+    (cell_dir / INPUTS).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def cell_from(record: dict) -> Cell:
+    fields = dict(record["cell"])
+    fields["packages"] = tuple(fields.get("packages", ()))
+    return Cell(**fields)
+
+
+def rebuild_inputs(record: dict, folder: Path) -> tuple[Path, Path]:
+    """Write the recorded Dockerfile and lock into a folder: (dockerfile, locks_dir)."""
+    dockerfile = folder / "Dockerfile"
+    dockerfile.write_text(record["dockerfile"], encoding="utf-8")
+    locks = folder / "locks"
+    locks.mkdir()
+    if record["lock"]:
+        (locks / f"{record['cell']['name']}.txt").write_text(record["lock"], encoding="utf-8")
+    return dockerfile, locks
+
+
+def obtain(
+    client: Any,
+    record: dict,
+    pushed_ref: str,
+    rebuild: bool,
+    build: Callable[[Cell, Path, Path], str],
+    load: Optional[Callable[[], object]] = None,
+) -> str:
+    """How the image came to be here: 'present', 'imported' (by ``load``, from the archive
+    reproduce was given), 'pulled' or 'rebuilt'."""
+    tag = record["tag"]
+    if images.exists(client, tag) and not rebuild:
+        return "present"
+    if load is not None and not rebuild:
+        load()
+        if not images.exists(client, tag):
+            raise ReproduceError(f"cell {record['cell']['name']}: the archive did not hold {tag}")
+        return "imported"
+    if pushed_ref and not rebuild:
+        from docker.errors import APIError
+
+        try:
+            image = client.images.pull(pushed_ref)  # by digest: exactly the bytes pushed
+        except APIError as exc:
+            cause = str(exc.explanation or exc).strip().splitlines()[0]
+            raise ReproduceError(
+                f"cell {record['cell']['name']}: cannot pull its recorded digest {pushed_ref} "
+                f"({cause}); use --rebuild to build it from the recorded inputs, or import an "
+                "export of it"
+            ) from None
+        image.tag(*tag.rsplit(":", 1))
+        return "pulled"
+    if images.exists(client, tag):
+        client.images.remove(tag, force=True)
+    with tempfile.TemporaryDirectory(prefix="cudastack-reproduce-") as tmp:
+        dockerfile, locks = rebuild_inputs(record, Path(tmp))
+        cell = cell_from(record)
+        built = build(cell, dockerfile, locks)
+    if built != tag:
+        raise images.BuildFailed(f"rebuilt {cell.name} as {built}, not {tag}: its inputs changed")
+    return "rebuilt"
+
+
+def probe(client: Any, tag: str) -> dict:
+    """The stack inside the image as `python -m cudastack.environment.envinfo` sees it."""
+    out = client.containers.run(
+        tag,
+        ["python", "-m", "cudastack.environment.envinfo"],
+        remove=True,
+        user=f"{os.getuid()}:{os.getgid()}",
+        environment=base_environment(),
+        volumes=harness_volume(),
+        stderr=False,
+    )
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+def diff(original: dict, now: dict) -> list[str]:
+    """Differences in installed packages, torch / CUDA runtime / cuDNN / NCCL, and lock."""
+    lines = []
+    for key in ("version", "cuda", "cudnn", "nccl"):
+        a, b = original["torch"].get(key, ""), now["torch"].get(key, "")
+        if a != b:
+            lines.append(f"torch {key}: {a or '-'} -> {b or '-'}")
+    before, after = original.get("installed", {}), now.get("installed", {})
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            lines.append(f"{name}: {before.get(name, '(absent)')} -> {after.get(name, '(absent)')}")
+    old_lock = original.get("lock", {}).get("hash", "")
+    if old_lock != now.get("lock_hash", ""):
+        lines.append(f"lock: {old_lock or '(none)'} -> {now.get('lock_hash') or '(none)'}")
+    return lines

@@ -1,0 +1,148 @@
+"""Commands that read finished runs: compare and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+from rich.markup import escape
+
+from cudastack.host.analysis import compare, explain, report, results
+from cudastack.host.cli.app import ResultsOpt, UserError, app, console, err, names
+
+FORMATS = ("table", "md", "csv", "json")
+
+
+def load_runs(runs: list[str], results_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """All runs' rows in one table, and each side's env.json (side as compare labels it)."""
+    frames, dirs = [], {}
+    for ref in runs:
+        run_dir = Path(ref) if Path(ref).is_dir() else results_dir / ref
+        if not run_dir.is_dir():
+            raise UserError(f"no run {ref}: neither a run folder nor a run id under {results_dir}")
+        df = results.load_table(run_dir)
+        frames.append(df)
+        for run_id in df["run_id"].unique():
+            dirs[run_id] = run_dir
+    df = pd.concat(frames, ignore_index=True)
+    if df["run_id"].nunique() < len(runs):
+        raise UserError("the same run was given twice")
+    labels = compare.label_sides(df)
+    envs = {}
+    for (run_id, cell), label in zip(zip(df["run_id"], df["cell"]), labels):
+        if label not in envs:
+            envs[label] = explain.load_env(dirs[run_id], cell)
+    return df.assign(side=labels), envs
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[str] = typer.Argument(..., help="Run ids (under --results-dir) or run folders."),
+    baseline: Optional[str] = typer.Option(
+        None, help="Cell or run to compare against (default: the first)."
+    ),
+    bench: str = typer.Option("", "--bench", help="Comma-separated benches (default: all)."),
+    fmt: str = typer.Option("table", "--format", help="table | md | csv | json"),
+    threshold: float = typer.Option(0.05, help="Smallest change that counts (0.05 = 5 %)."),
+    alpha: float = typer.Option(0.05, help="Significance level after correction."),
+    correction: str = typer.Option("holm", help="holm (family-wise) | bh (false discovery)."),
+    fail_on_regression: bool = typer.Option(
+        False, "--fail-on-regression", help="Exit 1 when any case is slower."
+    ),
+    results_dir: Path = ResultsOpt,
+) -> None:
+    """Is one cell or run really faster than another, by how much, and why?"""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if correction not in ("holm", "bh"):
+        raise UserError(f"unknown --correction {correction!r}; choose holm or bh")
+    df, envs = load_runs(runs, results_dir)
+    if bench:
+        unknown = sorted(set(names(bench)) - set(df["bench"]))
+        if unknown:
+            raise UserError(
+                f"unknown bench {', '.join(unknown)} in these runs; benches: "
+                f"{', '.join(sorted(set(df['bench'])))}"
+            )
+        df = df[df["bench"].isin(names(bench))]
+    settings = compare.Settings(threshold=threshold, alpha=alpha, correction=correction)
+    try:
+        table = compare.compare(df, baseline, settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    base = table["baseline"].iloc[0]
+    diffs = {
+        side: explain.env_diff(envs.get(base, {}), envs.get(side, {}))
+        for side in table["side"].unique()
+    }
+    for side, diff in diffs.items():
+        warning = explain.hardware_warning(diff)
+        if warning:
+            err.print(f"warning: {escape(side)} vs {escape(base)}: {escape(warning)}")
+    if fmt == "csv":
+        print(table.to_csv(index=False), end="")
+    elif fmt == "json":
+        print(
+            json.dumps(
+                {
+                    "comparison": table.to_dict("records"),
+                    "explanations": explain.explain(table, diffs),
+                    "environment": {s: [list(d) for d in v] for s, v in diffs.items()},
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    elif fmt == "md":
+        print(report.markdown(table, diffs, explain.explain(table, diffs)))
+    else:
+        from cudastack.host.analysis.display import comparison
+
+        console.print(comparison(table, f"compared with {base}"))
+        counts = table["verdict"].value_counts()
+        console.print(", ".join(f"{counts.get(v, 0)} {v}" for v in compare.VERDICTS))
+        for side, diff in diffs.items():
+            if diff:
+                console.print(
+                    f"{escape(side)} vs {escape(base)}: "
+                    + "; ".join(f"{label} {va} -> {vb}" for label, va, vb in diff),
+                    highlight=False,
+                )
+        for line in explain.explain(table, diffs):
+            console.print(f"explain: {escape(line)}", highlight=False)
+    if fail_on_regression and (table["verdict"] == "slower").any():
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[str] = typer.Argument(..., help="Run ids (under --results-dir) or run folders."),
+    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="File to write."),
+    fmt: str = typer.Option("html", "--format", help="html | md"),
+    baseline: Optional[str] = typer.Option(None, help="Cell or run to compare against."),
+    results_dir: Path = ResultsOpt,
+) -> None:
+    """One self-contained HTML report (or markdown for a pull-request comment)."""
+    if fmt not in ("html", "md"):
+        raise UserError(f"unknown --format {fmt!r}; choose html or md")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist")
+    df, envs = load_runs(runs, results_dir)
+    try:
+        if fmt == "html":
+            text = report.html_report(df, envs, baseline)
+        else:
+            table = compare.compare(df, baseline)
+            base = table["baseline"].iloc[0]
+            diffs = {
+                s: explain.env_diff(envs.get(base, {}), envs.get(s, {}))
+                for s in table["side"].unique()
+            }
+            text = report.markdown(table, diffs, explain.explain(table, diffs))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    report.write(out, text)
+    console.print(f"report: {out}", highlight=False)

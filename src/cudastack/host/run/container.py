@@ -1,0 +1,254 @@
+"""Run a cell's worker in its container: mounts, user, GPUs, limits, logs, time limit, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cudastack.environment.suite import PATH_PARAMS
+from cudastack.host.cells.stacks import DISABLE_REQUIRE
+from cudastack.host.run.local import DEFAULT_TIMEOUT_S, LOG, SuiteArgs
+
+# The cudastack package this process runs, mounted into cells by itself (not the folder holding
+# it: in a regular install that is site-packages, whose host packages must not shadow the cell's).
+HARNESS_PACKAGE = Path(__file__).resolve().parents[2]
+IN_SRC, IN_BENCH, IN_RESULTS = "/harness/src", "/harness/bench", "/results"
+IN_INPUTS = "/inputs"
+NO_GPU_RUNTIME = (
+    "the Docker engine has no GPU runtime: install the NVIDIA Container Toolkit, run "
+    "`sudo nvidia-ctk runtime configure --runtime=docker` and restart dockerd (or set up CDI); "
+    "`cudastack doctor` checks it"
+)
+
+
+@dataclass(frozen=True)
+class ContainerOptions:
+    """How a cell's container runs."""
+
+    gpus: str = "all"  # none | all | comma-separated indices or UUIDs
+    shm_size: str = "16g"  # Docker's default /dev/shm is 64 MB: DataLoader workers die of it
+    ipc_host: bool = False
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    # --minor-version-compat: the NVIDIA runtime starts the image even where the driver is older
+    # than its NVIDIA_REQUIRE_CUDA (minor-version compatibility then has to carry it).
+    minor_version_compat: bool = False
+    # uid:gid the worker runs as; empty: the invoking user's, so the results are theirs.
+    user: str = ""
+
+
+def harness_volume() -> dict[str, dict[str, str]]:
+    """The harness package, read-only at ``IN_SRC/cudastack`` (``IN_SRC`` is on PYTHONPATH)."""
+    return {str(HARNESS_PACKAGE): {"bind": f"{IN_SRC}/cudastack", "mode": "ro"}}
+
+
+def base_environment() -> dict[str, str]:
+    """The variables every cell container gets, whatever uid it runs as (run, bench, shell)."""
+    return {
+        "PYTHONPATH": IN_SRC,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # torch and NVML number GPUs alike
+        "HOME": "/tmp",  # the invoking uid has no home in the image; caches go to /tmp
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # torch.compile writes generated kernels here; its defaults sit under the user's name in
+        # /tmp or under HOME, and a fixed writable place serves every uid alike.
+        "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor",
+        "TRITON_CACHE_DIR": "/tmp/triton",
+        # The invoking uid has no passwd entry in the image, and Inductor (torch <= 2.9) calls
+        # getpass.getuser(), which then raises KeyError and fails every compile=true case;
+        # getpass reads LOGNAME, USER, LNAME and USERNAME before it looks the uid up.
+        "USER": "cudastack",
+        "LOGNAME": "cudastack",
+    }
+
+
+def device_requests(gpus: str) -> list:
+    """GPUs as the engine API wants them (docker run --gpus)."""
+    from docker.types import DeviceRequest
+
+    if gpus in ("", "none"):
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+
+
+def _inputs_in_container(args: SuiteArgs) -> tuple[SuiteArgs, dict]:
+    """Host folders given as parameters (--set weights=DIR) are mounted read-only under /inputs
+    and the parameter is rewritten to the path the container sees."""
+    overrides, mounts = [], {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key.strip() in PATH_PARAMS and value.strip():
+            inside = f"{IN_INPUTS}/{key.strip()}"
+            mounts[str(Path(value.strip()).resolve())] = {"bind": inside, "mode": "ro"}
+            item = f"{key.strip()}={inside}"
+        overrides.append(item)
+    return dataclasses.replace(args, overrides=overrides), mounts
+
+
+def container_kwargs(
+    image: str,
+    args: SuiteArgs,
+    cell_dir: Path,
+    cell: str,
+    run_id: str,
+    image_ref: str,
+    opts: ContainerOptions,
+    process: int = 0,
+) -> dict:
+    """Everything ``containers.create`` gets: harness read-only, results read-write, the invoking
+    user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need;
+    the environment is ``base_environment()`` with ``args.environment()`` over it."""
+    from docker.types import Ulimit
+
+    args, inputs = _inputs_in_container(args)
+    command = [
+        "python",
+        *args.launcher(),
+        *args.worker_argv(Path(IN_RESULTS), cell, run_id, Path(IN_BENCH), image_ref, process),
+    ]
+    environment = base_environment()
+    if opts.minor_version_compat:
+        environment[DISABLE_REQUIRE] = "true"
+    environment.update(args.environment())  # --env and the passthrough; --env may replace any
+    kwargs = {
+        "image": image,
+        "command": command,
+        "user": opts.user or f"{os.getuid()}:{os.getgid()}",
+        "volumes": {
+            **harness_volume(),
+            str(args.bench_dir.resolve()): {"bind": IN_BENCH, "mode": "ro"},
+            str(cell_dir.resolve()): {"bind": IN_RESULTS, "mode": "rw"},
+            **inputs,
+        },
+        "environment": environment,
+        "working_dir": IN_RESULTS,
+        "device_requests": device_requests(opts.gpus),
+        "ulimits": [
+            Ulimit(name="memlock", soft=-1, hard=-1),
+            Ulimit(name="stack", soft=67108864, hard=67108864),
+        ],
+        "labels": {"dev.cudastack.run": run_id, "dev.cudastack.cell": cell},
+    }
+    if opts.ipc_host:
+        kwargs["ipc_mode"] = "host"
+    else:
+        kwargs["shm_size"] = opts.shm_size
+    return kwargs
+
+
+@dataclass
+class Outcome:
+    """How a cell's container ended: ok, or failed with a reason."""
+
+    ok: bool
+    reason: str = ""
+
+
+def run_container(
+    client: Any,
+    kwargs: dict,
+    cell_dir: Path,
+    timeout_s: float,
+    on_line: Optional[Callable[[str], None]] = None,
+) -> Outcome:
+    """Run one cell's worker container; stream its output to log.txt; always remove it."""
+    from docker.errors import APIError
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import ReadTimeout
+
+    tail: deque = deque(maxlen=15)
+    try:
+        container = _start(client, kwargs, cell_dir, on_line)
+    except APIError as exc:
+        text = str(exc.explanation or exc)
+        if "could not select device driver" in text:
+            return Outcome(False, NO_GPU_RUNTIME)
+        if "unsatisfied condition" in text:  # the image's NVIDIA_REQUIRE_* against the driver
+            return Outcome(
+                False,
+                f"the NVIDIA container runtime refused the image: {text}; upgrade the driver, "
+                "or --minor-version-compat to start it anyway",
+            )
+        return Outcome(False, f"container did not start: {text}")
+    log_thread = threading.Thread(
+        target=_follow_logs, args=(container, cell_dir / LOG, tail, on_line), daemon=True
+    )
+    log_thread.start()
+    try:
+        try:
+            code = int(container.wait(timeout=timeout_s)["StatusCode"])
+        except (ReadTimeout, RequestsConnectionError):
+            container.kill()
+            log_thread.join(timeout=10)
+            return Outcome(False, f"timed out after {timeout_s:g} s (per-cell limit)" + _tail(tail))
+        log_thread.join(timeout=30)
+        container.reload()
+        if container.attrs["State"].get("OOMKilled"):
+            return Outcome(False, f"container was OOM-killed (exit {code})" + _tail(tail))
+        if code != 0:
+            return Outcome(False, f"container exited with code {code}" + _tail(tail))
+        return Outcome(True)
+    finally:
+        # Ctrl-C lands here too: the container never outlives the run.
+        with contextlib.suppress(APIError):
+            container.remove(force=True)
+
+
+def _start(
+    client: Any, kwargs: dict, cell_dir: Path, on_line: Optional[Callable[[str], None]]
+) -> Any:
+    """Create and start the container, removing it again if it does not start.
+
+    An engine whose own limits forbid raising memlock (some sandboxes and rootless engines) refuses
+    the ulimits; the run goes on without them, and says so in the log, since only multi-GPU NCCL
+    needs them."""
+    from docker.errors import APIError
+
+    container = client.containers.create(**kwargs)
+    try:
+        container.start()
+        return container
+    except APIError as exc:
+        container.remove(force=True)
+        if "rlimit" not in str(exc) or "ulimits" not in kwargs:
+            raise
+    note = (
+        "cudastack: the engine refused the memlock/stack ulimits (its own limits are lower); "
+        "running without them: NCCL may fail to register memory"
+    )
+    with open(cell_dir / LOG, "a", encoding="utf-8") as log:
+        log.write(note + "\n")
+    if on_line:
+        on_line(note)
+    return _start(client, {k: v for k, v in kwargs.items() if k != "ulimits"}, cell_dir, on_line)
+
+
+def _follow_logs(
+    container: Any, path: Path, tail: deque, on_line: Optional[Callable[[str], None]]
+) -> None:
+    with open(path, "a", encoding="utf-8") as log:
+        buffer = b""
+        for chunk in container.logs(stream=True, follow=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                log.write(line + "\n")
+                log.flush()
+                tail.append(line)
+                if on_line:
+                    on_line(line)
+        if buffer:
+            log.write(buffer.decode("utf-8", "replace") + "\n")
+            tail.append(buffer.decode("utf-8", "replace"))
+
+
+def _tail(lines: deque) -> str:
+    return "; last log lines: " + " | ".join(list(lines)[-5:]) if lines else ""
