@@ -23,7 +23,7 @@ OLD = b"old complete file\n" * 1000
 KILLED_MID_WRITE = """
 import sys, time
 from pathlib import Path
-from cudastack.host.analysis.results import atomic_write
+from cudastack.contract.runfolder import atomic_write
 
 def write(tmp):
     with open(tmp, "wb") as f:
@@ -73,8 +73,8 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_or_none(tmp_path, old):
 LIMIT = 4096
 BIG = "x" * (16 * LIMIT)
 WRITERS = {
-    "results.atomic_write": (
-        "from cudastack.host.analysis.results import atomic_write\n"
+    "runfolder.atomic_write": (
+        "from cudastack.contract.runfolder import atomic_write\n"
         "atomic_write(target, lambda p: p.write_text(BIG))"
     ),
     "lock.write_lock": (
@@ -88,8 +88,8 @@ WRITERS = {
         "lock.pin_base(target, 'debian:12', 'debian:12@sha256:' + 'a' * 64)"
     ),
     # env.json and done.json of a worker.
-    "worker._write_json_atomic": (
-        "from cudastack.environment import worker\nworker._write_json_atomic(target, {'padding': BIG})"
+    "runfolder.write_json": (
+        "from cudastack.contract import runfolder\nrunfolder.write_json(target, {'padding': BIG})"
     ),
 }
 FULL_DISK = """

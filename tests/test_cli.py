@@ -101,6 +101,8 @@ CRASH_BENCH = '''
 """A case that runs, then one that takes the worker down, as a crash in a kernel would."""
 import os
 
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"mode": ["ok", "crash"]}
 
 def run(ctx, mode):
@@ -189,7 +191,7 @@ def test_repeat_runs_worker_processes_that_compare_takes_as_its_unit(tmp_path):
             "--profile", "quick", "--out", name, cwd=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        assert "process 3 of 3" in proc.stdout
+        assert "local (3/3)" in proc.stdout  # the rule over each process
     df = results.load_table(tmp_path / "a")
     assert sorted(df["process"].unique()) == [0, 1, 2]
     assert (df.groupby("process")["case"].nunique() == 2).all()  # every process ran every case

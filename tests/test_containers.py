@@ -207,7 +207,7 @@ def test_without_a_gpu_cuda_cells_are_skipped_unless_gpus_none_is_said():
 
 
 def test_doctor_tells_what_bench_will_do_on_a_host_without_a_gpu(tmp_path):
-    if doctor.nvml_host()[0]:
+    if doctor.nvml_host().driver:
         pytest.skip("NVML sees an NVIDIA GPU here")
     cells = matrix.load(matrix.DEFAULT_MATRIX)
     auto = cli("doctor").stdout

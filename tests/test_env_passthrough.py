@@ -73,6 +73,8 @@ BENCH = '''
 """Reads a variable the host passed in."""
 import os
 
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"n": [8]}
 
 def run(ctx, n):

@@ -14,7 +14,7 @@ import torch
 from cudastack.environment import envinfo, precision, suite, worker
 from cudastack.environment import world as worldmod
 from cudastack.environment.context import Context, Skip
-from cudastack.host.run import pipeline
+from cudastack.host.run import launcher
 
 # torch.cuda.get_arch_list() of the PyTorch wheels, as torch's own release table
 # (torch/cuda/__init__.py, PYTORCH_RELEASES_CODE_CC, x86_64) lists them: machine code only, no PTX.
@@ -64,6 +64,8 @@ MARKER_BENCH = '''
 import os
 from pathlib import Path
 
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"n": [1, 2, 3]}
 
 def run(ctx, n):
@@ -131,7 +133,7 @@ def test_a_gpu_the_build_cannot_run_gets_one_cell_row_and_no_case_runs(
     assert done["skipped"] == 1 and done["ok"] == done["failed"] == 0
     assert "cell skipped: torch" in capsys.readouterr().out
     # The host reads the same done.json a container's worker leaves: the cell is skipped, not ok.
-    cell = pipeline.finished_cell("cu12.6", out, build_s=1.0, run_s=2.0)
+    cell = launcher.finished_cell("cu12.6", out, build_s=1.0, run_s=2.0)
     assert (cell.status, cell.reason) == ("skipped", row["reason"])
 
 
@@ -182,6 +184,8 @@ the harness's helper. Each reports the switches it found at its start, as torch 
 from cudastack.environment import precision
 from cudastack.environment.context import Metric
 
+KIND = "kernel"
+HEADLINE = "matmul_none"  # what each case finds when it starts clean
 PARAMS = {"step": ["library", "helper", "last"]}
 
 def run(ctx, step):

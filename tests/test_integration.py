@@ -27,14 +27,33 @@ def quick_run(tmp_path_factory):
     return root / "run", proc
 
 
+SPECS = suite.discover(DEFAULT_BENCH_DIR)
+
+
 def test_every_bench_produced_rows(quick_run):
     run_dir, proc = quick_run
     df = results.load_table(run_dir)
-    kernels = {"gemm", "conv", "sdpa", "bandwidth", "elementwise", "launch"}
-    workloads = {"train_resnet", "train_gpt", "seed_cnn", "finetune", "dataloader"}
-    assert set(df["bench"]) == kernels | workloads | {"infer_precision", "allreduce"}
+    assert set(df["bench"]) == set(SPECS)
+    assert {SPECS[b].kind for b in SPECS} == {"kernel", "workload"}
     assert "profile quick" in proc.stdout
     assert "run " in proc.stdout and "median" in proc.stdout  # the summary table
+
+
+def test_every_row_carries_its_bench_s_declarations(quick_run):
+    df = results.load_table(quick_run[0])
+    for bench, rows in df.groupby("bench"):
+        assert set(rows["kind"]) == {SPECS[bench].kind}, bench
+        assert set(rows["headline"]) == {SPECS[bench].headline}, bench
+
+
+def test_every_ok_case_states_its_declared_headline(quick_run):
+    df = results.load_table(quick_run[0])
+    ok = df[df["status"] == "ok"]
+    for case, rows in ok.groupby("case"):
+        headline = SPECS[rows["bench"].iloc[0]].headline
+        assert len(rows[rows["metric"] == headline]) >= 1, case
+    summary = results.case_table(df).dropna(subset=["metric"])
+    assert (summary["metric"] == summary["bench"].map(lambda b: SPECS[b].headline)).all()
 
 
 def test_every_record_is_sane(quick_run):

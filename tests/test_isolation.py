@@ -44,6 +44,8 @@ ISOLATING_BENCH = '''
 import os
 import signal
 
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"mode": ["live", "die"], "n": [1, 2]}
 ISOLATE = ["mode"]
 

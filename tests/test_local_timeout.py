@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"mode": ["ok", "hang"]}
 DATA_PARALLEL = True
 PIDS = Path(PIDS_FOLDER)

@@ -41,16 +41,12 @@ from cudastack.environment import peaks, suite
 from cudastack.environment import worker as worker_mod
 from cudastack.host.analysis import results
 from cudastack.host.cells import matrix
-from cudastack.host.cli import handoff as cli_handoff
-from cudastack.host.cli import main as commands
-from cudastack.host.cli import reading as cli_compare
-from cudastack.host.cli.app import app as APP
+from cudastack.host.cli.main import app as APP
 from cudastack.host.run import container
 from cudastack.host.run.local import SuiteArgs
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
-REGISTERED = (commands, cli_compare, cli_handoff)  # importing them adds their commands, as main()
 ROOT = typer.main.get_command(APP)
 
 # Commands that only read finished runs and the bench folder: cheap, so they always run for real.
@@ -562,7 +558,7 @@ def test_list_auto_shows_the_profile_a_run_here_picks():
     # the bench files' unprofiled grids.
     from cudastack.host.cells.doctor import nvml_host
 
-    here = "standard" if nvml_host()[2] else "quick"
+    here = "standard" if nvml_host().gpus else "quick"
     auto = invoke(["list", "--cases", "--profile", "auto"])
     picked = invoke(["list", "--cases", "--profile", here])
     assert auto.exit_code == 0 and auto.output == picked.output
@@ -657,11 +653,26 @@ def test_results_reference_is_described_truthfully():
 
 
 def test_every_code_block_is_exercised():
-    # sh blocks: the commands above; python: the two examples run above; the one block without
-    # a language is the run folder's listing. A block of another kind would go unchecked.
+    # sh blocks: the commands above; python: the two examples run above; the blocks without a
+    # language are the run folder's listing and the code layout (checked below). A block of
+    # another kind would go unchecked.
     kinds = [(lang, h) for lang, _, h in fenced_blocks() if lang != "sh"]
     assert sorted(kinds) == [
+        ("", "Developing"),
         ("", "Reading the results"),
         ("python", "Reading the results"),
         ("python", "Writing a benchmark"),
     ]
+
+
+def test_the_code_layout_names_every_module_and_only_modules_that_exist():
+    """The Developing section's tree names each module of the three packages, and no other."""
+    (tree,) = [body for lang, body, h in fenced_blocks() if h == "Developing" and not lang]
+    named = {w.strip(",:;") for w in tree.split() if w.strip(",:;").endswith(".py")}
+    package = REPO / "src" / "cudastack"
+    modules = {
+        p.name
+        for p in package.glob("*/**/*.py")
+        if p.name != "__init__.py" and "bench" not in p.relative_to(package).parts
+    }
+    assert named == modules, (sorted(modules - named), sorted(named - modules))

@@ -92,6 +92,8 @@ def test_smoke_data_parallel_on_two_processes(tmp_path):
 # The good bench asserts the smoke grid is what ran: a doctor running another profile fails it.
 DEEP_BENCHES = {
     "good": """
+        KIND = "kernel"
+        HEADLINE = "latency"
         PARAMS = {"n": [1]}
         PROFILES = {"smoke": {"n": [2]}}
 
@@ -100,12 +102,16 @@ DEEP_BENCHES = {
             return ctx.measure(lambda: ctx.torch.ones(n))
     """,
     "bad": """
+        KIND = "kernel"
+        HEADLINE = "latency"
         PARAMS = {"n": [1]}
 
         def run(ctx, n):
             raise RuntimeError("boom")
     """,
     "later": """
+        KIND = "kernel"
+        HEADLINE = "latency"
         PARAMS = {"n": [1]}
 
         def run(ctx, n):

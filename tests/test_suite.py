@@ -7,12 +7,15 @@ from cudastack.environment.suite import SuiteError
 
 GRID = '''
 """A toy bench: adds numbers."""
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"dtype": ["fp32", "bf16"], "n": [1, 2, 3], "fused": [True, False]}
 PROFILES = {"quick": {"n": [1]}}
 
 def run(ctx, dtype, n, fused):
     return []
 '''
+OTHER = '"""Other."""\nKIND = "workload"\nHEADLINE = "items_per_s"\n'
 
 
 def test_expansion_is_the_cartesian_product_in_grid_order(make_bench):
@@ -43,7 +46,7 @@ def test_select_filters_by_formatted_value(make_bench):
 
 def test_select_drops_benches_without_the_key(make_bench):
     make_bench("toy", GRID)
-    specs = suite.discover(make_bench("other", '"""Other."""\nPARAMS = {"size": [1]}\n'))
+    specs = suite.discover(make_bench("other", OTHER + 'PARAMS = {"size": [1]}\n'))
     cases = suite.plan(specs, "standard", None, {"dtype": ["fp32"]})
     assert {c.bench for c in cases} == {"toy"}
 
@@ -107,7 +110,7 @@ def test_shipped_suite_discovers_and_every_bench_has_a_quick_grid():
 
 def test_set_replaces_values_with_the_parameters_type(make_bench):
     make_bench("toy", GRID)
-    other = '"""Other."""\nPARAMS = {"n": [1.5], "weights": [""]}\n'
+    other = OTHER + 'PARAMS = {"n": [1.5], "weights": [""]}\n'
     specs = suite.discover(make_bench("other", other))
     overrides = suite.parse_set(["n=7", "fused=false", "weights=/models/x"], specs)
     assert overrides == {"n": "7", "fused": "false", "weights": "/models/x"}
@@ -137,9 +140,7 @@ def test_bad_set(make_bench, items, message):
 
 def test_data_parallel_keeps_only_benches_that_declare_it(make_bench):
     make_bench("toy", GRID)
-    specs = suite.discover(
-        make_bench("ddp", '"""DP."""\nDATA_PARALLEL = True\nPARAMS = {"n": [1]}\n')
-    )
+    specs = suite.discover(make_bench("ddp", OTHER + 'DATA_PARALLEL = True\nPARAMS = {"n": [1]}\n'))
     assert specs["ddp"].data_parallel and not specs["toy"].data_parallel
     assert [c.bench for c in suite.plan(specs, "quick", data_parallel=True)] == ["ddp"]
     with pytest.raises(SuiteError, match="toy does not run data parallel; --nproc applies to: ddp"):

@@ -105,13 +105,15 @@ def test_noise_is_checked_at_geometric_checkpoints(monkeypatch, min_reps, n):
 
 
 def test_rates_derive_from_each_sample():
-    metrics = {m.name: m for m in rate_metrics([0.5, 0.25], flops=1e12, nbytes=2e9, peak=8.0)}
+    metrics = {m.name: m for m in rate_metrics([0.5, 0.25], flops=1e12, peak=8.0)}
     assert metrics["latency"].values == [500.0, 250.0]
     assert metrics["latency"].unit == "ms"
     assert metrics["tflops"].values == [2.0, 4.0]
-    assert metrics["gbps"].values == [4.0, 8.0]
     assert metrics["pct_of_peak"].values == pytest.approx([25.0, 50.0])  # of the compute peak
     assert {m.better for m in metrics.values()} == {"lower", "higher"}
+    memory = {m.name: m for m in rate_metrics([0.5, 0.25], nbytes=2e9, peak=16.0)}
+    assert memory["gbps"].values == [4.0, 8.0]
+    assert memory["pct_of_peak"].values == pytest.approx([25.0, 50.0])  # of the memory peak
     assert "pct_of_peak" not in {m.name for m in rate_metrics([1.0], flops=1.0)}
 
 
@@ -125,8 +127,10 @@ def test_extra_work_makes_each_call_that_fraction_slower():
 
 
 def test_rate_units_and_a_peak_without_a_rate():
-    metrics = {m.name: m.unit for m in rate_metrics([0.5], flops=1e12, nbytes=2e9, peak=8.0)}
-    assert metrics == {"latency": "ms", "tflops": "TFLOP/s", "gbps": "GB/s", "pct_of_peak": "%"}
+    metrics = {m.name: m.unit for m in rate_metrics([0.5], flops=1e12, peak=8.0)}
+    assert metrics == {"latency": "ms", "tflops": "TFLOP/s", "pct_of_peak": "%"}
+    metrics = {m.name: m.unit for m in rate_metrics([0.5], nbytes=2e9, peak=8.0)}
+    assert metrics == {"latency": "ms", "gbps": "GB/s", "pct_of_peak": "%"}
     # A peak is a share of a rate; with no flops or bytes there is nothing to share.
     assert [m.name for m in rate_metrics([0.5], peak=8.0)] == ["latency"]
 

@@ -8,6 +8,8 @@ STATUS_BENCH = '''
 """Cases that succeed, skip, fail their check, raise, run out of memory or hang."""
 import time
 
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"mode": ["ok", "skip", "wrong", "raise", "oom", "hang", "ok"]}
 
 def run(ctx, mode):

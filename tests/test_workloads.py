@@ -16,6 +16,8 @@ pytestmark = pytest.mark.integration
 
 LOSS_FLAT_BENCH = '''
 """A training step that learns nothing: the loss cannot fall."""
+KIND = "workload"
+HEADLINE = "items_per_s"
 PARAMS = {"n": [8]}
 
 def run(ctx, n):
@@ -136,6 +138,8 @@ def test_trace_saves_a_chrome_trace_per_case(tmp_path):
 
 SLEEPING_STEP_BENCH = '''
 """A training step that sleeps a known time, so its latency has a known lower bound."""
+KIND = "workload"
+HEADLINE = "items_per_s"
 PARAMS = {"sleep_ms": [20]}
 
 def run(ctx, sleep_ms):

@@ -311,7 +311,7 @@ NO_GPU = "no NVIDIA GPU on this host; --gpus none runs CUDA cells on the CPU"
 def test_without_a_gpu_doctor_and_bench_skip_cuda_cells_before_pulling(
     engine, good_matrix, request, tmp_path
 ):
-    if doctor.nvml_host()[0]:
+    if doctor.nvml_host().driver:
         pytest.skip("NVML sees an NVIDIA GPU here")
     # A CUDA cell whose base nobody can pull: had bench tried, its row would say "cannot be
     # pulled" and its folder would hold a build log.

@@ -4,13 +4,15 @@ History of SCHEMA_VERSION:
   1 — first version.
   2 — lock_hash: the sha256 of the cell's hash-pinned requirements ('' when unlocked).
   3 — process: which of a cell's repeated worker processes (--repeat N) wrote the row.
+  4 — kind and headline: what the row's bench file declares (KIND, HEADLINE). Rows recorded
+      before have neither; the host reads their kind from its table of the benches shipped then.
 """
 
 from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Column -> type. Order is the order of the results table.
 COLUMNS = {
@@ -18,6 +20,8 @@ COLUMNS = {
     "run_id": str,
     "cell": str,
     "bench": str,
+    "kind": str,  # kernel | workload, as the bench declares (KIND); '' on a harness row
+    "headline": str,  # the metric its bench states its result by (HEADLINE), e.g. tflops
     "case": str,  # stable id, e.g. gemm[dtype=bf16,n=8192]
     "params": str,  # the case's parameters as JSON
     "metric": str,

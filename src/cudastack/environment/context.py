@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
+from cudastack.contract.runfolder import atomic_write
 from cudastack.environment import timing
 from cudastack.environment.suite import Profile
 from cudastack.environment.world import World
@@ -166,9 +166,7 @@ class Context:
         if self.world.distributed:
             name += f".rank{self.world.rank}"
         self.trace_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.trace_dir / f".{name}.json.tmp"
-        prof.export_chrome_trace(str(tmp))
-        os.replace(tmp, self.trace_dir / f"{name}.json")
+        atomic_write(self.trace_dir / f"{name}.json", lambda p: prof.export_chrome_trace(str(p)))
 
     def settings(self) -> timing.TimerSettings:
         p = self.profile
@@ -237,7 +235,15 @@ def rate_metrics(
     nbytes: Optional[float] = None,
     peak: Optional[float] = None,
 ) -> list[Metric]:
-    """Latency samples plus the rates derived from each of them."""
+    """Latency samples plus the rates derived from each of them: ``tflops`` from ``flops`` or
+    ``gbps`` from ``nbytes``, and ``pct_of_peak`` of that rate against ``peak``, in its unit
+    (FLOP/s for flops, bytes/s for nbytes). Raises ValueError given both flops and nbytes."""
+    if flops is not None and nbytes is not None:
+        # One peak, one unit: with both rates, one of them would be divided by the other's peak.
+        raise ValueError(
+            "rate_metrics: give flops= or nbytes=, not both (pct_of_peak is against one peak, "
+            "in the unit of one rate); derive the other rate from the latency it returns"
+        )
     out = [Metric("latency", "ms", "lower", [s * 1e3 for s in seconds])]
     rate: Optional[Metric] = None
     if flops is not None:

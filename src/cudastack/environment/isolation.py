@@ -2,10 +2,10 @@
 
 Environment side, standard library only. A bench's ISOLATE list makes ``suite.process_groups``
 split the cases; this module is how the worker runs more than one group: it starts itself again
-with the same arguments plus ``--group N`` for each group, so every launcher (local, container,
-a scheduler) gets the isolation without knowing of it. The children append to the same
-records.jsonl; the parent counts their cases and writes the rows of any case a child never
-recorded because it died.
+for each group, with the same request limited to that group (``--group N``), so every launcher
+(local, container, a scheduler) gets the isolation without knowing of it. The children append
+to the same records.jsonl; the parent counts their cases and writes the rows of any case a child
+never recorded because it died.
 """
 
 from __future__ import annotations
@@ -16,21 +16,23 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from cudastack.contract.request import SuiteRequest
 from cudastack.environment.suite import Case
 
-GROUP_OPTION = "--group"
 # The cudastack package this process runs, for the child to import the same one.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 FailedRows = Callable[[Case, str], list[dict[str, Any]]]
 
 
-def child_argv(argv: Sequence[str], group: int) -> list[str]:
-    """The command of the worker process that runs group ``group`` (0-based) of ``argv``'s suite."""
-    return [sys.executable, "-m", "cudastack.worker", *argv, GROUP_OPTION, str(group)]
+def child_argv(request: SuiteRequest, group: int) -> list[str]:
+    """The command of the worker process that runs group ``group`` (0-based) of ``request``'s
+    suite: the same request, limited to that group."""
+    return [sys.executable, "-m", "cudastack.worker", *replace(request, group=group).to_argv()]
 
 
 def case_statuses(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -61,7 +63,7 @@ def how_it_ended(code: int) -> str:
 
 
 def run_groups(
-    argv: Sequence[str],
+    request: SuiteRequest,
     groups: Sequence[Sequence[Case]],
     records: Path,
     failed_rows: FailedRows,
@@ -78,7 +80,7 @@ def run_groups(
             flush=True,
         )
         start = _clean_end(records)
-        code = _run_child(child_argv(argv, index))
+        code = _run_child(child_argv(request, index))
         statuses = case_statuses(_rows_from(records, start))
         for status in statuses:
             counts[status] += 1

@@ -1,7 +1,8 @@
 """The suite's catalogue: discover bench files, expand PARAMS grids into cases, select, profile.
 
-Standard library only. Discovery reads each bench file's docstring, ``PARAMS`` and ``PROFILES``
-with ``ast`` instead of importing it, so the host can list cases without torch installed.
+Standard library only. Discovery reads each bench file's docstring, ``PARAMS``, ``PROFILES`` and
+declarations (``KIND``, ``HEADLINE``) with ``ast`` instead of importing it, so the host can list
+cases without torch installed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from cudastack.contract.errors import CudastackError
+
 # The shipped suite is package data beside this module, so a regular install finds it too.
 DEFAULT_BENCH_DIR = Path(__file__).resolve().parent / "bench"
 
@@ -21,7 +24,7 @@ DEFAULT_BENCH_DIR = Path(__file__).resolve().parent / "bench"
 PATH_PARAMS = ("weights",)
 
 
-class SuiteError(ValueError):
+class SuiteError(CudastackError):
     """Bad input about the suite (unknown bench, profile, parameter, malformed selection)."""
 
 
@@ -86,13 +89,16 @@ class Case:
 
 @dataclass(frozen=True)
 class BenchSpec:
-    """A bench file as discovered: its name, one-line description and parameter grids."""
+    """A bench file as discovered: its name, one-line description, parameter grids and what it
+    declares itself to be (its kind and headline metric, recorded on each of its rows)."""
 
     name: str
     path: Path
     doc: str
     params: dict[str, list[Any]]
     profiles: dict[str, dict[str, list[Any]]]
+    kind: str  # KIND: "kernel" (one operation) or "workload" (an end-to-end job)
+    headline: str  # HEADLINE: the metric that states its result in one number
     data_parallel: bool = False  # DATA_PARALLEL = True: runs under torchrun with --nproc N
     # ISOLATE = ["p"]: cases with different values of p never share a worker process, for state
     # a process keeps that no flag resets (cuDNN's plan cache ignores cudnn.benchmark).
@@ -112,20 +118,56 @@ class BenchSpec:
         ]
 
 
-def _literal(tree: ast.Module, name: str, path: Path) -> Any:
+def _literal(tree: ast.Module, name: str, path: Path, what: str = "a literal dict of lists") -> Any:
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == name for t in node.targets
         ):
-            try:
-                return ast.literal_eval(node.value)
-            except ValueError:
-                raise SuiteError(f"{path.name}: {name} must be a literal dict of lists") from None
+            value: Optional[ast.expr] = node.value
+        elif (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == name
+        ):
+            value = node.value  # KIND: str = "kernel" declares as much as KIND = "kernel"
+        else:
+            continue
+        try:
+            return ast.literal_eval(value) if value is not None else None
+        except ValueError:
+            raise SuiteError(f"{path.name}: {name} must be {what}") from None
     return None
 
 
+# What a bench declares it measures: explain tells workloads apart from the kernels they are
+# made of by it, and the host records it on every row instead of guessing from names.
+KINDS = ("kernel", "workload")
+
+
+def _declarations(tree: ast.Module, path: Path) -> tuple[str, str]:
+    """The bench's KIND and HEADLINE, or a SuiteError that says what to write."""
+    kind = _literal(tree, "KIND", path, 'a literal: KIND = "kernel" or KIND = "workload"')
+    if kind not in KINDS:
+        found = "no KIND" if kind is None else f"KIND = {kind!r}"
+        raise SuiteError(
+            f'{path.name}: {found}; declare KIND = "kernel" (one operation: a GEMM, a copy) '
+            'or KIND = "workload" (an end-to-end job: training, inference, data loading)'
+        )
+    headline = _literal(tree, "HEADLINE", path, 'a metric name in quotes: HEADLINE = "tflops"')
+    if not isinstance(headline, str) or not headline.isidentifier():
+        found = "no HEADLINE" if headline is None else f"HEADLINE = {headline!r}"
+        raise SuiteError(
+            f"{path.name}: {found}; declare the metric that states its result in one number, "
+            'e.g. HEADLINE = "tflops" (or "gbps", "items_per_s", "latency_us")'
+        )
+    return kind, headline
+
+
 def load_spec(path: Path) -> BenchSpec:
-    """Read one bench file's docstring and grids without importing it."""
+    """Read one bench file's docstring, grids and declarations without importing it.
+
+    Raises SuiteError naming the file for a malformed grid or a missing or unknown KIND or
+    HEADLINE."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except SyntaxError as exc:
@@ -143,8 +185,17 @@ def load_spec(path: Path) -> BenchSpec:
             raise SuiteError(f"{path.name}: PROFILES[{prof!r}] sets unknown {sorted(unknown)}")
     data_parallel = _literal(tree, "DATA_PARALLEL", path) is True
     isolate = _isolate(_literal(tree, "ISOLATE", path), params, data_parallel, path)
+    kind, headline = _declarations(tree, path)
     return BenchSpec(
-        path.stem, path, doc[0] if doc else "", params, profiles, data_parallel, isolate
+        path.stem,
+        path,
+        doc[0] if doc else "",
+        params,
+        profiles,
+        kind,
+        headline,
+        data_parallel,
+        isolate,
     )
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from cudastack.environment import nvml
 from cudastack.environment.context import Metric
 
 INTERVAL_S = 0.1
@@ -67,14 +68,12 @@ class Nvml:
         """(reader, "nvml") or (None, why nothing will be sampled)."""
         if device.type != "cuda":
             return None, f"none: no NVIDIA GPU in use (device {device.type})"
+        pynvml, why = nvml.init()
+        if pynvml is None:
+            return None, f"none: {why}"
         try:
-            import pynvml  # from nvidia-ml-py
-        except ImportError:
-            return None, "none: nvidia-ml-py is not installed in this environment"
-        try:
-            pynvml.nvmlInit()
             handle = _handle(pynvml, torch.cuda.get_device_properties(device))
-        except Exception as exc:  # no driver, an old binding, a GPU NVML cannot see: no telemetry
+        except Exception as exc:  # an old binding, a GPU NVML cannot see: no telemetry
             return None, f"none: NVML unavailable ({type(exc).__name__}: {exc})"
         return cls(pynvml, handle), "nvml"
 

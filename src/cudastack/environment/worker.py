@@ -6,7 +6,6 @@ Standard library and torch only, so it runs on the bare Python inside a cell ima
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import importlib.util
@@ -23,6 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
+from cudastack.contract import runfolder
+from cudastack.contract.request import SuiteRequest
 from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
 from cudastack.contract.stats import summarize
 from cudastack.environment import envinfo, hostalloc, isolation, precision, suite
@@ -46,54 +47,18 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cudastack.worker", description=__doc__)
-    p.add_argument("--out", required=True, type=Path, help="folder for records.jsonl and env.json")
-    p.add_argument("--bench", default="", help="comma-separated bench names (default: all)")
-    p.add_argument("--select", action="append", default=[], help="key=value[,value] filter")
-    p.add_argument("--profile", default="auto", help="auto | smoke | quick | standard | full")
-    p.add_argument("--bench-dir", type=Path, default=suite.DEFAULT_BENCH_DIR)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for torch (default: usable cores)"
-    )
-    p.add_argument(
-        "--case-timeout",
-        type=float,
-        default=0.0,
-        help="seconds before a case is failed (default: the profile's)",
-    )
-    p.add_argument(
-        "--extra-work",
-        type=float,
-        default=0.0,
-        help="testing aid: make every timed call this fraction slower (CPU clocks)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        help="key=value: replace a parameter's values (e.g. batch=128, weights=DIR)",
-    )
-    p.add_argument("--trace", action="store_true", help="save a torch.profiler trace per case")
-    p.add_argument(
-        "--process",
-        type=int,
-        default=0,
-        help="index of this process among a cell's repeats; above 0 appends to --out's records",
-    )
-    p.add_argument("--cell", default="local")
-    # Set by the worker itself when a bench ISOLATEs a parameter: run only this process group.
-    p.add_argument(isolation.GROUP_OPTION, type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--run-id", default="")
-    p.add_argument("--image-digest", default="")
-    return p.parse_args(argv)
+def parse_args(argv: Optional[Sequence[str]]) -> SuiteRequest:
+    """The worker's command line (``None``: ``sys.argv[1:]``) as a request; exits 2 on bad input."""
+    return SuiteRequest.from_argv(argv, description=__doc__)
+
+
+def _bench_dir(args: SuiteRequest) -> Path:
+    return args.bench_dir or suite.DEFAULT_BENCH_DIR
 
 
 def _out_dir_ready(out: Path) -> None:
     # The host may have put log.txt there already; earlier results are never appended to.
-    if out.exists() and (not out.is_dir() or (out / "records.jsonl").exists()):
+    if out.exists() and (not out.is_dir() or (out / runfolder.RECORDS).exists()):
         raise suite.SuiteError(
             f"--out {out} already holds results or is a file; choose a new folder"
         )
@@ -101,12 +66,6 @@ def _out_dir_ready(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise suite.SuiteError(f"cannot create --out {out}: {exc.strerror}") from None
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _pick_device(torch: Any, wanted: str, world: worldmod.World) -> Any:
@@ -229,7 +188,17 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, st
 def case_rows(
     base: dict[str, Any], case: suite.Case, status: str, reason: str, metrics: list[Metric]
 ) -> Iterator[dict[str, Any]]:
-    """One row per sample of every metric; a skipped or failed case is one row with no value."""
+    """One row per sample of every metric; a skipped or failed case is one row with no value.
+
+    ``base`` carries the bench's declarations (see ``declared``): a case that returns metrics
+    but not the HEADLINE its bench declares fails, since its result would have no number."""
+    wanted, names = base.get("headline", ""), [m.name for m in metrics]
+    if status == "ok" and names and wanted and wanted not in names:
+        status = "failed"
+        reason = (
+            f"returned no {wanted!r} metric, which its bench declares as HEADLINE "
+            f"(it returned {', '.join(names)})"
+        )
     common = {
         **base,
         "bench": case.bench,
@@ -263,11 +232,22 @@ def case_rows(
             }
 
 
-def headline(metrics: list[Metric]) -> str:
-    """The most telling number of a case for the progress line: its rate, else its latency
-    (the order of results.HEADLINE_METRICS)."""
+def declared(spec: suite.BenchSpec) -> dict[str, str]:
+    """What a bench's file declares, for each of its rows: the host classifies by it."""
+    return {"kind": spec.kind, "headline": spec.headline}
+
+
+def headline(metrics: list[Metric], name: str = "") -> str:
+    """The most telling number of a case for the progress line: the metric ``name`` its bench
+    declares, else its rate, else its latency (the order of results.HEADLINE_METRICS)."""
     by_name = {m.name: m for m in metrics}
-    m = by_name.get("items_per_s") or by_name.get("tflops") or by_name.get("gbps") or metrics[0]
+    m = (
+        by_name.get(name)
+        or by_name.get("items_per_s")
+        or by_name.get("tflops")
+        or by_name.get("gbps")
+        or metrics[0]
+    )
     s = summarize(m.values)
     noisy = ", noisy" if s.noisy else ""
     return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
@@ -275,11 +255,10 @@ def headline(metrics: list[Metric]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a process group reruns
     world = worldmod.from_env()
     try:
-        specs = suite.discover(args.bench_dir)
-        benches = [b for b in args.bench.split(",") if b]
+        specs = suite.discover(_bench_dir(args))
+        benches = list(args.benches)
         selection = suite.parse_select(args.select)
         overrides = suite.parse_set(args.overrides, specs)
         if args.profile != "auto":
@@ -324,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_suite(
-    args: argparse.Namespace,
+    args: SuiteRequest,
     torch: Any,
     device: Any,
     profile: suite.Profile,
@@ -342,7 +321,7 @@ def _run_suite(
     if not world.is_main:
         return 0 if unfit else _follow(args, torch, device, profile, cases, world, specs, nvml)
     run_id = args.run_id or new_run_id()
-    rev = envinfo.harness_rev([Path(__file__).resolve().parent, args.bench_dir])
+    rev = envinfo.harness_rev([Path(__file__).resolve().parent, _bench_dir(args)])
     fp = envinfo.fingerprint(
         torch,
         device,
@@ -371,7 +350,7 @@ def _run_suite(
     }
     # A repeat runs in the same environment: the first one records it (not its process groups).
     if args.process == 0 and args.group is None:
-        _write_json_atomic(args.out / "env.json", fp)
+        runfolder.write_json(args.out / runfolder.ENV, fp)
     base = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -408,21 +387,25 @@ def _run_suite(
 
         def failed(case: suite.Case, reason: str) -> list[dict[str, Any]]:
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            return list(case_rows({**base, "started_at": now}, case, "failed", reason, []))
+            fields = {**base, **declared(specs[case.bench]), "started_at": now}
+            return list(case_rows(fields, case, "failed", reason, []))
 
-        argv = [*args.argv, "--run-id", run_id]  # the groups' rows are one run's (the last wins)
-        counts = isolation.run_groups(argv, groups, args.out / "records.jsonl", failed)
-    with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
+        # The groups rerun this request; their rows are one run's, so each gets its run id.
+        request = dataclasses.replace(args, run_id=run_id)
+        counts = isolation.run_groups(request, groups, args.out / runfolder.RECORDS, failed)
+    with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
         for i, case in order:
             ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case)
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, modules, case)
-            rows = list(case_rows({**base, "started_at": at}, case, status, reason, metrics))
+            spec = specs[case.bench]
+            fields = {**base, **declared(spec), "started_at": at}
+            rows = list(case_rows(fields, case, status, reason, metrics))
             status = rows[0]["status"]
             records.writelines(json.dumps(r) + "\n" for r in rows)
             records.flush()  # a crash later still leaves every finished case on disk
             counts[status] += 1
-            detail = headline(metrics) if status == "ok" else rows[0]["reason"]
+            detail = headline(metrics, spec.headline) if status == "ok" else rows[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
             if reason.endswith(OUT_OF_STEP):
                 return 1
@@ -432,29 +415,29 @@ def _run_suite(
     # done.json marks a finished suite (of the latest process, with --repeat); its time lets
     # the host tell suite time from overhead.
     done = {"suite_s": round(elapsed, 3), "process": args.process, **counts}
-    _write_json_atomic(args.out / "done.json", done)
+    runfolder.write_json(args.out / runfolder.DONE, done)
     print(
         f"done in {elapsed:.1f} s: " + ", ".join(f"{n} {k}" for k, n in counts.items()), flush=True
     )
     return 0
 
 
-def _cell_skipped(args: argparse.Namespace, base: dict[str, Any], stage: str, reason: str) -> int:
+def _cell_skipped(args: SuiteRequest, base: dict[str, Any], stage: str, reason: str) -> int:
     """One skipped row for the whole cell, shaped as the host's harness rows are, and a
     finished suite: no case runs."""
     cell = suite.Case("harness", {"stage": stage})
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = case_rows({**base, "started_at": at}, cell, "skipped", reason, [])
-    with open(args.out / "records.jsonl", "a", encoding="utf-8") as records:
+    with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
         records.writelines(json.dumps(r) + "\n" for r in rows)
     done = {"suite_s": 0.0, "process": args.process, "ok": 0, "skipped": 1, "failed": 0}
-    _write_json_atomic(args.out / "done.json", {**done, "cell_skipped": reason})
+    runfolder.write_json(args.out / runfolder.DONE, {**done, "cell_skipped": reason})
     print(f"cell skipped: {reason}", flush=True)
     return 0
 
 
 def _context(
-    args: argparse.Namespace,
+    args: SuiteRequest,
     torch: Any,
     device: Any,
     profile: suite.Profile,
@@ -473,13 +456,13 @@ def _context(
         extra_work=args.extra_work,
         world=world,
         nvml=nvml,
-        trace_dir=args.out / "traces" if args.trace else None,
+        trace_dir=args.out / runfolder.TRACES if args.trace else None,
         case_id=case.id,
     )
 
 
 def _follow(
-    args: argparse.Namespace,
+    args: SuiteRequest,
     torch: Any,
     device: Any,
     profile: suite.Profile,

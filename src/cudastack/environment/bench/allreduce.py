@@ -4,9 +4,17 @@
 # ring all-reduce, comparable across process counts and with the link's peak. Each sample is a
 # window of calls timed by the slowest rank, since the collective ends when its last rank does.
 # The count of calls is not time-budgeted per rank: every rank must make the same number of calls.
+from __future__ import annotations
+
 import math
 import time
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from cudastack.environment.context import Context, Metric
+
+KIND = "kernel"
+HEADLINE = "gbps"  # bus bandwidth
 DATA_PARALLEL = True
 PARAMS = {"size_mb": [1, 16, 256, 1024], "dtype": ["fp32", "bf16"]}
 PROFILES = {
@@ -27,7 +35,7 @@ MIN_WINDOW_S = 0.01
 MAX_CALLS_PER_WINDOW = 2000  # bounds a window when the first measurement is near zero
 
 
-def calls_per_window(per_call_s, at_least):
+def calls_per_window(per_call_s: float, at_least: int) -> int:
     """Calls per timed window: enough for MIN_WINDOW_S at ``per_call_s`` (the slowest rank's
     seconds per call in the warm-up), never fewer than the profile's ``at_least``."""
     if per_call_s <= 0:
@@ -35,7 +43,7 @@ def calls_per_window(per_call_s, at_least):
     return min(MAX_CALLS_PER_WINDOW, max(at_least, math.ceil(MIN_WINDOW_S / per_call_s)))
 
 
-def _start_together(ctx):
+def _start_together(ctx: Context) -> None:
     # Leftover device work (the buffer's refill) ends first, then the barrier: every rank's
     # clock starts once the last rank arrives, so no rank's late start counts as transfer time.
     ctx.sync()
@@ -43,7 +51,7 @@ def _start_together(ctx):
     ctx.sync()  # a barrier may return before its own device work ends (NCCL)
 
 
-def run(ctx, size_mb, dtype):
+def run(ctx: Context, size_mb: int, dtype: str) -> list[Metric]:
     from cudastack.environment import world
     from cudastack.environment.context import CheckFailed, Metric
 

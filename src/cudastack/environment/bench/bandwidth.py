@@ -1,5 +1,16 @@
 """Copy bandwidth: device copy (bytes read + written) and host<->device copies, in GB/s."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+
+KIND = "kernel"
+HEADLINE = "gbps"
 PARAMS = {
     "copy": ["d2d", "h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"],
     "size_mib": [256],
@@ -13,14 +24,14 @@ PROFILES = {
 CHECK_SAMPLES = 2**20  # a copy is exact; a strided sample this big catches any chunk it missed
 
 
-def _check(ctx, dst, src):
+def _check(ctx: Context, dst: Tensor, src: Tensor) -> None:
     # Every step-th element: a copy that skipped or misplaced any run of `step` elements or more
     # (256 bytes at 256 MiB) is caught, without moving the whole buffer through fp64 on the host.
     step = max(1, src.numel() // CHECK_SAMPLES)
     ctx.check_close(dst[::step], src[::step], rtol=0, atol=0, what="copy")
 
 
-def _flush_l2(ctx, nbytes):
+def _flush_l2(ctx: Context, nbytes: int) -> bool:
     """Flush L2 before each copy only when the copy is small enough to be served from it."""
     # A copy several times larger than L2 streams through it: at most the tail of the previous
     # copy is still cached, and the flush would leave L2 full of dirty lines whose write-back
@@ -32,11 +43,11 @@ def _flush_l2(ctx, nbytes):
     return nbytes < 4 * l2
 
 
-def _device_copy(ctx, n):
+def _device_copy(ctx: Context, n: int) -> list[Metric]:
     src = ctx.randn(n)
     dst = ctx.torch.empty_like(src)
 
-    def call():
+    def call() -> Tensor:
         return dst.copy_(src)
 
     call()
@@ -47,7 +58,7 @@ def _device_copy(ctx, n):
     return ctx.measure(call, nbytes=2 * nbytes, peak="mem", flush_l2=_flush_l2(ctx, nbytes))
 
 
-def run(ctx, copy, size_mib):
+def run(ctx: Context, copy: str, size_mib: int) -> list[Metric]:
     torch = ctx.torch
     n = size_mib * 2**20 // 4  # float32 elements
     if copy == "d2d":
@@ -67,7 +78,7 @@ def run(ctx, copy, size_mib):
     else:
         src, dst = dev, host
 
-    def call():
+    def call() -> Tensor:
         # Pinned memory is copied by DMA, asynchronously to the host; pageable memory is staged
         # through a pinned buffer by the host, and copy_ returns only once that is done.
         return dst.copy_(src, non_blocking=pinned)

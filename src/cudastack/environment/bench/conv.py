@@ -1,7 +1,17 @@
 """Convolution throughput: conv2d forward and forward+backward on ResNet-50 layers, in TFLOP/s."""
 
-import math
+from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {
     "layer": ["c2_3x3", "c3_down_1x1_s2", "c4_3x3"],
     "direction": ["fwd", "fwd_bwd"],
@@ -53,11 +63,21 @@ LAYERS = {
 TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 5e-2}
 
 
-def _check(ctx, actual, expected, tol, terms, what):
+def _check(
+    ctx: Context, actual: Tensor, expected: Tensor, tol: float, terms: int, what: str
+) -> None:
     ctx.check_close(actual, expected, rtol=tol, atol=tol * math.sqrt(terms), what=what)
 
 
-def run(ctx, layer, direction, layout, benchmark, dtype, batch):
+def run(
+    ctx: Context,
+    layer: str,
+    direction: str,
+    layout: str,
+    benchmark: bool,
+    dtype: str,
+    batch: int,
+) -> list[Metric]:
     from cudastack.environment.precision import set_tf32
 
     torch = ctx.torch
@@ -80,7 +100,7 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
     x = ctx.randn(batch, c_in, size, size, dtype=dt).to(memory_format=fmt).requires_grad_(bwd)
     w = ctx.randn(c_out, c_in, k, k, dtype=dt).to(memory_format=fmt).requires_grad_(bwd)
 
-    def forward():
+    def forward() -> Tensor:
         return conv2d(x, w, None, stride, pad)
 
     # 2 FLOP per multiply-add, one per output element and filter tap (groups = 1).
@@ -96,7 +116,7 @@ def run(ctx, layer, direction, layout, benchmark, dtype, batch):
     # The gradient arrives in the layout the forward produced, as it would inside a network.
     grad_out = ctx.randn(batch, c_out, side, side, dtype=dt).to(memory_format=fmt)
 
-    def call():
+    def call() -> tuple[Tensor, ...]:
         # Input gradient (dgrad) and weight gradient (wgrad) are each one convolution of the
         # forward's size, so forward+backward is 3x the forward's FLOPs. The stem's input
         # gradient is not needed in training but is computed here so the rule holds everywhere.

@@ -3,9 +3,17 @@
 # The input pipeline without a model: if this rate is below a training case's img/s with the
 # same loader settings, that training case is input-bound, not GPU-bound. On a GPU each batch is
 # also copied to the device (the copy pin_memory exists to speed up).
+from __future__ import annotations
+
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from cudastack.environment.context import Context, Metric
+
+KIND = "workload"
+HEADLINE = "items_per_s"  # img/s
 PARAMS = {
     "num_workers": [0, 2, 4, 8, 16],
     "pin_memory": [False, True],
@@ -19,14 +27,14 @@ PROFILES = {
 EPOCHS = {"smoke": 3, "quick": 5, "standard": 8, "full": 20}  # one throughput sample per epoch
 
 
-def run(ctx, num_workers, pin_memory, batch, image):
+def run(ctx: Context, num_workers: int, pin_memory: bool, batch: int, image: int) -> list[Metric]:
     from cudastack.environment import jpegs
     from cudastack.environment.context import Metric
 
     # Sixteen batches an epoch: long enough that worker start-up is not what is timed.
     batches = jpegs.image_batches(ctx, 16, image, batch, num_workers, pin_memory)
 
-    def epoch():
+    def epoch() -> int:
         n = 0
         for x, _ in batches:
             x = x.to(ctx.device, non_blocking=pin_memory)

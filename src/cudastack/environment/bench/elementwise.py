@@ -1,5 +1,17 @@
 """Memory-bound ops: softmax, layer norm, GELU on large tensors, in GB/s (bytes read + written)."""
 
+from __future__ import annotations
+
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+
+KIND = "kernel"
+HEADLINE = "gbps"
 PARAMS = {
     "op": ["softmax", "layer_norm", "gelu"],
     "dtype": ["fp32", "bf16", "fp16"],
@@ -20,7 +32,7 @@ TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 2e-3}
 CHECK_ROWS = 256  # rows are independent: a slab of them is enough to catch a wrong kernel
 
 
-def _apply(torch, op, x, weight, bias):
+def _apply(torch: ModuleType, op: str, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     if op == "softmax":
         return torch.softmax(x, dim=-1)
     if op == "layer_norm":
@@ -28,13 +40,13 @@ def _apply(torch, op, x, weight, bias):
     return torch.nn.functional.gelu(x)  # the exact (erf) form, torch's default
 
 
-def run(ctx, op, dtype, rows, cols):
+def run(ctx: Context, op: str, dtype: str, rows: int, cols: int) -> list[Metric]:
     torch = ctx.torch
     dt = ctx.dtype(dtype)
     x = ctx.randn(rows, cols, dtype=dt)
     weight, bias = ctx.randn(cols, dtype=dt), ctx.randn(cols, dtype=dt)
 
-    def call():
+    def call() -> Tensor:
         return _apply(torch, op, x, weight, bias)
 
     out = call()

@@ -5,12 +5,23 @@
 # never contacted. Sequence lengths follow a long-tailed (log-uniform) spread like instruction
 # data: padding every row to seq_len wastes most of each row, packing fills rows with real
 # tokens, which is why the layout changes tokens/s several-fold and is a parameter here.
+from __future__ import annotations
+
 import itertools
 import json
 import math
 import os
 import random
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+    from cudastack.environment.training import Step
+
+KIND = "workload"
+HEADLINE = "items_per_s"  # tokens/s (GPT-2) or samples/s (BERT)
 PARAMS = {
     "model": ["bert", "gpt2"],
     "size": ["base"],
@@ -38,7 +49,7 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
 LR = {"full": 1e-4, "lora": 2e-3}  # LoRA's few parameters take a larger step
 
 
-def _check_weights(ctx, weights):
+def _check_weights(ctx: Context, weights: str) -> None:
     """A local Hugging Face folder: config.json and a weights file, else a skipped row."""
     if not os.path.isdir(weights):
         ctx.skip(f"weights={weights}: no such folder; give a local Hugging Face model folder")
@@ -54,7 +65,7 @@ def _check_weights(ctx, weights):
         ctx.skip(f"weights={weights}: no model.safetensors or pytorch_model.bin there")
 
 
-def _check_model_type(ctx, weights, model):
+def _check_model_type(ctx: Context, weights: str, model: str) -> None:
     """The folder's model must be this case's: BERT weights under model=gpt2 would be measured
     and recorded as GPT-2. config.json's model_type says which it is, without loading it."""
     try:
@@ -67,15 +78,17 @@ def _check_model_type(ctx, weights, model):
         ctx.skip(f"weights={weights} holds {what}; this case is {model}")
 
 
-def _load_failed(ctx, weights, model, exc):
+def _load_failed(ctx: Context, weights: str, model: str, exc: Exception) -> NoReturn:
     # A malformed folder is a row with the reason, not a crash.
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     ctx.skip(f"weights={weights}: cannot load it as {model}: {first}")
 
 
-def _config(ctx, model, size, weights):
+def _config(ctx: Context, model: str, size: str, weights: str) -> Any:
     """The model's config: read from weights=DIR, else built for the size."""
-    import transformers as tf
+    # Through ctx.require (run has already): its config classes take their fields as **kwargs,
+    # which transformers' own type hints do not say in every version.
+    tf = ctx.require("transformers")
 
     if weights:
         _check_weights(ctx, weights)
@@ -107,9 +120,8 @@ def _config(ctx, model, size, weights):
     return config
 
 
-def _model(ctx, model, config, weights):
-    import transformers as tf
-
+def _model(ctx: Context, model: str, config: Any, weights: str) -> Any:
+    tf = ctx.require("transformers")
     head = tf.AutoModelForSequenceClassification if model == "bert" else tf.AutoModelForCausalLM
     if not weights:
         return head.from_config(config)
@@ -119,12 +131,14 @@ def _model(ctx, model, config, weights):
         _load_failed(ctx, weights, model, exc)
 
 
-def _lengths(rng, count, seq_len):
+def _lengths(rng: random.Random, count: int, seq_len: int) -> list[int]:
     lo, hi = math.log(MIN_LEN), math.log(seq_len)
     return [int(math.exp(rng.uniform(lo, hi))) for _ in range(count)]
 
 
-def _batches(ctx, model, layout, seq_len, batch, vocab):
+def _batches(
+    ctx: Context, model: str, layout: str, seq_len: int, batch: int, vocab: int
+) -> list[tuple[dict[str, Tensor], int]]:
     """Fixed batches as (inputs dict, real tokens); padding id 0 is masked out of attention and
     of the loss, so padded and packed rows train on the same kind of tokens."""
     torch = ctx.torch
@@ -148,7 +162,17 @@ def _batches(ctx, model, layout, seq_len, batch, vocab):
     return out
 
 
-def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
+def run(
+    ctx: Context,
+    model: str,
+    size: str,
+    mode: str,
+    layout: str,
+    precision: str,
+    seq_len: int,
+    batch: int,
+    weights: str,
+) -> list[Metric]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from cudastack.environment import training
@@ -174,7 +198,7 @@ def run(ctx, model, size, mode, layout, precision, seq_len, batch, weights):
     next_batch = itertools.cycle([inputs for inputs, _ in batches]).__next__
     trainable = []
 
-    def make_step(wrap):
+    def make_step(wrap: Callable[[Any], Any]) -> Step:
         net = _model(ctx, model, config, weights)
         if mode == "lora":
             task = "SEQ_CLS" if model == "bert" else "CAUSAL_LM"

@@ -1,7 +1,17 @@
 """GEMM throughput: C = A @ B on square n x n matrices per dtype, in TFLOP/s (2 n^3 FLOP a call)."""
 
-import math
+from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {"dtype": ["fp32", "tf32", "fp16", "bf16", "fp8"], "n": [1024, 4096, 8192]}
 PROFILES = {
     "smoke": {"n": [256]},
@@ -15,20 +25,20 @@ TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 5e-2, "fp8": 5e-2
 CHECK_ROWS = 128  # checking a slab of rows is enough to catch a wrong kernel, and cheap
 
 
-def _check(ctx, out, a, b, dtype, n):
+def _check(ctx: Context, out: Tensor, a: Tensor, b: Tensor, dtype: str, n: int) -> None:
     rows = min(n, CHECK_ROWS)
     ref = a[:rows].double() @ b.double()
     tol = TOLERANCE[dtype]
     ctx.check_close(out[:rows], ref, rtol=tol, atol=tol * math.sqrt(n))
 
 
-def flops(n):
+def flops(n: int) -> int:
     # One multiply-add per (row, column, inner index) triple, 2 FLOPs each: shared by every dtype
     # so the fp8 path, which only a GPU reaches, reports the count the CPU-tested path does.
     return 2 * n**3
 
 
-def _fp8(ctx, n):
+def _fp8(ctx: Context, n: int) -> list[Metric]:
     torch = ctx.torch
     ctx.require_cuda("fp8 GEMM")
     if ctx.capability() < (8, 9) or not hasattr(torch, "_scaled_mm"):
@@ -41,14 +51,14 @@ def _fp8(ctx, n):
     b = ctx.randn(n, n, dtype=torch.float8_e4m3fn).t()
     one = torch.ones((), device=ctx.device)
 
-    def call():
+    def call() -> Tensor:
         return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
     _check(ctx, call(), a, b, "fp8", n)
     return ctx.measure(call, flops=flops(n), peak="fp8")
 
 
-def run(ctx, dtype, n):
+def run(ctx: Context, dtype: str, n: int) -> list[Metric]:
     from cudastack.environment.precision import set_tf32
 
     torch = ctx.torch
@@ -60,7 +70,7 @@ def run(ctx, dtype, n):
     a, b = ctx.randn(n, n, dtype=dt), ctx.randn(n, n, dtype=dt)
     out = torch.empty(n, n, dtype=dt, device=ctx.device)
 
-    def call():
+    def call() -> Tensor:
         return torch.mm(a, b, out=out)
 
     _check(ctx, call(), a, b, dtype, n)

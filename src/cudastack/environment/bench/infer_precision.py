@@ -4,6 +4,19 @@
 # depends on shapes, not on what the weights learnt. Each precision's output is compared with
 # the fp32 model's on the same input and the relative error recorded next to the speed, so a
 # faster precision is never shown without what it costs in accuracy.
+from __future__ import annotations
+
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.nn import Module
+
+    from cudastack.environment.context import Context, Metric
+
+KIND = "workload"
+HEADLINE = "items_per_s"  # seq/s
 PARAMS = {
     "precision": ["fp32", "bf16", "fp16", "int8_dynamic"],
     "layers": [12],
@@ -18,18 +31,21 @@ PROFILES = {
 HEAD_DIM = 64
 
 
-def _encoder(torch, layers, width):
+def _encoder(torch: ModuleType, layers: int, width: int) -> Module:
     nn = torch.nn
     F = nn.functional
+    # torch arrives as an argument (benches import it lazily), so its Module class is known only
+    # when this runs: a base class of type Any to the type checker.
+    module: Any = nn.Module
 
-    class Block(nn.Module):
-        def __init__(self):
+    class Block(module):
+        def __init__(self) -> None:
             super().__init__()
             self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
             self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
             self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
 
-        def forward(self, x):
+        def forward(self, x: Tensor) -> Tensor:
             b, t, d = x.shape
             q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, d // HEAD_DIM, HEAD_DIM).unbind(2)
             a = F.scaled_dot_product_attention(
@@ -41,14 +57,16 @@ def _encoder(torch, layers, width):
     return nn.Sequential(*[Block() for _ in range(layers)], nn.LayerNorm(width))
 
 
-def flops(layers, width, seq_len, batch):
+def flops(layers: int, width: int, seq_len: int, batch: int) -> int:
     # 2 FLOPs per multiply-add. Per token and layer the linears do (3 + 1 + 4 + 4) d^2
     # multiply-adds (QKV, output, MLP up and down) = 24 d^2 FLOPs; attention's two matmuls
     # (Q K^T and A V) add 2 T d multiply-adds = 4 T d FLOPs.
     return batch * seq_len * layers * (24 * width * width + 4 * seq_len * width)
 
 
-def run(ctx, precision, layers, width, seq_len, batch):
+def run(
+    ctx: Context, precision: str, layers: int, width: int, seq_len: int, batch: int
+) -> list[Metric]:
     import warnings
 
     from cudastack.environment.context import CheckFailed, Metric
@@ -78,7 +96,7 @@ def run(ctx, precision, layers, width, seq_len, batch):
         dt = ctx.dtype(precision)
         model, inp = ref_model.to(dt), x.to(dt)
 
-    def forward():
+    def forward() -> Tensor:
         with torch.inference_mode():
             return model(inp)
 

@@ -1,7 +1,16 @@
 """Launch overhead: wall time per tiny op (a 1-element add), eager and CUDA-graph replay, in us."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
 from cudastack.environment.context import Metric
 
+if TYPE_CHECKING:
+    from cudastack.environment.context import Context
+
+KIND = "kernel"
+HEADLINE = "latency_us"
 PARAMS = {"mode": ["eager", "graph"], "ops": [1, 1000]}
 PROFILES = {
     "smoke": {"ops": [10]},
@@ -10,7 +19,7 @@ PROFILES = {
 }
 
 
-def _graph(ctx, eager):
+def _graph(ctx: Context, eager: Callable[[], None]) -> Callable[[], Any]:
     """Capture ``eager`` (all its ops) into one CUDA graph; returns its replay."""
     torch = ctx.torch
     # Capture must not record first-use work (lazy init, allocator), so the ops run once on a
@@ -26,14 +35,14 @@ def _graph(ctx, eager):
     return graph.replay
 
 
-def run(ctx, mode, ops):
+def run(ctx: Context, mode: str, ops: int) -> list[Metric]:
     torch = ctx.torch
     if mode == "graph":
         ctx.require_cuda("CUDA graph replay")
     total = torch.zeros(1, device=ctx.device)
     step = ctx.randn(1)
 
-    def eager():
+    def eager() -> None:
         # In place, so no allocation is timed: what is left is Python, the dispatcher and the
         # kernel launch, the cost a PyTorch program pays for every small op.
         for _ in range(ops):

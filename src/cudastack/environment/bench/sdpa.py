@@ -1,8 +1,19 @@
 """Attention throughput: scaled_dot_product_attention per backend, fwd and fwd+bwd, in TFLOP/s."""
 
+from __future__ import annotations
+
 import math
 import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+
+KIND = "kernel"
+HEADLINE = "tflops"
 PARAMS = {
     "backend": ["flash", "efficient", "cudnn", "math"],
     "direction": ["fwd", "fwd_bwd"],
@@ -40,7 +51,7 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 5e-2}
 CHECK_HEADS = 2  # heads are independent: checking a few of the first batch entry is enough
 
 
-def _reference(torch, q, k, v, causal):
+def _reference(torch: ModuleType, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
     """softmax(Q K^T / sqrt(d)) V written out, with the causal mask aligned top-left as sdpa's."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if causal:
@@ -50,12 +61,14 @@ def _reference(torch, q, k, v, causal):
     return torch.softmax(scores, dim=-1) @ v
 
 
-def _check(ctx, actual, expected, tol, what):
+def _check(ctx: Context, actual: Tensor, expected: Tensor, tol: float, what: str) -> None:
     rms = float(expected.detach().pow(2).mean().sqrt())
     ctx.check_close(actual, expected, rtol=tol, atol=tol * rms, what=what)
 
 
-def _unavailable(ctx, backend, caught, exc):
+def _unavailable(
+    ctx: Context, backend: str, caught: list[warnings.WarningMessage], exc: Exception
+) -> str:
     """Why torch refused the backend: the reasons it warned under that backend's heading."""
     reasons, heading = [], ""
     for w in caught:
@@ -69,7 +82,17 @@ def _unavailable(ctx, backend, caught, exc):
     return f"no {backend} SDPA kernel for this case on {ctx.device.type}: {detail}"
 
 
-def run(ctx, backend, direction, causal, dtype, batch, heads, seq, head_dim):
+def run(
+    ctx: Context,
+    backend: str,
+    direction: str,
+    causal: bool,
+    dtype: str,
+    batch: int,
+    heads: int,
+    seq: int,
+    head_dim: int,
+) -> list[Metric]:
     torch = ctx.torch
     sdpa = torch.nn.functional.scaled_dot_product_attention
     try:
@@ -83,10 +106,10 @@ def run(ctx, backend, direction, causal, dtype, batch, heads, seq, head_dim):
     q, k, v = (ctx.randn(batch, heads, seq, head_dim, dtype=dt, requires_grad=bwd) for _ in "qkv")
     grad_out = ctx.randn(batch, heads, seq, head_dim, dtype=dt)
 
-    def forward():
+    def forward() -> Tensor:
         return sdpa(q, k, v, is_causal=causal)
 
-    def call():
+    def call() -> Any:  # the output, or its three input gradients
         out = forward()
         return torch.autograd.grad(out, (q, k, v), grad_out) if bwd else out
 
@@ -108,7 +131,7 @@ def run(ctx, backend, direction, causal, dtype, batch, heads, seq, head_dim):
         tol = TOLERANCE[dtype]
         sl = (slice(0, 1), slice(0, CHECK_HEADS))
         ref_in = [t.detach()[sl].double().requires_grad_(bwd) for t in (q, k, v)]
-        ref = _reference(torch, *ref_in, causal)
+        ref = _reference(torch, ref_in[0], ref_in[1], ref_in[2], causal)
         _check(ctx, out[sl], ref, tol, "output")
         if bwd:
             grads = torch.autograd.grad(out, (q, k, v), grad_out)

@@ -3,6 +3,18 @@
 # The first model of a practitioner's guide: conv -> ReLU -> max-pool -> two linear layers,
 # cross-entropy and Adam, fed by ImageFolder + Resize + ToTensor + DataLoader from files on disk.
 # The data-wait share of each window tells an input-bound step from a compute-bound one.
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cudastack.environment.context import Context, Metric
+    from cudastack.environment.training import Step
+
+KIND = "workload"
+HEADLINE = "items_per_s"  # img/s
 PARAMS = {
     "num_workers": [0, 4, 8],
     "pin_memory": [False, True],
@@ -16,7 +28,7 @@ PROFILES = {
 BATCHES_PER_EPOCH = 4  # every window is one epoch: the same four batches each time
 
 
-def run(ctx, num_workers, pin_memory, batch, image):
+def run(ctx: Context, num_workers: int, pin_memory: bool, batch: int, image: int) -> list[Metric]:
     from cudastack.environment import jpegs, training
 
     torch = ctx.torch
@@ -25,10 +37,10 @@ def run(ctx, num_workers, pin_memory, batch, image):
     # to the step (from pageable memory it also waits for the GPU's queue, which is not data).
     next_batch = jpegs.forever(batches).__next__
 
-    def to_device(t):
+    def to_device(t: Tensor) -> Tensor:
         return t.to(ctx.device, non_blocking=pin_memory)  # asynchronous from pinned memory
 
-    def make_step(wrap):
+    def make_step(wrap: Callable[[Any], Any]) -> Step:
         nn = torch.nn
         net = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1),

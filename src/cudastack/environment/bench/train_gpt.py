@@ -7,8 +7,17 @@
 # twice that for the backward. The second term is attention's two T x T matmuls per layer (L
 # layers, H heads of size Q, sequence T), again x3 for forward + backward. MFU is that times
 # tokens/s over the device's dense peak for the precision in use.
-import itertools
+from __future__ import annotations
 
+import itertools
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from cudastack.environment.context import Context, Metric
+    from cudastack.environment.training import Step
+
+KIND = "workload"
+HEADLINE = "items_per_s"  # tokens/s
 DATA_PARALLEL = True
 PARAMS = {
     "size": ["124m"],
@@ -35,11 +44,13 @@ PEAK = {"amp_bf16": "bf16", "amp_fp16": "fp16", "tf32": "tf32", "fp32": "fp32"}
 DISTINCT_BATCHES = 4
 
 
-def flops_per_token(n_params, layers, heads, width, seq_len):
+def flops_per_token(n_params: int, layers: int, heads: int, width: int, seq_len: int) -> int:
     return 6 * n_params + 12 * layers * heads * (width // heads) * seq_len
 
 
-def run(ctx, size, seq_len, precision, compile, batch):
+def run(
+    ctx: Context, size: str, seq_len: int, precision: str, compile: bool, batch: int
+) -> list[Metric]:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built from a config: never touch the network
@@ -68,7 +79,7 @@ def run(ctx, size, seq_len, precision, compile, batch):
     ]
     next_batch = itertools.cycle(tokens).__next__
 
-    def make_step(wrap):
+    def make_step(wrap: Callable[[Any], Any]) -> Step:
         model = transformers.GPT2LMHeadModel(config).to(ctx.device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=ctx.is_cuda)
         model = wrap(model)

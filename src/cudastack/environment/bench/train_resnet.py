@@ -3,8 +3,17 @@
 # The defaults are the practices behind the public anchors (NVIDIA's DeepLearningExamples
 # recipe, ~3,079 img/s on an H200): bf16 autocast, channels_last, torch.compile and
 # cudnn.benchmark. fp32/tf32 and the other switches are there to show what each practice buys.
-import itertools
+from __future__ import annotations
 
+import itertools
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from cudastack.environment.context import Context, Metric
+    from cudastack.environment.training import Step
+
+KIND = "workload"
+HEADLINE = "items_per_s"  # img/s
 DATA_PARALLEL = True
 PARAMS = {
     "model": ["resnet50"],
@@ -42,7 +51,15 @@ CLASSES = 1000
 DISTINCT_BATCHES = 4  # a fixed set, cycled: the loss must fall as the model learns it
 
 
-def run(ctx, model, precision, channels_last, compile, batch, image):
+def run(
+    ctx: Context,
+    model: str,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    batch: int,
+    image: int,
+) -> list[Metric]:
     from cudastack.environment import training
     from cudastack.environment.precision import autocast
 
@@ -62,7 +79,7 @@ def run(ctx, model, precision, channels_last, compile, batch, image):
     ]
     next_batch = itertools.cycle(list(zip(images, labels))).__next__
 
-    def make_step(wrap):
+    def make_step(wrap: Callable[[Any], Any]) -> Step:
         net = getattr(torchvision.models, model)(num_classes=CLASSES)
         net = net.to(ctx.device, memory_format=fmt)
         # Plain SGD with momentum as in the reference recipe (without its schedule: a constant

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom, mannwhitneyu, ttest_ind
 
+from cudastack.contract.errors import CudastackError
 from cudastack.contract.stats import NOISY_REL_IQR
-from cudastack.host.analysis.results import HEADLINE_METRICS
+from cudastack.host.analysis.results import bench_kinds, headline_rank
 
 VERDICTS = ("faster", "slower", "same", "noisy")
 KEYS = ["bench", "case", "metric", "unit", "better"]
@@ -25,6 +26,10 @@ KEYS = ["bench", "case", "metric", "unit", "better"]
 # than its own samples scatter, so treating every sample as independent would call that
 # process-to-process drift a change.
 MIN_PROCESSES = 3
+
+
+class CompareError(CudastackError):
+    """Sides that cannot be compared as asked (an unknown baseline, no shared case, ...)."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,11 @@ def label_sides(df: pd.DataFrame) -> pd.Series:
 
 def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Ok rows of each case's headline metric only: one metric per case, so a change in
-    latency and the same change in TFLOP/s are not counted as two discoveries."""
+    latency and the same change in TFLOP/s are not counted as two discoveries. The headline is
+    the one its bench declares (HEADLINE); runs recorded before benches declared one are read
+    by results.HEADLINE_METRICS."""
     ok = df[(df["status"] == "ok") & (df["metric"] != "pct_of_peak")]
-    rank = ok["metric"].map({m: i for i, m in enumerate(HEADLINE_METRICS)}).fillna(99)
+    rank = headline_rank(ok["metric"], ok.get("headline", ""))
     best = rank.groupby([ok["side"], ok["case"]]).transform("min")
     return ok[rank == best]
 
@@ -69,7 +76,7 @@ def adjust(p: np.ndarray, method: str) -> np.ndarray:
     elif method == "bh":
         adj = np.minimum.accumulate(m / np.arange(m, 0, -1) * ranked[::-1])[::-1]
     else:
-        raise ValueError(f"unknown correction {method!r}; use holm or bh")
+        raise CompareError(f"unknown correction {method!r}; use holm or bh")
     out = np.empty(m)
     out[order] = np.minimum(adj, 1.0)
     return out
@@ -117,13 +124,13 @@ def compare(
     df = df.assign(side=label_sides(df))
     names = list(dict.fromkeys(df["side"]))
     if len(names) < 2:
-        raise ValueError(
+        raise CompareError(
             f"nothing to compare: the results have one side ({names[0]}); give two "
             "runs, or a run with two cells"
         )
     base = baseline or names[0]
     if base not in names:
-        raise ValueError(f"unknown baseline {base!r}; choose one of: {', '.join(names)}")
+        raise CompareError(f"unknown baseline {base!r}; choose one of: {', '.join(names)}")
     rows = headline_rows(df)
     groups = _groups(rows)
     per_process = _groups(_process_medians(rows))
@@ -174,9 +181,11 @@ def compare(
             )
     table = pd.DataFrame(out)
     if table.empty:
-        raise ValueError(f"no case was measured both in {base} and in another side")
+        raise CompareError(f"no case was measured both in {base} and in another side")
     table["p_adj"] = adjust(table["p"].to_numpy(), settings.correction)
     table["verdict"] = [verdict(r, settings) for r in table.to_dict("records")]
+    kinds = bench_kinds(df)  # kernel | workload, as declared: what explain tells them apart by
+    table["kind"] = [kinds.get(b, "") for b in table["bench"]]
     return table
 
 

@@ -8,9 +8,6 @@ from typing import Any
 
 import pandas as pd
 
-# Kernel micro-benchmarks: what end-to-end workloads are made of.
-KERNEL_BENCHES = ("gemm", "conv", "sdpa", "elementwise", "bandwidth", "launch", "allreduce")
-
 # (label, path into env.json): what most often explains a speed difference.
 FINGERPRINT = (
     ("torch", ("torch", "version")),
@@ -65,8 +62,10 @@ def hardware_warning(diffs: list[tuple[str, Any, Any]]) -> str:
 
 
 def moved_kernels(table: pd.DataFrame, side: str) -> str:
-    """For one compared side: each kernel bench's median oriented ratio, e.g. 'conv -22 %'."""
-    rows = table[(table["side"] == side) & table["bench"].isin(KERNEL_BENCHES)]
+    """For one compared side: each kernel bench's median oriented ratio, e.g. 'conv -22 %'.
+    Kernels (micro-benchmarks: what workloads are made of) are the benches whose ``kind``, as
+    compare carries it from their declaration, is ``kernel``."""
+    rows = table[(table["side"] == side) & (table["kind"] == "kernel")]
     parts = []
     for bench, group in rows.groupby("bench"):
         change = group["ratio"].median() - 1
@@ -75,13 +74,12 @@ def moved_kernels(table: pd.DataFrame, side: str) -> str:
 
 
 def explain(table: pd.DataFrame, diffs: dict) -> list[str]:
-    """One line per changed workload (not a kernel): its change, how kernels moved, what differs.
+    """One line per changed workload (a bench of kind ``workload``): its change, how kernels
+    moved, what differs. A bench of unknown kind is neither.
 
     ``diffs`` maps a compared side to its env_diff against the baseline."""
     lines = []
-    changed = table[
-        table["verdict"].isin(["faster", "slower"]) & ~table["bench"].isin(KERNEL_BENCHES)
-    ]
+    changed = table[table["verdict"].isin(["faster", "slower"]) & (table["kind"] == "workload")]
     for row in changed.to_dict("records"):
         stack = "; ".join(
             f"{label} {va} -> {vb}"

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from cudastack.contract import runfolder
 from cudastack.host.analysis import compare, explain, results
 
 CSS = """
@@ -149,7 +150,7 @@ def html_report(
         # Sides that share no case (a cell that did not run) leave nothing to compare.
         try:
             table = compare.compare(df, baseline, settings)
-        except ValueError as exc:
+        except compare.CompareError as exc:
             if baseline is not None:
                 raise
             parts.append(f"<p>No comparison: {html.escape(str(exc))}.</p>")
@@ -255,4 +256,4 @@ def write(path: Path, text: str) -> None:
     def put(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
-    results.atomic_write(path, put)
+    runfolder.atomic_write(path, put)

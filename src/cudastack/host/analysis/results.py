@@ -3,36 +3,112 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.json as pajson
 
+from cudastack.contract.errors import CudastackError
+from cudastack.contract.runfolder import CSV, DONE, ENV, RECORDS, TABLE, atomic_write  # noqa: F401
 from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
 from cudastack.contract.stats import NOISY_REL_IQR
 
-RECORDS = "records.jsonl"
-ENV = "env.json"
-DONE = "done.json"  # written by the worker when its suite finished
-TABLE = "results.parquet"
-CSV = "results.csv"
-
-# The metric that best states a case's result in one number, in order of preference.
+# The metric that best states a case's result in one number, in order of preference: how runs
+# recorded before benches declared their HEADLINE (schema 4) are read.
 HEADLINE_METRICS = ("items_per_s", "tflops", "gbps", "latency_us", "latency")
 
+# Only for rows recorded before the `kind` column existed (schema 3 and older), which name a
+# bench but not its kind: the benches shipped then, by name. Every later row carries the KIND
+# its bench file declares; nothing but ``bench_kinds`` reads this table.
+LEGACY_KINDS = {
+    **dict.fromkeys(
+        ("gemm", "conv", "sdpa", "elementwise", "bandwidth", "launch", "allreduce"), "kernel"
+    ),
+    **dict.fromkeys(
+        ("train_resnet", "train_gpt", "seed_cnn", "finetune", "dataloader", "infer_precision"),
+        "workload",
+    ),
+}
 
-class ResultsError(ValueError):
+
+class ResultsError(CudastackError):
     """A results folder or file that cannot be read as cudastack results."""
 
 
 def read_records(path: Path) -> pd.DataFrame:
-    """Rows of one records.jsonl. A torn last line (the writer was killed mid-line) is dropped;
-    a malformed line elsewhere is an error, since the file was not written by a worker."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    """Rows of one records.jsonl as the table ``to_frame`` makes of them. A torn last line (the
+    writer was killed mid-line) is dropped; a malformed line elsewhere is an error, since the
+    file was not written by a worker; blank lines are skipped.
+
+    Read column-wise by pyarrow, told the schema's column types (a run holds millions of rows:
+    one json.loads a line costs seconds per 200,000). A file pyarrow refuses (a malformed line,
+    a value of another type than its column's, as in rows of older cudastack versions) is read
+    again line by line, which names the bad line and types values as ``to_frame`` does.
+
+    Raises ResultsError ("path:lineno: not a JSON record", or records of a newer schema)."""
+    data = path.read_bytes()
+    table = _read_columnar(data)
+    if table is None:
+        return to_frame(_rows_per_line(path, data.decode("utf-8")))
+    return _conform(table.to_pandas())
+
+
+def _read_columnar(data: bytes) -> pa.Table | None:
+    """The records in ``data`` (a records.jsonl's bytes) as an Arrow table with COLUMNS' types,
+    other keys ignored, a torn last line dropped; None where the file is not what a worker
+    writes, or pyarrow refuses it.
+
+    pyarrow gets only what workers write: one {...} a line and no blank ones, printable ASCII
+    (json.dumps escapes the rest; pyarrow itself refuses a lone escaped surrogate). Anything
+    else, a damaged or foreign file, goes to the per-line reader, which reads it as it always
+    has and names a bad line (pyarrow would crash on a file that starts with a line that is
+    not an object: apache/arrow#47409). The checks are whole-buffer scans without copies."""
+    end = _records_end(data)
+    lines = data.count(b"\n", 0, end) + 1
+    if (
+        data[:1] != b"{"
+        or data[end - 1 : end] != b"}"
+        or data.translate(None, _PRINTABLE)  # a byte outside printable ASCII and newlines
+        or data.count(b"}\n{", 0, end) != lines - 1  # a line not one {...}, or a blank one
+    ):
+        return None
+    try:
+        table = pajson.read_json(pa.py_buffer(data).slice(0, end), parse_options=_PARSE)
+    except pa.ArrowInvalid:  # a value of another type than its column's, a key twice, NaN, ...
+        return None
+    return table if table.num_rows == lines else None  # not two records on one line
+
+
+def _records_end(data: bytes) -> int:
+    """Where the whole records of ``data`` end: before the trailing newlines, and before the
+    last line when that is not a whole JSON record (a writer killed mid-line), as the per-line
+    reader drops it too."""
+    # The last line as str.splitlines cuts it: only one trailing newline ends it. A blank last
+    # line is dropped alone, so that a torn line before it stays in and is an error, as it is
+    # to the per-line reader.
+    end = len(data) - 1 if data[-1:] == b"\n" else len(data)
+    start = data.rfind(b"\n", 0, end) + 1
+    try:
+        json.loads(data[start:end])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        end = max(start - 1, 0)
+    return end
+
+
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+_PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
+_PARSE = pajson.ParseOptions(
+    explicit_schema=pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in COLUMNS.items()]),
+    unexpected_field_behavior="ignore",
+)
+
+
+def _rows_per_line(path: Path, text: str) -> list[dict]:
+    """The records of ``text`` (the file at ``path``), one json.loads per line."""
+    lines = text.splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -43,12 +119,18 @@ def read_records(path: Path) -> pd.DataFrame:
             if number == len(lines):
                 break
             raise ResultsError(f"{path}:{number}: not a JSON record") from None
-    return to_frame(rows)
+    return rows
 
 
 def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
     """Records as a table with exactly the schema's columns and types."""
-    df = pd.DataFrame(list(rows))
+    return _conform(pd.DataFrame(list(rows)))
+
+
+def _conform(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with exactly COLUMNS, in order, typed: a missing or null int is 0, a missing or
+    null float NaN, a missing or null string ''; other columns dropped. Raises ResultsError
+    for records of a newer schema."""
     newer = df["schema_version"].max() if "schema_version" in df and len(df) else SCHEMA_VERSION
     if newer > SCHEMA_VERSION:
         raise ResultsError(
@@ -67,25 +149,6 @@ def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
     return df[list(COLUMNS)].reset_index(drop=True)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    # Write beside the target and rename: a reader never sees half a file, a crash leaves none.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: results are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_tables(df: pd.DataFrame, folder: Path) -> None:
     """results.parquet (exact round trip) and results.csv (for spreadsheets), each atomically."""
     atomic_write(folder / TABLE, lambda p: df.to_parquet(p, index=False))
@@ -96,14 +159,31 @@ def load_table(run_dir: Path) -> pd.DataFrame:
     path = run_dir / TABLE
     if not path.is_file():
         raise ResultsError(f"{run_dir} has no {TABLE}; is it a cudastack run folder?")
-    return to_frame(pd.read_parquet(path).to_dict("records"))
+    return _conform(pd.read_parquet(path))
 
 
 def ingest_run(run_dir: Path) -> pd.DataFrame:
-    """Gather every cell's records under a run folder into one table and store it."""
-    parts = [read_records(p) for p in sorted(run_dir.glob(f"*/{RECORDS}"))]
+    """Gather every cell's records under a run folder into one table and store it. A run
+    ingests after every cell: a cell's records unchanged since (same size and mtime) are not
+    read again."""
+    parts = [_cell_records(p) for p in sorted(run_dir.glob(f"*/{RECORDS}"))]
     df = pd.concat(parts, ignore_index=True) if parts else to_frame([])
     write_tables(df, run_dir)
+    return df
+
+
+# records.jsonl path -> ((size, mtime_ns) when read, its table): the cells a run has finished.
+_READ: dict[Path, tuple[tuple[int, int], pd.DataFrame]] = {}
+
+
+def _cell_records(path: Path) -> pd.DataFrame:
+    stat = path.stat()
+    key = (stat.st_size, stat.st_mtime_ns)
+    cached = _READ.get(path.resolve())
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    df = read_records(path)
+    _READ[path.resolve()] = (key, df)
     return df
 
 
@@ -122,14 +202,34 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def bench_kinds(df: pd.DataFrame) -> dict[str, str]:
+    """bench -> ``kernel`` | ``workload``: the kind its rows record, or for rows from before
+    schema 4 (no kind) the LEGACY_KINDS entry. A bench neither names is left out; one whose
+    declaration changed between the runs in ``df`` gets the last one recorded."""
+    recorded = df["kind"] if "kind" in df else pd.Series("", index=df.index)
+    pairs = pd.DataFrame({"bench": df["bench"], "kind": recorded.fillna("")}).drop_duplicates()
+    kinds = {b: LEGACY_KINDS[b] for b in pairs["bench"] if b in LEGACY_KINDS}
+    kinds.update((b, k) for b, k in zip(pairs["bench"], pairs["kind"]) if k)
+    return kinds
+
+
+def headline_rank(metric: pd.Series, declared: pd.Series | str) -> pd.Series:
+    """How well each row's metric states its case in one number, lowest best: -1 for the
+    ``declared`` headline of its bench (rows from schema 4), else its place in
+    HEADLINE_METRICS (older rows, or a declared metric the case lacks), any other metric last."""
+    order = metric.map({m: i for i, m in enumerate(HEADLINE_METRICS)})
+    return order.fillna(len(HEADLINE_METRICS)).where(metric != declared, -1)
+
+
 def case_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per case: its headline metric's summary, % of peak, or why it did not run."""
     stats = summarize(df)
-    rank = {m: i for i, m in enumerate(HEADLINE_METRICS)}
-    stats["rank"] = stats["metric"].map(rank).fillna(len(rank))
+    declared = df[["cell", "case", "headline"]].drop_duplicates(["cell", "case"])
+    stats = stats.merge(declared, on=["cell", "case"], how="left")
+    stats["rank"] = headline_rank(stats["metric"], stats["headline"].fillna(""))
     peak = stats[stats["metric"] == "pct_of_peak"].set_index(["cell", "case"])["median"]
     head = stats[stats["metric"] != "pct_of_peak"].sort_values("rank", kind="stable")
-    head = head.drop_duplicates(["cell", "case"]).drop(columns="rank")
+    head = head.drop_duplicates(["cell", "case"]).drop(columns=["rank", "headline"])
     head["pct_of_peak"] = [peak.get((c, k)) for c, k in zip(head["cell"], head["case"])]
     head["status"], head["reason"] = "ok", ""
     not_ok = df[df["status"] != "ok"].drop_duplicates(["cell", "case"])
@@ -143,7 +243,8 @@ def harness_row(
     run_id: str, cell: str, stage: str, status: str, reason: str, image_digest: str = ""
 ) -> dict:
     """A row for what happened to a whole cell (skipped by the doctor, failed build or run)."""
-    row: dict = {c: "" for c in COLUMNS}
+    # Every column its type's empty value (0, null, ''): pyarrow then reads the file column-wise.
+    row: dict = {c: {int: 0, float: None}.get(kind, "") for c, kind in COLUMNS.items()}
     row.update(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,

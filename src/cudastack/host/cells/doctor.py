@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
+from cudastack.environment import nvml
 from cudastack.host.cells import stacks
 from cudastack.host.cells.matrix import Cell
 
@@ -66,62 +67,70 @@ _BRANDS = {
 }
 
 
-def nvml_host() -> tuple:
-    """(driver version, highest CUDA the driver supports, GPU names) through NVML, or empties."""
-    try:
-        import pynvml
+class NvmlHost(NamedTuple):
+    """What NVML says about this host's NVIDIA driver and GPUs (empties where it cannot)."""
 
-        pynvml.nvmlInit()
-    except Exception:  # no library, no driver, no device: all mean "no NVIDIA GPU here"
-        return "", "", []
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+    driver: str  # driver version, e.g. 570.86.15
+    cuda: str  # the highest CUDA the driver supports, e.g. 12.8
+    gpus: list[str]  # GPU names, in NVML's order
+
+
+def nvml_host() -> NvmlHost:
+    """The driver, the CUDA it supports and the GPUs, through NVML; empties without NVML."""
+    with nvml.session() as nv:
+        if nv is None:
+            return NvmlHost("", "", [])
+        driver = nv.nvmlSystemGetDriverVersion()
+        cuda = nv.nvmlSystemGetCudaDriverVersion_v2()
         names = [
-            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-            for i in range(pynvml.nvmlDeviceGetCount())
+            nv.nvmlDeviceGetName(nv.nvmlDeviceGetHandleByIndex(i))
+            for i in range(nv.nvmlDeviceGetCount())
         ]
-    finally:
-        pynvml.nvmlShutdown()
-
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    return text(driver), f"{cuda // 1000}.{cuda % 1000 // 10}", [text(n) for n in names]
+    return NvmlHost(
+        nvml.text(driver), f"{cuda // 1000}.{cuda % 1000 // 10}", [nvml.text(n) for n in names]
+    )
 
 
-def nvml_first_gpu() -> tuple:
-    """(brand, compute capability) of GPU 0, what the container runtime checks; empties when
-    NVML cannot say."""
-    try:
-        import pynvml
+class FirstGpu(NamedTuple):
+    """GPU 0 as the container runtime checks it (empties when NVML cannot say)."""
 
-        pynvml.nvmlInit()
-    except Exception:
-        return "", ""
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        brand = _BRANDS.get(int(pynvml.nvmlDeviceGetBrand(handle)), "")
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-        return brand, f"{major}.{minor}"
-    except Exception:  # an old driver without one of the calls: the verdict then assumes less
-        return "", ""
-    finally:
-        pynvml.nvmlShutdown()
+    brand: str
+    capability: str  # e.g. 9.0
 
 
-def gpu_runtime(info: dict) -> tuple:
-    """(configured, how): the `nvidia` runtime, or CDI-discovered NVIDIA devices."""
+def nvml_first_gpu() -> FirstGpu:
+    """The brand and compute capability of GPU 0, what the container runtime checks."""
+    with nvml.session() as nv:
+        if nv is None:
+            return FirstGpu("", "")
+        try:
+            handle = nv.nvmlDeviceGetHandleByIndex(0)
+            brand = _BRANDS.get(int(nv.nvmlDeviceGetBrand(handle)), "")
+            major, minor = nv.nvmlDeviceGetCudaComputeCapability(handle)
+        except Exception:  # an old driver without one of the calls: the verdict assumes less
+            return FirstGpu("", "")
+        return FirstGpu(brand, f"{major}.{minor}")
+
+
+class GpuRuntime(NamedTuple):
+    """Whether the Docker engine can hand GPUs to containers, and how."""
+
+    configured: bool
+    how: str
+
+
+def gpu_runtime(info: dict) -> GpuRuntime:
+    """The `nvidia` runtime, or CDI-discovered NVIDIA devices, from ``docker info``."""
     if "nvidia" in (info.get("Runtimes") or {}):
-        return True, "nvidia runtime configured"
+        return GpuRuntime(True, "nvidia runtime configured")
     cdi = [
         d.get("ID", "")
         for d in info.get("DiscoveredDevices") or []
         if str(d.get("ID", "")).startswith("nvidia.com/gpu")
     ]
     if cdi:
-        return True, f"CDI devices: {', '.join(cdi)}"
-    return False, "no nvidia runtime and no CDI nvidia.com/gpu devices"
+        return GpuRuntime(True, f"CDI devices: {', '.join(cdi)}")
+    return GpuRuntime(False, "no nvidia runtime and no CDI nvidia.com/gpu devices")
 
 
 def inspect(client: Optional[Any]) -> HostReport:

@@ -12,17 +12,20 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from cudastack.host.analysis.results import ENV
+from cudastack.contract import runfolder
+from cudastack.contract.errors import CudastackError
 from cudastack.host.cells.matrix import Cell
-from cudastack.host.cells.reproduce import INPUTS
 
 EXPORT_FORMAT = 1
 CHUNK = 1 << 20
 RUN_DIR = "run"  # export --run: the run's records of the cell, under run/ in the archive
-RUN_FILES = (INPUTS, ENV)  # its recorded inputs and its environment's fingerprint
+RUN_FILES = (
+    runfolder.INPUTS,
+    runfolder.ENV,
+)  # its recorded inputs and its environment's fingerprint
 
 
-class HandoffError(ValueError):
+class HandoffError(CudastackError):
     """A push, export or import that cannot go on; nothing was left half-done."""
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from cudastack.contract.errors import CudastackError
+from cudastack.contract.runfolder import atomic_write
 from cudastack.host.cells.matrix import Cell
 
 TORCH_INDEX_URL = "https://download.pytorch.org/whl"
@@ -23,7 +24,7 @@ PLATFORMS = (
 )
 
 
-class LockError(ValueError):
+class LockError(CudastackError):
     """A digest or package set that cannot be resolved; the message says which and why."""
 
 
@@ -50,9 +51,8 @@ def pin_base(matrix_file: Path, old: str, new: str) -> None:
     quoted = f'"{old}"'
     if quoted not in text:
         raise LockError(f"{matrix_file}: cannot find {quoted} to pin")
-    tmp = matrix_file.with_name(matrix_file.name + ".tmp")
-    tmp.write_text(text.replace(quoted, f'"{new}"'), encoding="utf-8")
-    os.replace(tmp, matrix_file)
+    pinned = text.replace(quoted, f'"{new}"')
+    atomic_write(matrix_file, lambda p: p.write_text(pinned, encoding="utf-8"))
 
 
 def _local_label(index: str) -> str:
@@ -121,6 +121,5 @@ def write_lock(path: Path, cell: Cell, lines: list[str]) -> None:
         "--require-hashes.\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = header + "\n".join(lines) + "\n"
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from cudastack.contract.errors import CudastackError
 from cudastack.host.cells import stacks
 
 if sys.version_info >= (3, 11):
@@ -52,7 +53,7 @@ _PACKAGE = re.compile(
 )
 
 
-class MatrixError(ValueError):
+class MatrixError(CudastackError):
     """A matrix file that cannot be used; the message names the cell and the field."""
 
 

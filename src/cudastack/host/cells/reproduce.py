@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cudastack.contract import runfolder
+from cudastack.contract.errors import CudastackError
 from cudastack.host.cells import images
 from cudastack.host.cells.matrix import Cell
-from cudastack.host.run.container import base_environment, harness_volume
-
-INPUTS = "cell.json"  # what a run records about each cell's image, beside its results
+from cudastack.host.run.container import base_environment, harness_volume, invoking_user
 
 
-class ReproduceError(ValueError):
+class ReproduceError(CudastackError):
     """A cell's image cannot be had the way its records say; nothing was changed."""
 
 
@@ -39,7 +38,7 @@ def record_inputs(
         "dockerfile": dockerfile.read_text(encoding="utf-8"),
         "lock": lock_text,
     }
-    (cell_dir / INPUTS).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    runfolder.write_json(cell_dir / runfolder.INPUTS, data)
 
 
 def cell_from(record: dict) -> Cell:
@@ -108,7 +107,7 @@ def probe(client: Any, tag: str) -> dict:
         tag,
         ["python", "-m", "cudastack.environment.envinfo"],
         remove=True,
-        user=f"{os.getuid()}:{os.getgid()}",
+        user=invoking_user(),
         environment=base_environment(),
         volumes=harness_volume(),
         stderr=False,

@@ -6,7 +6,7 @@ Sources: the PyTorch wheel indexes per variant and the CUDA Toolkit release note
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import NamedTuple, Optional
 
 # torch minor -> wheel index variants published for it ("cpu" always exists).
 _VARIANTS_BY_MINOR = {
@@ -89,11 +89,16 @@ def _version_tuple(version: str) -> tuple:
     return tuple(int(p) for p in re.findall(r"\d+", version))
 
 
-def driver_verdict(driver: str, cuda: str) -> tuple:
-    """(status, reason) for running CUDA ``cuda`` (e.g. '12.8') on ``driver``.
+class DriverVerdict(NamedTuple):
+    """Whether a driver runs a CUDA version: ``status`` 'ok', 'compat' (through minor-version
+    compatibility: runs, newer PTX may fail) or 'no'; ``reason`` says why."""
 
-    status is 'ok', 'compat' (minor-version compatibility: runs, newer PTX may fail) or 'no'.
-    """
+    status: str
+    reason: str
+
+
+def driver_verdict(driver: str, cuda: str) -> DriverVerdict:
+    """Whether ``driver`` runs CUDA ``cuda`` (e.g. '12.8'), by the driver floors above."""
     major, minor = (int(p) for p in cuda.split(".")[:2])
     have = _version_tuple(driver)
     floor = DRIVER_FLOORS.get((major, minor))
@@ -101,15 +106,18 @@ def driver_verdict(driver: str, cuda: str) -> tuple:
         known = [v for v in DRIVER_FLOORS if v[0] == major and v <= (major, minor)]
         floor = DRIVER_FLOORS[max(known)] if known else None
     if floor and have >= _version_tuple(floor):
-        return "ok", f"driver {driver} >= {floor} required by CUDA {cuda}"
+        return DriverVerdict("ok", f"driver {driver} >= {floor} required by CUDA {cuda}")
     compat = MINOR_COMPAT_FLOORS.get(major)
     if compat and have >= _version_tuple(compat):
-        return "compat", (
+        return DriverVerdict(
+            "compat",
             f"driver {driver} is below CUDA {cuda}'s {floor} but runs it through "
-            f"minor-version compatibility (newer PTX may fail to JIT)"
+            f"minor-version compatibility (newer PTX may fail to JIT)",
         )
     need = floor or compat or "a newer driver"
-    return "no", f"driver {driver} is too old for CUDA {cuda} (needs {need}); upgrade the driver"
+    return DriverVerdict(
+        "no", f"driver {driver} is too old for CUDA {cuda} (needs {need}); upgrade the driver"
+    )
 
 
 # The NVIDIA container runtime checks an image's NVIDIA_REQUIRE_* variables against the host

@@ -1,25 +1,24 @@
-"""What every cudastack command shares: the app, consoles, options and the bad-input error."""
+"""What the cudastack commands share: consoles, options and the bad-input error."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable, Optional, get_type_hints
 
 import typer
 from rich.console import Console
 
+from cudastack.contract.errors import CudastackError
 from cudastack.environment import suite
 from cudastack.host.cells import matrix
-from cudastack.host.run.local import DEFAULT_TIMEOUT_S
+from cudastack.host.run.local import DEFAULT_TIMEOUT_S, SuiteArgs
 
 EXIT_BAD_INPUT = 2
 
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="Benchmark PyTorch across pinned CUDA / cuDNN / PyTorch stacks.",
-)
 # soft_wrap: long lines (paths, case ids, errors) stay whole so they can be copied and grepped.
 # Piped into a file or CI log there is no terminal width: tables get room instead of 80 columns.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -27,7 +26,7 @@ console = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 
-class UserError(ValueError):
+class UserError(CudastackError):
     """Bad input found on the host side."""
 
 
@@ -81,6 +80,80 @@ EnvOpt = typer.Option(
     "--env wins. "
     "Recorded in env.json (env_passed).",
 )
+
+
+def _opt(option: Any) -> Any:
+    """A RunOptions field whose command-line form is ``option`` (its default is the option's)."""
+    return field(default=option.default, metadata={"option": option})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of the commands that run the suite (run and bench), declared once: each field
+    is a keyword of both commands (``with_run_options``). A new suite option is a field here and
+    one in SuiteArgs."""
+
+    bench: str = _opt(BenchOpt)
+    select: Optional[list[str]] = _opt(SelectOpt)
+    profile: str = _opt(ProfileOpt)
+    out: Optional[Path] = _opt(OutOpt)
+    results_dir: Path = _opt(ResultsOpt)
+    bench_dir: Path = _opt(BenchDirOpt)
+    device: str = _opt(DeviceOpt)
+    threads: int = _opt(ThreadsOpt)
+    cell: str = _opt(CellOpt)
+    matrix_file: Path = _opt(MatrixOpt)
+    wheelhouse: Optional[Path] = _opt(WheelhouseOpt)
+    ca_file: Optional[Path] = _opt(CaFileOpt)
+    gpus: str = _opt(GpusOpt)
+    ipc_host: bool = _opt(IpcHostOpt)
+    shm_size: str = _opt(ShmOpt)
+    timeout: float = _opt(TimeoutOpt)
+    overrides: Optional[list[str]] = _opt(SetOpt)
+    trace: bool = _opt(TraceOpt)
+    nproc: int = _opt(NprocOpt)
+    repeat: int = _opt(RepeatOpt)
+    minor_version_compat: bool = _opt(MinorCompatOpt)
+    env: Optional[list[str]] = _opt(EnvOpt)
+
+    def suite(self, extra_work: float = 0.0) -> SuiteArgs:
+        """What every cell's worker processes run."""
+        return SuiteArgs(
+            benches=names(self.bench),
+            select=list(self.select or []),
+            profile=self.profile,
+            bench_dir=self.bench_dir,
+            device=self.device,
+            threads=self.threads,
+            extra_work=extra_work,
+            overrides=list(self.overrides or []),
+            trace=self.trace,
+            nproc=self.nproc,
+            repeat=self.repeat,
+            env=list(self.env or []),
+        )
+
+
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command(opts: RunOptions, **own)`` as a typer command that takes every RunOptions field
+    as an option besides its own (typer reads the signature made here)."""
+    kinds = get_type_hints(RunOptions)
+    own = list(inspect.signature(command).parameters.values())[1:]
+    own_kinds = get_type_hints(command)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter(f.name, keyword, default=f.metadata["option"], annotation=kinds[f.name])
+        for f in fields(RunOptions)
+    ] + [p.replace(kind=keyword, annotation=own_kinds[p.name]) for p in own]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        opts = RunOptions(**{f.name: kwargs.pop(f.name) for f in fields(RunOptions)})
+        command(opts, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
 
 
 def names(text: str) -> list:

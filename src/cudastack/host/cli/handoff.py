@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Callable, Optional
 import typer
 from rich.markup import escape
 
-from cudastack.host.analysis import results
+from cudastack.contract import runfolder
 from cudastack.host.cells import check, handoff, images, lock, matrix, reproduce
 from cudastack.host.cli.app import (
     CaFileOpt,
@@ -26,13 +25,12 @@ from cudastack.host.cli.app import (
     ShmOpt,
     UserError,
     WheelhouseOpt,
-    app,
     console,
     engine,
     names,
 )
 from cudastack.host.run import pipeline
-from cudastack.host.run.container import base_environment, harness_volume
+from cudastack.host.run.container import base_environment, harness_volume, invoking_user
 from cudastack.host.run.local import cell_env
 
 
@@ -51,7 +49,6 @@ def _existing_tag(client: object, cell: matrix.Cell, matrix_file: Path) -> str:
     return tag
 
 
-@app.command("lock")
 def lock_cmd(
     cell: str = CellOpt,
     matrix_file: Path = MatrixOpt,
@@ -66,20 +63,17 @@ def lock_cmd(
             raise UserError(f"cell {c.name} fails `cudastack check`: {'; '.join(found.problems)}")
     client = engine("resolving base image digests")
     locks_dir = matrix_file.parent / "locks"
-    try:
-        for c in cells:
-            pinned = lock.base_digest(client, c.base_image)
-            if pinned != c.base_image:
-                lock.pin_base(matrix_file, c.base_image, pinned)
-            lines = lock.resolve(c, wheelhouse, ca_file)
-            lock.write_lock(c.lock_path(locks_dir), c, lines)
-            console.print(
-                f"{escape(c.name)}: base {escape(pinned)}; {len(lines)} packages -> "
-                f"{c.lock_path(locks_dir)}",
-                highlight=False,
-            )
-    except lock.LockError as exc:
-        raise UserError(str(exc)) from None
+    for c in cells:
+        pinned = lock.base_digest(client, c.base_image)
+        if pinned != c.base_image:
+            lock.pin_base(matrix_file, c.base_image, pinned)
+        lines = lock.resolve(c, wheelhouse, ca_file)
+        lock.write_lock(c.lock_path(locks_dir), c, lines)
+        console.print(
+            f"{escape(c.name)}: base {escape(pinned)}; {len(lines)} packages -> "
+            f"{c.lock_path(locks_dir)}",
+            highlight=False,
+        )
 
 
 def _run_dir(run: str, results_dir: Path) -> Path:
@@ -92,31 +86,27 @@ def _recorded_cells(
     """(the archive, if ``run`` is one; [(recorded inputs, its env.json's reader)] per cell):
     from an export made with --run, or from the run's folder."""
     if Path(run).is_file():
-        try:
-            _, record, env = handoff.run_records(Path(run))
-        except handoff.HandoffError as exc:
-            raise UserError(str(exc)) from None
+        _, record, env = handoff.run_records(Path(run))
         return Path(run), [(record, lambda: env)]
 
     def reader(env_file: Path) -> Callable[[], dict]:
         def read() -> dict:
             if not env_file.is_file():
-                raise UserError(f"{env_file.parent} has no {results.ENV}: its cell never ran")
+                raise UserError(f"{env_file.parent} has no {runfolder.ENV}: its cell never ran")
             return dict(json.loads(env_file.read_text()))
 
         return read
 
     run_dir = _run_dir(run, results_dir)
-    recorded = sorted(run_dir.glob(f"*/{reproduce.INPUTS}"))
+    recorded = sorted(run_dir.glob(f"*/{runfolder.INPUTS}"))
     if not recorded:
         raise UserError(
-            f"{run_dir} has no cells with recorded inputs ({reproduce.INPUTS}); only container "
+            f"{run_dir} has no cells with recorded inputs ({runfolder.INPUTS}); only container "
             "runs can be reproduced, from their run folder or an export made with --run"
         )
-    return None, [(json.loads(p.read_text()), reader(p.parent / results.ENV)) for p in recorded]
+    return None, [(json.loads(p.read_text()), reader(p.parent / runfolder.ENV)) for p in recorded]
 
 
-@app.command("reproduce")
 def reproduce_cmd(
     run: str = typer.Argument(
         ..., help="A run id (under --results-dir), a run folder, or an archive from export --run."
@@ -160,8 +150,6 @@ def reproduce_cmd(
             how = reproduce.obtain(client, record, ref, rebuild, build, load)
         except images.BuildFailed as exc:
             raise UserError(exc.headline) from None
-        except (reproduce.ReproduceError, handoff.HandoffError) as exc:
-            raise UserError(str(exc)) from None
         now = reproduce.probe(client, record["tag"])
         lines = reproduce.diff(original, now)
         status = "identical environment" if not lines else f"{len(lines)} differences"
@@ -175,7 +163,6 @@ def reproduce_cmd(
         raise typer.Exit(1)
 
 
-@app.command("push")
 def push_cmd(
     cell: str = typer.Argument(..., help="The cell to push."),
     registry: str = typer.Option(..., help="HOST[:PORT]/REPO to push to."),
@@ -185,10 +172,7 @@ def push_cmd(
     c = _one_cell(matrix_file, cell)
     client = engine("pushing")
     tag = _existing_tag(client, c, matrix_file)
-    try:
-        ref = handoff.push(client, tag, registry)
-    except handoff.HandoffError as exc:
-        raise UserError(str(exc)) from None
+    ref = handoff.push(client, tag, registry)
     record = handoff.pushed_record(matrix_file.parent / "locks", c)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(ref + "\n")
@@ -205,10 +189,9 @@ def _run_cell(run: str, results_dir: Path, cell: str) -> tuple[dict, dict[str, b
                 f"{folder} has no {name}; --run takes a container run that measured cell {cell}"
             )
         files[name] = (folder / name).read_bytes()
-    return json.loads(files[reproduce.INPUTS]), files
+    return json.loads(files[runfolder.INPUTS]), files
 
 
-@app.command("export")
 def export_cmd(
     cell: str = typer.Argument(..., help="The cell to export."),
     out: Path = typer.Option(..., "-o", "--out", help="Archive file to write."),
@@ -242,17 +225,13 @@ def export_cmd(
     else:
         tag = _existing_tag(client, c, matrix_file)
         lock_text = handoff.lock_text(matrix_file.parent / "locks", c)
-    try:
-        manifest = handoff.export(client, c, tag, lock_text, out, files)
-    except handoff.HandoffError as exc:
-        raise UserError(str(exc)) from None
+    manifest = handoff.export(client, c, tag, lock_text, out, files)
     size = out.stat().st_size / 1e9
     console.print(
         f"{escape(c.name)}: {out} ({size:.2f} GB), image {manifest['image_id']}", highlight=False
     )
 
 
-@app.command("import")
 def import_cmd(
     archive: Path = typer.Argument(..., help="An archive from `cudastack export`."),
 ) -> None:
@@ -260,10 +239,7 @@ def import_cmd(
     if not archive.is_file():
         raise UserError(f"{archive} is not a file")
     client = engine("importing")
-    try:
-        manifest = handoff.import_archive(client, archive)
-    except handoff.HandoffError as exc:
-        raise UserError(str(exc)) from None
+    manifest = handoff.import_archive(client, archive)
     console.print(
         f"{manifest['cell']}: loaded {manifest['tag']} ({manifest['image_id']}), hashes verified",
         highlight=False,
@@ -271,7 +247,6 @@ def import_cmd(
     )
 
 
-@app.command("shell", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def shell_cmd(
     ctx: typer.Context,
     cell: str = typer.Argument(..., help="The cell to enter."),
@@ -293,7 +268,7 @@ def shell_cmd(
         "--rm",
         "-i",
         "--user",
-        f"{os.getuid()}:{os.getgid()}",
+        invoking_user(),
         *(a for k, v in variables.items() for a in ("-e", f"{k}={v}")),
         *(a for host, m in harness_volume().items() for a in ("-v", f"{host}:{m['bind']}:ro")),
         "-v",

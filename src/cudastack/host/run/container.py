@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cudastack.contract import runfolder
 from cudastack.environment.suite import PATH_PARAMS
 from cudastack.host.cells.stacks import DISABLE_REQUIRE
-from cudastack.host.run.local import DEFAULT_TIMEOUT_S, LOG, SuiteArgs
+from cudastack.host.run.local import DEFAULT_TIMEOUT_S, SuiteArgs
 
 # The cudastack package this process runs, mounted into cells by itself (not the folder holding
 # it: in a regular install that is site-packages, whose host packages must not shadow the cell's).
@@ -40,6 +41,11 @@ class ContainerOptions:
     minor_version_compat: bool = False
     # uid:gid the worker runs as; empty: the invoking user's, so the results are theirs.
     user: str = ""
+
+
+def invoking_user() -> str:
+    """uid:gid of the user running cudastack: what cells run as, so that results are theirs."""
+    return f"{os.getuid()}:{os.getgid()}"
 
 
 def harness_volume() -> dict[str, dict[str, str]]:
@@ -120,7 +126,7 @@ def container_kwargs(
     kwargs = {
         "image": image,
         "command": command,
-        "user": opts.user or f"{os.getuid()}:{os.getgid()}",
+        "user": opts.user or invoking_user(),
         "volumes": {
             **harness_volume(),
             str(args.bench_dir.resolve()): {"bind": IN_BENCH, "mode": "ro"},
@@ -178,7 +184,7 @@ def run_container(
             )
         return Outcome(False, f"container did not start: {text}")
     log_thread = threading.Thread(
-        target=_follow_logs, args=(container, cell_dir / LOG, tail, on_line), daemon=True
+        target=_follow_logs, args=(container, cell_dir / runfolder.LOG, tail, on_line), daemon=True
     )
     log_thread.start()
     try:
@@ -223,7 +229,7 @@ def _start(
         "cudastack: the engine refused the memlock/stack ulimits (its own limits are lower); "
         "running without them: NCCL may fail to register memory"
     )
-    with open(cell_dir / LOG, "a", encoding="utf-8") as log:
+    with open(cell_dir / runfolder.LOG, "a", encoding="utf-8") as log:
         log.write(note + "\n")
     if on_line:
         on_line(note)

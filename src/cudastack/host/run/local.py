@@ -20,13 +20,18 @@ from typing import Callable, Optional
 
 import psutil
 
+from cudastack.contract import runfolder
+from cudastack.contract.errors import CudastackError
+from cudastack.contract.request import SuiteRequest
 from cudastack.contract.schema import PASSED_ENV
 from cudastack.environment import suite
 from cudastack.environment.envinfo import usable_cores
 from cudastack.host.analysis import results
 from cudastack.host.cells.doctor import nvml_host
+from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
 
-LOG = "log.txt"
+LOCAL = "local"  # the cell name of this Python environment
+EXIT_BAD_INPUT = 2  # the worker's exit code for input it refuses
 DEFAULT_TIMEOUT_S = 3 * 3600.0  # per cell, here and in containers (--timeout)
 # Host variables a cell gets without --env, when set: NCCL's and torch's own switches, which is
 # what anyone debugging a failure in a container reaches for first (NCCL_DEBUG=INFO, TORCH_LOGS,
@@ -82,7 +87,7 @@ def cell_env(items: list[str], host: Optional[dict[str, str]] = None) -> dict[st
 def device_limit(device: str) -> tuple[int, str]:
     """How many data-parallel processes this host can give a device each: GPUs, else cores."""
     if device != "cpu":
-        gpus = nvml_host()[2]
+        gpus = nvml_host().gpus
         if gpus:
             return len(gpus), "GPU(s)"
     return usable_cores(), "CPU cores"
@@ -157,37 +162,24 @@ class SuiteArgs:
         image_digest: str = "",
         process: int = 0,
     ) -> list[str]:
-        argv = [
-            "--out",
-            str(out),
-            "--cell",
-            cell,
-            "--run-id",
-            run_id,
-            "--profile",
-            self.profile,
-            "--bench-dir",
-            str(bench_dir),
-            "--device",
-            self.device,
-        ]
-        if self.benches:
-            argv += ["--bench", ",".join(self.benches)]
-        for item in self.select:
-            argv += ["--select", item]
-        if self.threads:
-            argv += ["--threads", str(self.threads)]
-        if self.extra_work:
-            argv += ["--extra-work", str(self.extra_work)]
-        for item in self.overrides:
-            argv += ["--set", item]
-        if self.trace:
-            argv.append("--trace")
-        if process:
-            argv += ["--process", str(process)]
-        if image_digest:
-            argv += ["--image-digest", image_digest]
-        return argv
+        """The worker's arguments for one process of ``cell``; ``out`` and ``bench_dir`` are
+        paths where the worker runs (in a container, its mounts)."""
+        return SuiteRequest(
+            out=out,
+            cell=cell,
+            run_id=run_id,
+            profile=self.profile,
+            bench_dir=bench_dir,
+            device=self.device,
+            benches=tuple(self.benches),
+            select=tuple(self.select),
+            threads=self.threads,
+            extra_work=self.extra_work,
+            overrides=tuple(self.overrides),
+            trace=self.trace,
+            process=process,
+            image_digest=image_digest,
+        ).to_argv()
 
     def launcher(self) -> list[str]:
         """The interpreter's arguments before the worker's: torchrun when data parallel."""
@@ -203,50 +195,55 @@ class SuiteArgs:
         return ["-m", "cudastack.worker"]
 
 
-@dataclass(frozen=True)
-class LocalResult:
-    """How a local cell's worker processes ended: code 0, or the first failure and why."""
-
-    code: int
-    reason: str = ""
+class WorkerRefused(CudastackError):
+    """The worker exited with the bad-input code before it recorded anything."""
 
 
 def time_limit_reason(timeout_s: float) -> str:
     return f"the cell ran past its time limit of {timeout_s:g} s (--timeout)"
 
 
-def run_local(
-    args: SuiteArgs,
-    cell_dir: Path,
-    run_id: str,
-    on_line: Optional[Callable[[str], None]] = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> LocalResult:
-    """Run the worker in this Python, ``args.repeat`` processes one after another; their output
-    goes to <cell_dir>/log.txt and ``on_line``; they get this process's environment with
-    ``args.environment()`` over it. Each process gets ``timeout_s`` seconds, as a
-    container does: past it, the worker and every process it started are killed, the cases it
-    finished stay, and the cell gets a failed row."""
-    cell_dir.mkdir(parents=True)
-    env = {**os.environ, **args.environment()}
-    for process in range(args.repeat):
-        if args.repeat > 1 and on_line:
-            on_line(f"process {process + 1} of {args.repeat}")
+@dataclass
+class LocalLauncher:
+    """The cell ``local``: the worker in this Python environment, a subprocess (or torchrun) per
+    process. Its output goes to <cell>/log.txt and ``on_line``; it gets this process's
+    environment with ``args.environment()`` over it. Each process gets ``timeout_s`` seconds, as
+    a container does: past it, the worker and every process it started are killed, the cases
+    it finished stay, and the cell gets a failed row."""
+
+    args: SuiteArgs
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    on_line: Optional[Callable[[str], None]] = None
+    interrupted_note: str = "keeping the cases that finished"
+
+    def plan(self) -> list[CellPlan]:
+        return [CellPlan(LOCAL)]
+
+    def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
+        cell_dir = run_dir / cell
+        cell_dir.mkdir(parents=True, exist_ok=process > 0)
         argv = [
             sys.executable,
-            *args.launcher(),
-            *args.worker_argv(cell_dir, "local", run_id, args.bench_dir, process=process),
+            *self.args.launcher(),
+            *self.args.worker_argv(cell_dir, cell, run_id, self.args.bench_dir, process=process),
         ]
-        code, timed_out = _run_worker(argv, cell_dir / LOG, on_line, timeout_s, env)
+        env = {**os.environ, **self.args.environment()}
+        started = time.perf_counter()
+        code, timed_out = _run_worker(
+            argv, cell_dir / runfolder.LOG, self.on_line, self.timeout_s, env
+        )
+        run_s = time.perf_counter() - started
         if timed_out:
-            reason = time_limit_reason(timeout_s)
+            reason = time_limit_reason(self.timeout_s)
             results.append_records(
-                cell_dir, [results.harness_row(run_id, "local", "run", "failed", reason)]
+                cell_dir, [results.harness_row(run_id, cell, "run", "failed", reason)]
             )
-            return LocalResult(code, reason)
+            return CellResult(cell, "failed", reason, run_s=run_s)
+        if code == EXIT_BAD_INPUT and not (cell_dir / runfolder.RECORDS).exists():
+            raise WorkerRefused("the worker refused its input (see the error above)")
         if code != 0:
-            return LocalResult(code, f"the worker exited with code {code}")
-    return LocalResult(0)
+            return CellResult(cell, "failed", f"the worker exited with code {code}", run_s=run_s)
+        return finished_cell(cell, cell_dir, 0.0, run_s)
 
 
 def _run_worker(

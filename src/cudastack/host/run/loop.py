@@ -10,17 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import typer
 from rich.markup import escape
 
+from cudastack.contract import runfolder
 from cudastack.environment.worker import new_run_id
 from cudastack.host.analysis import compare, explain, report, results
 from cudastack.host.analysis.display import case_summary, cell_matrix, reasons
 from cudastack.host.cells import doctor, images, matrix
-from cudastack.host.cli.app import EXIT_BAD_INPUT, UserError, console, echo, err, names
+from cudastack.host.cli.app import RunOptions, UserError, console, echo, err, names
 from cudastack.host.run import pipeline
 from cudastack.host.run.container import ContainerOptions
-from cudastack.host.run.local import DEFAULT_TIMEOUT_S, LocalResult, SuiteArgs, run_local
+from cudastack.host.run.launcher import CellPlan, CellResult, Launcher
+from cudastack.host.run.local import (
+    DEFAULT_TIMEOUT_S,
+    LocalLauncher,
+    SuiteArgs,
+    WorkerRefused,
+)
+from cudastack.host.run.pipeline import ContainerLauncher
 
 
 def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
@@ -36,7 +43,16 @@ def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
     return run_dir
 
 
-def finish(run_dir: Path, run_id: str, failed: bool) -> None:
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run: its folder, and whether anything in it failed (the exit code's 1)."""
+
+    run_dir: Path
+    failed: bool
+
+
+def finish(run_dir: Path, run_id: str, outcomes: list[CellResult]) -> RunOutcome:
+    """Ingest the run's records into its table, print the summary, write the report."""
     df = results.ingest_run(run_dir)
     table = results.case_table(df) if len(df) else None
     if table is None:
@@ -50,12 +66,11 @@ def finish(run_dir: Path, run_id: str, failed: bool) -> None:
     if len(df):
         side = df.assign(side=compare.label_sides(df))
         envs = {c: explain.load_env(run_dir, c) for c in side["cell"].unique()}
-        report.write(run_dir / "report.html", report.html_report(side, envs))
+        report.write(run_dir / runfolder.REPORT, report.html_report(side, envs))
     console.print(
-        f"results: {run_dir / results.TABLE}, {results.CSV} and report.html", highlight=False
+        f"results: {run_dir / runfolder.TABLE}, {runfolder.CSV} and report.html", highlight=False
     )
-    if failed:
-        raise typer.Exit(1)
+    return RunOutcome(run_dir, any(o.status == "failed" for o in outcomes))
 
 
 def check_timeout(timeout: float) -> None:
@@ -63,9 +78,56 @@ def check_timeout(timeout: float) -> None:
         raise UserError(f"--timeout {timeout:g}: give a time limit in seconds above 0")
 
 
+def run_cells(launcher: Launcher, repeat: int, run_dir: Path, run_id: str) -> list[CellResult]:
+    """The one run loop: every cell the launcher offers, ``repeat`` worker processes each. A cell
+    it cannot run here gets a skipped row with the reason; a process that fails ends its cell's
+    repeats; Ctrl-C (or SIGTERM) ends the loop with a failed row for the cell it stopped.
+    Raises UserError when the worker refused its input (the folder is removed if it holds
+    nothing else)."""
+    plans = launcher.plan()
+    outcomes: dict[str, CellResult] = {}
+    current = ""
+    try:
+        # With --repeat N the cells take turns (a, b, a, b, ...): a drift of the machine over
+        # the run then touches every cell alike instead of whichever ran last.
+        for process in range(repeat):
+            for plan in plans:
+                current = plan.cell
+                if process == 0 and not plan.runnable:
+                    outcomes[plan.cell] = skip_cell(run_dir, run_id, plan)
+                if not plan.runnable or (process > 0 and outcomes[plan.cell].status != "ok"):
+                    continue
+                if len(plans) > 1 or repeat > 1:
+                    title = plan.cell if repeat == 1 else f"{plan.cell} ({process + 1}/{repeat})"
+                    console.rule(escape(title))
+                outcomes[plan.cell] = launcher.run(plan.cell, process, run_dir, run_id)
+                _report_cell(run_dir, outcomes[plan.cell])
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {launcher.interrupted_note}")
+        reason = "interrupted by the user"
+        results.append_records(
+            run_dir / current, [results.harness_row(run_id, current, "run", "failed", reason)]
+        )
+        outcomes[current] = CellResult(current, "failed", reason)
+    except WorkerRefused:
+        if not any(run_dir.glob(f"*/{runfolder.RECORDS}")):
+            shutil.rmtree(run_dir)  # leave nothing half-written
+        raise
+    return list(outcomes.values())
+
+
+def skip_cell(run_dir: Path, run_id: str, plan: CellPlan) -> CellResult:
+    """A cell that cannot run here: its one skipped row, with the plan's reason."""
+    row = results.harness_row(run_id, plan.cell, "doctor", "skipped", plan.reason)
+    results.append_records(run_dir / plan.cell, [row])
+    console.print(f"[yellow]{escape(plan.cell)}: skipped[/] ({escape(plan.reason)})")
+    return CellResult(plan.cell, "skipped", plan.reason)
+
+
 def run_here(
     args: SuiteArgs, out: Optional[Path], results_dir: Path, timeout: float = DEFAULT_TIMEOUT_S
-) -> None:
+) -> RunOutcome:
+    """The suite in this Python environment, as the cell ``local``."""
     cases = args.validate()
     check_timeout(timeout)
     if importlib.util.find_spec("torch") is None:
@@ -75,18 +137,8 @@ def run_here(
     run_id = new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
-    try:
-        outcome = run_local(args, run_dir / "local", run_id, on_line=echo, timeout_s=timeout)
-    except KeyboardInterrupt:
-        err.print("interrupted: keeping the cases that finished")
-        outcome = LocalResult(130, "interrupted by the user")
-    code = outcome.code
-    if code == EXIT_BAD_INPUT and not (run_dir / "local" / results.RECORDS).exists():
-        shutil.rmtree(run_dir)  # the worker refused its input: leave nothing half-written
-        raise UserError("the worker refused its input (see the error above)")
-    if code != 0:
-        err.print(f"{outcome.reason}; its log is {run_dir / 'local' / 'log.txt'}")
-    finish(run_dir, run_id, code != 0)
+    outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run_dir, run_id)
+    return finish(run_dir, run_id, outcomes)
 
 
 @dataclass(frozen=True)
@@ -104,11 +156,7 @@ def run_smoke(bench_dir: Path, results_dir: Path) -> SmokeCounts:
     ``results_dir``, and count its cases by status. A worker that exited with an error counts as
     at least one failed case, since the cases it never reached have no rows."""
     run_dir = results_dir / f"smoke-{new_run_id()}"
-    died = False
-    try:
-        run_here(SuiteArgs(profile="smoke", bench_dir=bench_dir), run_dir, results_dir)
-    except typer.Exit:
-        died = True
+    died = run_here(SuiteArgs(profile="smoke", bench_dir=bench_dir), run_dir, results_dir).failed
     statuses = results.load_table(run_dir).drop_duplicates(["cell", "case"])["status"]
     ok, skipped, failed = ((statuses == s).sum() for s in ("ok", "skipped", "failed"))
     return SmokeCounts(run_dir, int(ok), int(skipped), max(int(failed), int(died)))
@@ -132,76 +180,38 @@ def build_logger(cell: str) -> Callable[[str], None]:
 
 
 def run_matrix(
-    args: SuiteArgs,
-    client: object,
-    cells: list,
-    inputs: pipeline.BuildInputs,
-    opts: ContainerOptions,
-    report: doctor.HostReport,
-    gpus: str,
+    launcher: ContainerLauncher,
     out: Optional[Path],
     results_dir: Path,
     fallback_local: bool = False,
-) -> None:
-    """Run the cells the plan admits; ``gpus`` is the --gpus as given (auto stays auto)."""
+) -> RunOutcome:
+    """Run the cells the plan admits; with ``fallback_local``, the suite here as well when no
+    cell could run (bench: something useful on any host)."""
     run_id = new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
-    console.print(f"run {run_id}: {len(cells)} cells -> {run_dir}", highlight=False)
-    outcomes: dict[str, pipeline.CellResult] = {}
-    current = ""
-    plan = pipeline.plan_cells(cells, report, gpus, client, inputs, opts.minor_version_compat)
-    try:
-        # With --repeat N the cells take turns (a, b, a, b, ...): a drift of the machine over
-        # the run then touches every cell alike instead of whichever ran last.
-        for process in range(args.repeat):
-            for cell, runnable, why in plan:
-                current = cell.name
-                if process == 0 and not runnable:
-                    outcomes[cell.name] = pipeline.skip_cell(run_dir, run_id, cell, why)
-                    console.print(f"[yellow]{escape(cell.name)}: skipped[/] ({escape(why)})")
-                if not runnable or (process > 0 and outcomes[cell.name].status != "ok"):
-                    continue
-                title = (
-                    cell.name if args.repeat == 1 else f"{cell.name} ({process + 1}/{args.repeat})"
-                )
-                console.rule(escape(title))
-                res = pipeline.run_cell(
-                    client,
-                    cell,
-                    inputs,
-                    args,
-                    run_dir,
-                    run_id,
-                    opts,
-                    echo,
-                    build_logger(cell.name),
-                    process,
-                )
-                outcomes[cell.name] = res
-                _report_cell(run_dir, res)
-    except KeyboardInterrupt:
-        err.print("interrupted: containers removed, keeping the cells that finished")
-        row = results.harness_row(run_id, current, "run", "failed", "interrupted by the user")
-        results.append_records(run_dir / current, [row])
-        finish(run_dir, run_id, True)
-    failed = any(o.status == "failed" for o in outcomes.values())
-    if fallback_local and all(o.status == "skipped" for o in outcomes.values()):
+    console.print(f"run {run_id}: {len(launcher.cells)} cells -> {run_dir}", highlight=False)
+    args = launcher.args
+    outcomes = run_cells(launcher, args.repeat, run_dir, run_id)
+    if fallback_local and all(o.status == "skipped" for o in outcomes):
         console.print(
             "cudastack bench: no cell of the matrix could run here (see the reasons "
             "above): running the suite locally in this Python environment as well"
         )
-        local = run_local(args, run_dir / "local", run_id, echo, opts.timeout_s)
-        failed = local.code != 0
-    finish(run_dir, run_id, failed)
+        local = LocalLauncher(args, launcher.opts.timeout_s, echo)
+        outcomes += run_cells(local, args.repeat, run_dir, run_id)
+    return finish(run_dir, run_id, outcomes)
 
 
-def _report_cell(run_dir: Path, res: pipeline.CellResult) -> None:
+def _report_cell(run_dir: Path, res: CellResult) -> None:
     results.ingest_run(run_dir)  # each finished cell is in the table at once
     colour = {"ok": "green", "skipped": "yellow"}.get(res.status, "red")
     timing = f"build {res.build_s:.1f} s, run {res.run_s:.1f} s"
     if res.status == "ok":
         timing += f" (suite {res.suite_s:.1f} s, overhead {res.overhead_s:.1f} s)"
     console.print(f"[{colour}]{escape(res.cell)}: {res.status}[/] {timing} {escape(res.reason)}")
+    if res.status == "failed":
+        log = run_dir / res.cell / runfolder.LOG
+        err.print(f"{res.cell}: {res.reason}; its log is {log}", highlight=False, markup=False)
 
 
 def resolve_gpus(gpus: str, report: doctor.HostReport) -> str:
@@ -214,30 +224,27 @@ def resolve_gpus(gpus: str, report: doctor.HostReport) -> str:
     return gpus
 
 
-def run_cells(
+def run_matrix_cells(
     args: SuiteArgs,
-    matrix_file: Path,
-    cell: str,
-    wheelhouse: Optional[Path],
-    ca_file: Optional[Path],
-    gpus: str,
-    ipc_host: bool,
-    shm_size: str,
-    timeout: float,
-    out: Optional[Path],
-    results_dir: Path,
+    opts: RunOptions,
     client: Optional[object] = None,
     fallback_local: bool = False,
-    minor_version_compat: bool = False,
-) -> None:
-    """Run the named cells (all by default) of a matrix in their containers."""
+) -> RunOutcome:
+    """Run the cells ``opts.cell`` names (all by default) of its matrix in their containers."""
     args.validate()
-    check_timeout(timeout)
-    cells = matrix.select(matrix.load(matrix_file), names(cell))
-    inputs = build_inputs(matrix_file, wheelhouse, ca_file)
+    check_timeout(opts.timeout)
+    cells = matrix.select(matrix.load(opts.matrix_file), names(opts.cell))
+    inputs = build_inputs(opts.matrix_file, opts.wheelhouse, opts.ca_file)
     client = client or images.connect()
     report = doctor.inspect(client)
-    opts = ContainerOptions(
-        resolve_gpus(gpus, report), shm_size, ipc_host, timeout, minor_version_compat
+    container = ContainerOptions(
+        resolve_gpus(opts.gpus, report),
+        opts.shm_size,
+        opts.ipc_host,
+        opts.timeout,
+        opts.minor_version_compat,
     )
-    run_matrix(args, client, cells, inputs, opts, report, gpus, out, results_dir, fallback_local)
+    launcher = pipeline.ContainerLauncher(
+        client, cells, inputs, args, container, report, opts.gpus, echo, build_logger
+    )
+    return run_matrix(launcher, opts.out, opts.results_dir, fallback_local)

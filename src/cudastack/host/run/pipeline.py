@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
+from cudastack.contract import runfolder
 from cudastack.host.analysis import results
 from cudastack.host.cells import check, doctor, images, reproduce, stacks
 from cudastack.host.cells.matrix import DEFAULT_MATRIX, Cell
 from cudastack.host.run.container import ContainerOptions, container_kwargs, run_container
+from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
 from cudastack.host.run.local import SuiteArgs
 
 
@@ -48,13 +49,20 @@ def check_before_build(cell: Cell, inputs: BuildInputs) -> check.CellCheck:
     )
 
 
+class CellImage(NamedTuple):
+    """A cell's image: its content-hash tag, and whether this call built it."""
+
+    tag: str
+    built: bool
+
+
 def ensure_image(
     client: Any, cell: Cell, inputs: BuildInputs, on_line: Callable[[str], None]
-) -> tuple:
-    """(tag, built): build the cell's image unless its content-hash tag already exists."""
+) -> CellImage:
+    """Build the cell's image unless its content-hash tag already exists."""
     tag = inputs.tag(cell)
     if images.exists(client, tag):
-        return tag, False
+        return CellImage(tag, False)
     # `cudastack check` first (cached per process): a cell whose packages cannot install fails
     # in seconds with the conflict named, before a base is pulled or pip runs. A cell built
     # from a wheelhouse is resolved against that folder alone, so offline builds stay offline;
@@ -78,24 +86,7 @@ def ensure_image(
         )
     finally:
         shutil.rmtree(context, ignore_errors=True)
-    return tag, True
-
-
-@dataclass
-class CellResult:
-    """What happened to one cell in a matrix run."""
-
-    cell: str
-    status: str  # ok | skipped | failed
-    reason: str = ""
-    build_s: float = 0.0
-    run_s: float = 0.0  # container start to removal
-    suite_s: float = 0.0  # what the worker itself spent on the suite
-
-    @property
-    def overhead_s(self) -> float:
-        """Orchestration time outside the suite: container start, imports, log and teardown."""
-        return self.run_s - self.suite_s
+    return CellImage(tag, True)
 
 
 def run_cell(
@@ -116,7 +107,7 @@ def run_cell(
     cell_dir.mkdir(parents=True, exist_ok=process > 0)
     started = time.perf_counter()
     try:
-        with open(cell_dir / "build.log", "a", encoding="utf-8") as build_log:
+        with open(cell_dir / runfolder.BUILD_LOG, "a", encoding="utf-8") as build_log:
 
             def build_line(line: str) -> None:
                 build_log.write(line + "\n")
@@ -162,22 +153,6 @@ def run_cell(
     return finished_cell(cell.name, cell_dir, build_s, run_s)
 
 
-def finished_cell(name: str, cell_dir: Path, build_s: float, run_s: float) -> CellResult:
-    """A cell whose worker exited 0, from its done.json: ok, or skipped as a whole when the
-    worker found the cell unfit for this device (its torch not built for the GPU's arch)."""
-    done = json.loads((cell_dir / results.DONE).read_text())
-    if done.get("cell_skipped"):
-        return CellResult(name, "skipped", str(done["cell_skipped"]), build_s, run_s)
-    return CellResult(name, "ok", "", build_s, run_s, float(done["suite_s"]))
-
-
-def skip_cell(run_dir: Path, run_id: str, cell: Cell, reason: str) -> CellResult:
-    results.append_records(
-        run_dir / cell.name, [results.harness_row(run_id, cell.name, "doctor", "skipped", reason)]
-    )
-    return CellResult(cell.name, "skipped", reason)
-
-
 def image_requirements(client: Any, cell: Cell, inputs: Optional[BuildInputs]) -> Optional[list]:
     """The NVIDIA_REQUIRE_* of the cell's image, or else of its base, where one is on this
     engine (read from its configuration, never pulled); None when neither is."""
@@ -191,20 +166,72 @@ def image_requirements(client: Any, cell: Cell, inputs: Optional[BuildInputs]) -
     return None
 
 
+class CellVerdict(NamedTuple):
+    """Whether a cell can run on this host, and if not why (what `doctor` prints)."""
+
+    cell: Cell
+    runnable: bool
+    reason: str
+
+
 def plan_cells(
-    cells: list,
+    cells: list[Cell],
     report: doctor.HostReport,
     gpus: str,
     client: Any = None,
     inputs: Optional[BuildInputs] = None,
     minor_version_compat: bool = False,
-) -> list:
-    """[(cell, runnable, reason)] for every cell: the one plan `doctor` prints and `bench` and
+) -> list[CellVerdict]:
+    """A verdict for every cell: the one plan `doctor` prints and `bench` and
     `run --cell` follow. ``gpus`` is the --gpus as given (auto, not what it resolved to)."""
     plan = []
     for c in cells:
         # Only a CUDA cell on a host with a GPU gets as far as its image's requirements.
         needs = bool(c.torch_cuda and report.driver and report.gpu_runtime and gpus != "none")
         requirements = image_requirements(client, c, inputs) if needs else None
-        plan.append((c, *doctor.cell_verdict(c, report, gpus, requirements, minor_version_compat)))
+        runnable, why = doctor.cell_verdict(c, report, gpus, requirements, minor_version_compat)
+        plan.append(CellVerdict(c, runnable, why))
     return plan
+
+
+@dataclass
+class ContainerLauncher:
+    """Cells of a matrix, each in its image on the Docker engine: built when missing (after
+    `cudastack check`), then run with the host's GPUs as ``opts`` says."""
+
+    client: Any
+    cells: list[Cell]
+    inputs: BuildInputs
+    args: SuiteArgs
+    opts: ContainerOptions
+    report: doctor.HostReport
+    gpus: str  # --gpus as given: auto stays auto for the plan
+    say: Callable[[str], None]
+    build_log: Callable[[str], Callable[[str], None]]  # a cell's name -> where its build lines go
+    interrupted_note: str = "containers removed, keeping the cells that finished"
+
+    def plan(self) -> list[CellPlan]:
+        by_name = plan_cells(
+            self.cells,
+            self.report,
+            self.gpus,
+            self.client,
+            self.inputs,
+            self.opts.minor_version_compat,
+        )
+        return [CellPlan(c.name, ok, why) for c, ok, why in by_name]
+
+    def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
+        (found,) = [c for c in self.cells if c.name == cell]
+        return run_cell(
+            self.client,
+            found,
+            self.inputs,
+            self.args,
+            run_dir,
+            run_id,
+            self.opts,
+            self.say,
+            self.build_log(cell),
+            process,
+        )

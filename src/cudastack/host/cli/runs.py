@@ -1,0 +1,111 @@
+"""Commands that run the suite and show what it holds: run, bench, list, show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from cudastack.environment import suite
+from cudastack.host.analysis import results
+from cudastack.host.analysis.display import case_summary, cell_matrix
+from cudastack.host.cells import doctor, images, matrix
+from cudastack.host.cli.app import (
+    BenchDirOpt,
+    MatrixOpt,
+    RunOptions,
+    UserError,
+    console,
+    names,
+    with_run_options,
+)
+from cudastack.host.run import loop
+
+
+@with_run_options
+def run(
+    opts: RunOptions,
+    extra_work: float = typer.Option(
+        0.0, hidden=True, help="Testing aid: every timed call this fraction slower, on its clock."
+    ),
+) -> None:
+    """Run the suite here (cell 'local'), or in the containers of --cell cells."""
+    args = opts.suite(extra_work)
+    if not opts.cell:
+        _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout))
+        return
+    try:
+        outcome = loop.run_matrix_cells(args, opts)
+    except images.EngineUnavailable as exc:
+        raise UserError(
+            f"{exc}; --cell needs a Docker engine (run without --cell to run here)"
+        ) from None
+    _exit_for(outcome)
+
+
+def _exit_for(outcome: loop.RunOutcome) -> None:
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@with_run_options
+def bench(
+    opts: RunOptions,
+    local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
+) -> None:
+    """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
+    args = opts.suite()
+    args.validate()
+    matrix.select(matrix.load(opts.matrix_file), names(opts.cell))  # a bad matrix or cell first
+    if not local:
+        try:
+            client = images.connect()
+        except images.EngineUnavailable as exc:
+            console.print(
+                f"cudastack bench: {exc}: running the suite locally in this Python "
+                "environment instead (profile auto: quick on a CPU, standard on a GPU)"
+            )
+        else:
+            # Every cell gets its row, a skipped one with the reason `doctor` gives; when no
+            # cell can run, the suite runs here as well, in the same run folder.
+            _exit_for(loop.run_matrix_cells(args, opts, client, fallback_local=True))
+            return
+    else:
+        console.print("cudastack bench: --local: running the suite in this Python environment")
+    _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout))
+
+
+def list_(
+    profile: str = typer.Option(
+        "quick",
+        help="Whose cases --cases lists: smoke | quick | standard | full | auto (as run picks).",
+    ),
+    cases: bool = typer.Option(False, "--cases", help="Also list every case id."),
+    bench_dir: Path = BenchDirOpt,
+    matrix_file: Path = MatrixOpt,
+) -> None:
+    """Show the benchmarks, how many cases each profile runs, and the cells."""
+    specs = suite.discover(bench_dir)
+    # auto is no grid of its own: list what a run here would pick (a GPU NVML sees: standard).
+    profile = suite.resolve_profile(profile, has_gpu=bool(doctor.nvml_host().gpus)).name
+    for spec in specs.values():
+        counts = "  ".join(f"{p}:{len(spec.cases(p))}" for p in suite.PROFILES)
+        console.print(f"[bold]{spec.name:<12}[/] {escape(spec.doc)}\n{'':<12} cases {counts}")
+        if cases:
+            for case in spec.cases(profile):
+                console.print(f"{'':<14}{case.id}", highlight=False, markup=False)
+    console.print("cells: local (this Python environment)")
+    for c in matrix.load(matrix_file):
+        console.print(
+            f"  {c.name:<28} {c.base_image}  torch {c.torch} ({c.index})",
+            highlight=False,
+            markup=False,
+        )
+
+
+def show(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
+    """Print the case summary of a finished run."""
+    table = results.case_table(results.load_table(run_dir))
+    view = cell_matrix if table["cell"].nunique() > 1 else case_summary
+    console.print(view(table, str(run_dir)))
