@@ -237,17 +237,10 @@ def declared(spec: suite.BenchSpec) -> dict[str, str]:
     return {"kind": spec.kind, "headline": spec.headline}
 
 
-def headline(metrics: list[Metric], name: str = "") -> str:
-    """The most telling number of a case for the progress line: the metric ``name`` its bench
-    declares, else its rate, else its latency (the order of results.HEADLINE_METRICS)."""
-    by_name = {m.name: m for m in metrics}
-    m = (
-        by_name.get(name)
-        or by_name.get("items_per_s")
-        or by_name.get("tflops")
-        or by_name.get("gbps")
-        or metrics[0]
-    )
+def headline(metrics: list[Metric], name: str) -> str:
+    """The case's number for the progress line: the metric ``name`` its bench declares (an ok
+    case has it: ``case_rows`` fails one without), else its first."""
+    m = next((m for m in metrics if m.name == name), metrics[0])
     s = summarize(m.values)
     noisy = ", noisy" if s.noisy else ""
     return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
