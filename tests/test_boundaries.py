@@ -5,6 +5,9 @@
   no host module.
 - ``cudastack.contract`` is shared by both sides: it loads the standard library only.
 - The host side (``cudastack.host``) never imports torch at module import time.
+- Within the host, only the CLI (``cudastack.host.cli``) knows the command line: the run loop,
+  its launchers, the cells and the analysis load none of it, so another front end (a Slurm
+  task, a script) drives them as the commands do.
 
 The modules are found by walking the packages, so a new module is covered without touching this
 file. Each check imports modules only (no torch code runs) and reads ``sys.modules`` afterwards.
@@ -187,4 +190,11 @@ def test_contract_loads_only_the_standard_library() -> None:
 
 def test_host_side_never_loads_torch(host_side: Imports) -> None:
     culprits = host_side.culprits(top_level_in(TORCH_LIBRARIES))
+    assert not culprits, explain(culprits)
+
+
+def test_only_the_cli_knows_the_command_line() -> None:
+    below_cli = ("cudastack.host.run", "cudastack.host.cells", "cudastack.host.analysis")
+    imports = import_fresh((*below_cli, "cudastack.host.console"))
+    culprits = imports.culprits(lambda module: module.startswith("cudastack.host.cli"))
     assert not culprits, explain(culprits)

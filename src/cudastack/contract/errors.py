@@ -8,3 +8,7 @@ class CudastackError(Exception):
     ``error: ...`` and exit code 2 (nothing half-written): every other exception is a bug and
     keeps its traceback. Each part of cudastack has its own subclass, so code that can recover
     from one kind (a missing lock, a malformed record) catches just that kind."""
+
+
+class UserError(CudastackError):
+    """Bad input found on the host side: an option, an argument or a file the user named."""

@@ -10,7 +10,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from cudastack.environment import nvml
 from cudastack.environment.context import Metric
@@ -56,6 +56,11 @@ class Reading:
     reasons: Optional[int]
 
 
+class NvmlReader(NamedTuple):
+    reader: Optional[Nvml]  # None where nothing will be sampled
+    source: str  # "nvml", or "none: " and why (env.json's telemetry note)
+
+
 class Nvml:
     """The NVML handle of the GPU a torch device runs on."""
 
@@ -64,18 +69,18 @@ class Nvml:
         self._h = handle
 
     @classmethod
-    def open(cls, torch: Any, device: Any) -> tuple[Optional[Nvml], str]:
-        """(reader, "nvml") or (None, why nothing will be sampled)."""
+    def open(cls, torch: Any, device: Any) -> NvmlReader:
+        """A reader of ``device``'s GPU, or why nothing will be sampled."""
         if device.type != "cuda":
-            return None, f"none: no NVIDIA GPU in use (device {device.type})"
+            return NvmlReader(None, f"none: no NVIDIA GPU in use (device {device.type})")
         pynvml, why = nvml.init()
         if pynvml is None:
-            return None, f"none: {why}"
+            return NvmlReader(None, f"none: {why}")
         try:
             handle = _handle(pynvml, torch.cuda.get_device_properties(device))
         except Exception as exc:  # an old binding, a GPU NVML cannot see: no telemetry
-            return None, f"none: NVML unavailable ({type(exc).__name__}: {exc})"
-        return cls(pynvml, handle), "nvml"
+            return NvmlReader(None, f"none: NVML unavailable ({type(exc).__name__}: {exc})")
+        return NvmlReader(cls(pynvml, handle), "nvml")
 
     def _get(self, name: str, *args: Any) -> Any:
         """An NVML query by name; None where this board, driver or binding lacks it."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from cudastack.contract import runfolder
 from cudastack.contract.request import SuiteRequest
@@ -144,8 +144,16 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, str, list[Metric]]:
-    """Run one case; never raises except KeyboardInterrupt. Returns (status, reason, metrics)."""
+class CaseOutcome(NamedTuple):
+    """How one case ended."""
+
+    status: str  # ok | skipped | failed
+    reason: str  # why it was skipped or failed; '' when ok
+    metrics: list[Metric]  # what it measured; empty unless ok
+
+
+def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> CaseOutcome:
+    """Run one case; never raises except KeyboardInterrupt."""
     torch = ctx.torch
     saved = _flags(torch)
     timeout = ctx.profile.case_timeout_s
@@ -159,18 +167,20 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> tuple[str, st
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         metrics = modules.get(case.bench).run(ctx, **case.params)
-        return "ok", "", list(metrics)
+        return CaseOutcome("ok", "", list(metrics))
     except Skip as exc:
-        return "skipped", str(exc), []
+        return CaseOutcome("skipped", str(exc), [])
     except CheckFailed as exc:
-        return "failed", f"output check failed: {exc}", []
+        return CaseOutcome("failed", f"output check failed: {exc}", [])
     except CaseTimeout:
-        return "failed", f"timed out after {timeout:g} s (profile {ctx.profile.name})", []
+        return CaseOutcome(
+            "failed", f"timed out after {timeout:g} s (profile {ctx.profile.name})", []
+        )
     except Exception as exc:  # a failed case is a row, never the end of the suite
         reason = _first_line(exc)
         if "out of memory" in reason.lower():
             reason = "out of memory: " + reason
-        return "failed", reason + (OUT_OF_STEP if ctx.world.distributed else ""), []
+        return CaseOutcome("failed", reason + (OUT_OF_STEP if ctx.world.distributed else ""), [])
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -468,7 +478,7 @@ def _follow(
     modules = _Modules(specs)
     for case in cases:
         ctx = _context(args, torch, device, profile, None, world, nvml, case)
-        if run_case(ctx, modules, case)[1].endswith(OUT_OF_STEP):
+        if run_case(ctx, modules, case).reason.endswith(OUT_OF_STEP):
             print(f"rank {world.rank}: {case.id} failed{OUT_OF_STEP}", flush=True)
             return 1
     return 0

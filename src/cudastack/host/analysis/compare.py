@@ -20,6 +20,14 @@ from cudastack.contract.stats import NOISY_REL_IQR
 from cudastack.host.analysis.results import bench_kinds, headline_rank
 
 VERDICTS = ("faster", "slower", "same", "noisy")
+
+
+def verdict_counts(table: pd.DataFrame) -> str:
+    """How many rows of a comparison ``table`` got each verdict, e.g. '2 faster, 0 slower, ...'."""
+    counts = table["verdict"].value_counts()
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
 KEYS = ["bench", "case", "metric", "unit", "better"]
 # From this many worker processes a side (--repeat N), each process's median is one
 # observation: on a shared machine a process's speed moves more from one process to the next

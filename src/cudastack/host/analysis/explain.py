@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -44,17 +44,32 @@ def load_env(run_dir: Path, cell: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def env_diff(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
-    """(label, value in a, value in b) for every fingerprint field that differs."""
+class EnvDiff(NamedTuple):
+    """A fingerprint field that differs between two env.json files."""
+
+    label: str  # as FINGERPRINT names it, e.g. "torch"
+    a: Any  # its value in the first (None where absent)
+    b: Any  # ... and in the second
+
+
+def env_diff(a: dict, b: dict) -> list[EnvDiff]:
+    """Every fingerprint field whose value differs between env.json ``a`` and ``b``."""
     out = []
     for label, path in FINGERPRINT:
         va, vb = _get(a, path), _get(b, path)
         if va != vb and (va is not None or vb is not None):
-            out.append((label, va, vb))
+            out.append(EnvDiff(label, va, vb))
     return out
 
 
-def hardware_warning(diffs: list[tuple[str, Any, Any]]) -> str:
+def side_diffs(table: pd.DataFrame, envs: dict[str, dict]) -> dict[str, list[EnvDiff]]:
+    """For each side of a comparison ``table`` (compare.compare's), how its env.json differs
+    from the baseline's; ``envs`` maps a side to its env.json."""
+    base = table["baseline"].iloc[0]
+    return {s: env_diff(envs.get(base, {}), envs.get(s, {})) for s in table["side"].unique()}
+
+
+def hardware_warning(diffs: list[EnvDiff]) -> str:
     hw = [f"{label} {va} vs {vb}" for label, va, vb in diffs if label in HARDWARE]
     return (
         "different hardware, so differences are not only software: " + "; ".join(hw) if hw else ""

@@ -157,13 +157,10 @@ def html_report(
             comparable = False
     if comparable:
         base = table["baseline"].iloc[0]
-        diffs = {
-            s: explain.env_diff(envs.get(base, {}), envs.get(s, {})) for s in table["side"].unique()
-        }
-        counts = table["verdict"].value_counts()
+        diffs = explain.side_diffs(table, envs)
         parts += [
             f"<h2>Comparison with {html.escape(str(base))}</h2><p>"
-            + ", ".join(f"{counts.get(v, 0)} {v}" for v in compare.VERDICTS)
+            + compare.verdict_counts(table)
             + "</p>"
         ]
         parts += [f"<p>{html.escape(line)}</p>" for line in explain.explain(table, diffs)]
@@ -238,8 +235,7 @@ def markdown(table: pd.DataFrame, diffs: dict, explanations: list[str]) -> str:
             f"{r['median_side']:.4g} | {r['unit']} | {r['ratio']:.3f} | "
             f"{r['ci_low']:.3f}–{r['ci_high']:.3f} | {mark} |"
         )
-    counts = table["verdict"].value_counts()
-    lines += ["", ", ".join(f"{counts.get(v, 0)} {v}" for v in compare.VERDICTS)]
+    lines += ["", compare.verdict_counts(table)]
     for side, diff in diffs.items():
         if diff:
             lines.append(

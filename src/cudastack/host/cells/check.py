@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -209,9 +209,17 @@ def _unreachable(text: str) -> Optional[str]:
     return f"cannot reach {url[0] if url else 'the package index'}: {lines[-1]}"
 
 
-def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> tuple:
-    """(resolved pairs, problem, unreachable): the cell's packages resolved by uv for its Python
-    and platform, from PyPI or, offline, from ``wheelhouse`` alone."""
+class Resolution(NamedTuple):
+    """What a resolution of a cell's packages gave: its pins, or why there are none."""
+
+    pins: tuple[tuple[str, str], ...]  # (canonical name, version), sorted; () unless resolved
+    conflict: str  # why the packages cannot be installed together ('' when they can)
+    unreachable: str  # why the index or wheelhouse could not be asked ('' when it could)
+
+
+def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> Resolution:
+    """The cell's packages resolved by uv for its Python and platform, from PyPI or, offline,
+    from ``wheelhouse`` alone."""
     # The PyTorch index cannot always be reached (and need not be): torch's PyPI build of the
     # same version stands in for the variant's wheel. Its metadata differs only in which
     # nvidia-* wheels it pins, which no other package depends on; that the variant exists at
@@ -249,14 +257,14 @@ def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> 
             timeout=TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        return (), "", f"the resolution from {source} took over {TIMEOUT_S:g} s"
+        return Resolution((), "", f"the resolution from {source} took over {TIMEOUT_S:g} s")
     if proc.returncode == 0:
         pairs = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", proc.stdout, re.MULTILINE)
-        return tuple(sorted((canonicalize_name(n), v) for n, v in pairs)), "", ""
+        return Resolution(tuple(sorted((canonicalize_name(n), v) for n, v in pairs)), "", "")
     down = _unreachable(proc.stderr)
     if down:
-        return (), "", down
-    return (), conflict(proc.stderr, cell, source), ""
+        return Resolution((), "", down)
+    return Resolution((), conflict(proc.stderr, cell, source), "")
 
 
 _CACHE: dict = {}

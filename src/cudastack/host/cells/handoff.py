@@ -10,7 +10,7 @@ import tarfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, NamedTuple, Optional
 
 from cudastack.contract import runfolder
 from cudastack.contract.errors import CudastackError
@@ -200,9 +200,17 @@ def import_archive(client: Any, path: Path) -> dict:
     return manifest
 
 
-def run_records(path: Path) -> tuple[dict, dict, dict]:
-    """(manifest, the cell's recorded inputs, the run's env.json) of an archive made with
-    ``export --run``, hashes checked: all `reproduce` needs besides the image."""
+class RunRecords(NamedTuple):
+    """What an archive made with ``export --run`` carries besides the image."""
+
+    manifest: dict  # the archive's manifest.json
+    record: dict  # the cell's recorded build inputs (images.json's entry)
+    env: dict  # the run's env.json for the cell
+
+
+def run_records(path: Path) -> RunRecords:
+    """The run records of an archive made with ``export --run``, hashes checked: all
+    `reproduce` needs besides the image."""
     manifest, _, run = _read(path, hash_image=False)
     if set(run) != set(RUN_FILES):
         raise HandoffError(
@@ -215,7 +223,7 @@ def run_records(path: Path) -> tuple[dict, dict, dict]:
         raise HandoffError(f"{path}: its run records are not valid JSON") from None
     if not isinstance(record, dict) or "cell" not in record or record.get("tag") != manifest["tag"]:
         raise HandoffError(f"{path}: its run records do not describe its image {manifest['tag']}")
-    return manifest, record, env
+    return RunRecords(manifest, record, env)
 
 
 def lock_text(locks_dir: Path, cell: Cell) -> str:

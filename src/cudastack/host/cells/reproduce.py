@@ -6,7 +6,7 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from cudastack.contract import runfolder
 from cudastack.contract.errors import CudastackError
@@ -47,15 +47,20 @@ def cell_from(record: dict) -> Cell:
     return Cell(**fields)
 
 
-def rebuild_inputs(record: dict, folder: Path) -> tuple[Path, Path]:
-    """Write the recorded Dockerfile and lock into a folder: (dockerfile, locks_dir)."""
+class RebuildInputs(NamedTuple):
+    dockerfile: Path
+    locks_dir: Path  # holds the cell's lock when it had one
+
+
+def rebuild_inputs(record: dict, folder: Path) -> RebuildInputs:
+    """Write the recorded Dockerfile and lock into ``folder``."""
     dockerfile = folder / "Dockerfile"
     dockerfile.write_text(record["dockerfile"], encoding="utf-8")
     locks = folder / "locks"
     locks.mkdir()
     if record["lock"]:
         (locks / f"{record['cell']['name']}.txt").write_text(record["lock"], encoding="utf-8")
-    return dockerfile, locks
+    return RebuildInputs(dockerfile, locks)
 
 
 def obtain(

@@ -1,34 +1,21 @@
-"""What the cudastack commands share: consoles, options and the bad-input error."""
+"""What the cudastack commands share: the suite's options, declared once, and small helpers."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, get_type_hints
 
 import typer
-from rich.console import Console
 
-from cudastack.contract.errors import CudastackError
+from cudastack.contract.errors import UserError
 from cudastack.environment import suite
 from cudastack.host.cells import matrix
 from cudastack.host.run.local import DEFAULT_TIMEOUT_S, SuiteArgs
 
 EXIT_BAD_INPUT = 2
-
-# soft_wrap: long lines (paths, case ids, errors) stay whole so they can be copied and grepped.
-# Piped into a file or CI log there is no terminal width: tables get room instead of 80 columns.
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
-
-
-class UserError(CudastackError):
-    """Bad input found on the host side."""
-
 
 BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
 SelectOpt = typer.Option(None, "--select", help="Keep cases with key=value[,value]; repeatable.")
@@ -158,10 +145,6 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def names(text: str) -> list:
     return [n for n in text.split(",") if n]
-
-
-def echo(line: str) -> None:
-    console.print(line, highlight=False, markup=False)
 
 
 def engine(what: str) -> object:

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from cudastack.contract.errors import UserError
 from cudastack.host.cells import check as checks
 from cudastack.host.cells import doctor, images, matrix
 from cudastack.host.cli.app import (
@@ -20,13 +21,11 @@ from cudastack.host.cli.app import (
     MatrixOpt,
     MinorCompatOpt,
     ResultsOpt,
-    UserError,
     WheelhouseOpt,
-    console,
     engine,
-    err,
     names,
 )
+from cudastack.host.console import console, err
 from cudastack.host.run import loop, pipeline
 
 # pip's words when a wheel does not match its --hash in a --require-hashes install.

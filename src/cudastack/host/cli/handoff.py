@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from cudastack.contract import runfolder
+from cudastack.contract.errors import UserError
 from cudastack.host.cells import check, handoff, images, lock, matrix, reproduce
 from cudastack.host.cli.app import (
     CaFileOpt,
@@ -23,12 +24,11 @@ from cudastack.host.cli.app import (
     MatrixOpt,
     ResultsOpt,
     ShmOpt,
-    UserError,
     WheelhouseOpt,
-    console,
     engine,
     names,
 )
+from cudastack.host.console import console
 from cudastack.host.run import pipeline
 from cudastack.host.run.container import base_environment, harness_volume, invoking_user
 from cudastack.host.run.local import cell_env

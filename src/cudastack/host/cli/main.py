@@ -9,7 +9,8 @@ import typer
 
 from cudastack.contract.errors import CudastackError
 from cudastack.host.cli import cells, handoff, reading, runs
-from cudastack.host.cli.app import EXIT_BAD_INPUT, err
+from cudastack.host.cli.app import EXIT_BAD_INPUT
+from cudastack.host.console import err
 
 app = typer.Typer(
     add_completion=False,

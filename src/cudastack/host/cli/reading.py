@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import pandas as pd
 import typer
 from rich.markup import escape
 
+from cudastack.contract.errors import UserError
 from cudastack.host.analysis import compare, explain, report, results
-from cudastack.host.cli.app import ResultsOpt, UserError, console, err, names
+from cudastack.host.cli.app import ResultsOpt, names
+from cudastack.host.console import console, err
 
 FORMATS = ("table", "md", "csv", "json")
 
 
-def load_runs(runs: list[str], results_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """All runs' rows in one table, and each side's env.json (side as compare labels it)."""
+class LoadedRuns(NamedTuple):
+    table: pd.DataFrame  # every run's rows, with a ``side`` column as compare labels it
+    envs: dict[str, dict]  # side -> its cell's env.json
+
+
+def load_runs(runs: list[str], results_dir: Path) -> LoadedRuns:
+    """All runs' rows in one table, and each side's env.json."""
     frames, dirs = [], {}
     for ref in runs:
         run_dir = Path(ref) if Path(ref).is_dir() else results_dir / ref
@@ -35,7 +42,7 @@ def load_runs(runs: list[str], results_dir: Path) -> tuple[pd.DataFrame, dict]:
     for (run_id, cell), label in zip(zip(df["run_id"], df["cell"]), labels):
         if label not in envs:
             envs[label] = explain.load_env(dirs[run_id], cell)
-    return df.assign(side=labels), envs
+    return LoadedRuns(df.assign(side=labels), envs)
 
 
 def compare_cmd(
@@ -70,10 +77,7 @@ def compare_cmd(
     settings = compare.Settings(threshold=threshold, alpha=alpha, correction=correction)
     table = compare.compare(df, baseline, settings)
     base = table["baseline"].iloc[0]
-    diffs = {
-        side: explain.env_diff(envs.get(base, {}), envs.get(side, {}))
-        for side in table["side"].unique()
-    }
+    diffs = explain.side_diffs(table, envs)
     for side, diff in diffs.items():
         warning = explain.hardware_warning(diff)
         if warning:
@@ -98,8 +102,7 @@ def compare_cmd(
         from cudastack.host.analysis.display import comparison
 
         console.print(comparison(table, f"compared with {base}"))
-        counts = table["verdict"].value_counts()
-        console.print(", ".join(f"{counts.get(v, 0)} {v}" for v in compare.VERDICTS))
+        console.print(compare.verdict_counts(table))
         for side, diff in diffs.items():
             if diff:
                 console.print(
@@ -130,10 +133,7 @@ def report_cmd(
         text = report.html_report(df, envs, baseline)
     else:
         table = compare.compare(df, baseline)
-        base = table["baseline"].iloc[0]
-        diffs = {
-            s: explain.env_diff(envs.get(base, {}), envs.get(s, {})) for s in table["side"].unique()
-        }
+        diffs = explain.side_diffs(table, envs)
         text = report.markdown(table, diffs, explain.explain(table, diffs))
     report.write(out, text)
     console.print(f"report: {out}", highlight=False)

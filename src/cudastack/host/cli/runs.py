@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
 
+from cudastack.contract.errors import UserError
 from cudastack.environment import suite
 from cudastack.host.analysis import results
 from cudastack.host.analysis.display import case_summary, cell_matrix
 from cudastack.host.cells import doctor, images, matrix
-from cudastack.host.cli.app import (
-    BenchDirOpt,
-    MatrixOpt,
-    RunOptions,
-    UserError,
-    console,
-    names,
-    with_run_options,
-)
-from cudastack.host.run import loop
+from cudastack.host.cli.app import BenchDirOpt, MatrixOpt, RunOptions, names, with_run_options
+from cudastack.host.console import console, echo
+from cudastack.host.run import loop, pipeline
+from cudastack.host.run.container import ContainerOptions
+from cudastack.host.run.local import SuiteArgs
 
 
 @with_run_options
@@ -36,7 +33,7 @@ def run(
         _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout))
         return
     try:
-        outcome = loop.run_matrix_cells(args, opts)
+        outcome = _run_cells_of_matrix(args, opts)
     except images.EngineUnavailable as exc:
         raise UserError(
             f"{exc}; --cell needs a Docker engine (run without --cell to run here)"
@@ -69,11 +66,37 @@ def bench(
         else:
             # Every cell gets its row, a skipped one with the reason `doctor` gives; when no
             # cell can run, the suite runs here as well, in the same run folder.
-            _exit_for(loop.run_matrix_cells(args, opts, client, fallback_local=True))
+            _exit_for(_run_cells_of_matrix(args, opts, client, fallback_local=True))
             return
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
     _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout))
+
+
+def _run_cells_of_matrix(
+    args: SuiteArgs,
+    opts: RunOptions,
+    client: Optional[object] = None,
+    fallback_local: bool = False,
+) -> loop.RunOutcome:
+    """Run the cells ``opts.cell`` names (all by default) of its matrix in their containers."""
+    args.validate()
+    loop.check_timeout(opts.timeout)
+    cells = matrix.select(matrix.load(opts.matrix_file), names(opts.cell))
+    inputs = loop.build_inputs(opts.matrix_file, opts.wheelhouse, opts.ca_file)
+    client = client or images.connect()
+    report = doctor.inspect(client)
+    container = ContainerOptions(
+        loop.resolve_gpus(opts.gpus, report),
+        opts.shm_size,
+        opts.ipc_host,
+        opts.timeout,
+        opts.minor_version_compat,
+    )
+    launcher = pipeline.ContainerLauncher(
+        client, cells, inputs, args, container, report, opts.gpus, echo, loop.build_logger
+    )
+    return loop.run_matrix(launcher, opts.out, opts.results_dir, fallback_local)
 
 
 def list_(

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import psutil
 
@@ -84,13 +84,18 @@ def cell_env(items: list[str], host: Optional[dict[str, str]] = None) -> dict[st
     return env
 
 
-def device_limit(device: str) -> tuple[int, str]:
+class DeviceLimit(NamedTuple):
+    processes: int
+    what: str  # "GPU(s)" or "CPU cores"
+
+
+def device_limit(device: str) -> DeviceLimit:
     """How many data-parallel processes this host can give a device each: GPUs, else cores."""
     if device != "cpu":
         gpus = nvml_host().gpus
         if gpus:
-            return len(gpus), "GPU(s)"
-    return usable_cores(), "CPU cores"
+            return DeviceLimit(len(gpus), "GPU(s)")
+    return DeviceLimit(usable_cores(), "CPU cores")
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from typing import Callable, Optional
 from rich.markup import escape
 
 from cudastack.contract import runfolder
+from cudastack.contract.errors import UserError
 from cudastack.environment.worker import new_run_id
 from cudastack.host.analysis import compare, explain, report, results
 from cudastack.host.analysis.display import case_summary, cell_matrix, reasons
-from cudastack.host.cells import doctor, images, matrix
-from cudastack.host.cli.app import RunOptions, UserError, console, echo, err, names
+from cudastack.host.cells import doctor
+from cudastack.host.console import console, echo, err
 from cudastack.host.run import pipeline
-from cudastack.host.run.container import ContainerOptions
 from cudastack.host.run.launcher import CellPlan, CellResult, Launcher
 from cudastack.host.run.local import (
     DEFAULT_TIMEOUT_S,
@@ -222,29 +222,3 @@ def resolve_gpus(gpus: str, report: doctor.HostReport) -> str:
     if not re.fullmatch(r"all|none|[A-Za-z0-9-]+(,[A-Za-z0-9-]+)*", gpus):
         raise UserError(f"--gpus {gpus!r} is not all, none or a list of indices / UUIDs")
     return gpus
-
-
-def run_matrix_cells(
-    args: SuiteArgs,
-    opts: RunOptions,
-    client: Optional[object] = None,
-    fallback_local: bool = False,
-) -> RunOutcome:
-    """Run the cells ``opts.cell`` names (all by default) of its matrix in their containers."""
-    args.validate()
-    check_timeout(opts.timeout)
-    cells = matrix.select(matrix.load(opts.matrix_file), names(opts.cell))
-    inputs = build_inputs(opts.matrix_file, opts.wheelhouse, opts.ca_file)
-    client = client or images.connect()
-    report = doctor.inspect(client)
-    container = ContainerOptions(
-        resolve_gpus(opts.gpus, report),
-        opts.shm_size,
-        opts.ipc_host,
-        opts.timeout,
-        opts.minor_version_compat,
-    )
-    launcher = pipeline.ContainerLauncher(
-        client, cells, inputs, args, container, report, opts.gpus, echo, build_logger
-    )
-    return run_matrix(launcher, opts.out, opts.results_dir, fallback_local)
