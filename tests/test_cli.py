@@ -38,7 +38,7 @@ from cudastack.host.analysis import results
         (["run", "--profile", "turbo"], "error: unknown profile 'turbo'"),
         (["run", "--bench-dir", "missing"], "error: bench folder missing does not exist"),
         (["list", "--profile", "turbo"], "error: unknown profile 'turbo'"),
-        (["show", "nowhere"], "error: nowhere has no results.parquet"),
+        (["show", "nowhere"], "error: no run nowhere: neither a run folder nor a run id under"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):

@@ -504,3 +504,18 @@ def test_an_interval_that_touches_one_holds_no_change(edge):
 def test_a_ratio_of_exactly_one_is_never_faster():
     row = {**FASTER, "ratio": 1.0}
     assert compare.verdict(row, Settings(threshold=0.0)) != "faster"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"threshold": -1.0}, "--threshold -1: give a fraction from 0 to below 1"),
+        ({"threshold": 1.0}, "--threshold 1: give a fraction"),
+        ({"alpha": 0.0}, "--alpha 0: give a level between 0 and 1"),
+        ({"alpha": 1.5}, "--alpha 1.5: give a level"),
+        ({"correction": "bonferroni"}, "--correction 'bonferroni': choose holm or bh"),
+    ],
+)
+def test_settings_that_cannot_decide_anything_are_refused(settings, message):
+    with pytest.raises(compare.CompareError, match=f"^{message}"):
+        compare.Settings(**settings)

@@ -10,7 +10,7 @@ from cudastack.environment import suite
 from cudastack.host.cells import doctor, matrix, stacks
 from cudastack.host.run import container, loop, pipeline
 from cudastack.host.run.container import ContainerOptions
-from cudastack.host.run.local import SuiteArgs
+from cudastack.host.run.suite_args import SuiteArgs
 
 
 def kwargs(tmp_path, **opts):

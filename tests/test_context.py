@@ -141,3 +141,10 @@ def test_trace_saves_a_chrome_trace_of_the_measured_function(ctx, tmp_path):
     ctx.measure(lambda: x @ x)
     events = json.loads((tmp_path / "matmul_n=16.json").read_text())["traceEvents"]
     assert any("mm" in e.get("name", "") for e in events)
+
+
+def test_measure_refuses_two_rates_before_timing_anything(ctx):
+    calls = []
+    with pytest.raises(ValueError, match="give flops= or nbytes=, not both"):
+        ctx.measure(lambda: calls.append(1), flops=1e9, nbytes=1e6)
+    assert calls == []  # the timing budget is not spent on a case that cannot have a result

@@ -9,7 +9,7 @@ from conftest import cli
 
 from cudastack.host.analysis import results
 from cudastack.host.run.container import ContainerOptions, container_kwargs
-from cudastack.host.run.local import PASSED_ENV, SuiteArgs, cell_env, passthrough_env
+from cudastack.host.run.suite_args import PASSED_ENV, SuiteArgs, cell_env, passthrough_env
 
 HOST = {
     "NCCL_DEBUG": "INFO",

@@ -147,6 +147,12 @@ def test_markdown_report(runs, tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert text.startswith("### cudastack: compared with `run-a`")
     assert "- `run-b` vs `run-a`: torch 2.8.0 → 2.9.1" in text
+    # Without -o, markdown goes to report.md, never into a file named .html.
+    here = tmp_path / "here"
+    here.mkdir()
+    assert cli("report", str(a), str(b), "--format", "md", cwd=here).returncode == 0
+    assert sorted(p.name for p in here.iterdir()) == ["report.md"]
+    assert (here / "report.md").read_text() == text
 
 
 @pytest.mark.skipif(

@@ -12,7 +12,7 @@ from conftest import worker
 
 from cudastack.contract.request import SuiteRequest, parser
 from cudastack.environment.isolation import child_argv
-from cudastack.host.run.local import SuiteArgs
+from cudastack.host.run.suite_args import SuiteArgs
 
 OUT = Path("results/run 1/local")
 

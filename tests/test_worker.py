@@ -49,8 +49,14 @@ def test_each_outcome_is_a_row_and_the_suite_goes_on(make_bench, tmp_path):
     assert outcome["skip"]["reason"] == "needs a device this machine lacks"
     assert outcome["wrong"]["status"] == "failed"
     assert outcome["wrong"]["reason"].startswith("output check failed: ")
-    assert outcome["raise"]["reason"] == "ValueError: bad shape"
-    assert outcome["oom"]["reason"].startswith("out of memory: RuntimeError: CUDA out of memory")
+    # The message's last line, where the bench raised it, and for a known failure what to do.
+    at = [i for i, line in enumerate(STATUS_BENCH.splitlines(), 1) if "raise " in line]
+    assert outcome["raise"]["reason"] == f"ValueError: second line (at statuses.py:{at[0]})"
+    assert outcome["oom"]["reason"].startswith(
+        f"RuntimeError: CUDA out of memory. Tried to allocate 80.00 GiB (at statuses.py:{at[1]})"
+        " — hint: the GPU ran out of memory: lower the case's batch or size with --set"
+    )
+    assert proc.stderr.count("Traceback (most recent call last)") == 2  # the log has them whole
     assert outcome["hang"]["reason"] == "timed out after 1 s (profile quick)"
     for mode in ("skip", "wrong", "raise", "oom", "hang"):
         assert outcome[mode]["value"] is None and outcome[mode]["metric"] == ""

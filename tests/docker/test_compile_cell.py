@@ -15,7 +15,7 @@ from cudastack.host.analysis import results
 from cudastack.host.cells import matrix
 from cudastack.host.run import pipeline
 from cudastack.host.run.container import ContainerOptions
-from cudastack.host.run.local import SuiteArgs
+from cudastack.host.run.suite_args import SuiteArgs
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 

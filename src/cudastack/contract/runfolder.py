@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,3 +81,8 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunFolderError(f"{path} holds no JSON object; was it written by cudastack?")
     return data
+
+
+def new_run_id() -> str:
+    """A new run's id, sortable by time and unique across machines: 20261128-231502-3f9a1c."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]

@@ -214,6 +214,7 @@ class Context:
         ``gbps`` from ``nbytes`` (bytes read + written), and ``pct_of_peak`` against the
         device's spec peak named by ``peak`` (a dtype name, ``mem`` or ``h2d``) when known.
         ``per_call`` divides each sample when ``fn`` repeats the operation several times."""
+        _one_rate(flops, nbytes)  # before the timing budget is spent, not after
         # Host-clock cases (launch overhead) are not sampled: the sampler thread would compete
         # for the interpreter with the very host work being timed.
         sampler = self.sampler() if clock == "device" else contextlib.nullcontext()
@@ -228,6 +229,16 @@ class Context:
         return metrics
 
 
+def _one_rate(flops: Optional[float], nbytes: Optional[float]) -> None:
+    """Raise ValueError given both: one peak, one unit, so with both rates one of them would
+    be divided by the other's peak."""
+    if flops is not None and nbytes is not None:
+        raise ValueError(
+            "give flops= or nbytes=, not both (pct_of_peak is against one peak, in the unit of "
+            "one rate); derive the other rate from the latency it returns"
+        )
+
+
 def rate_metrics(
     seconds: Sequence[float],
     *,
@@ -238,12 +249,7 @@ def rate_metrics(
     """Latency samples plus the rates derived from each of them: ``tflops`` from ``flops`` or
     ``gbps`` from ``nbytes``, and ``pct_of_peak`` of that rate against ``peak``, in its unit
     (FLOP/s for flops, bytes/s for nbytes). Raises ValueError given both flops and nbytes."""
-    if flops is not None and nbytes is not None:
-        # One peak, one unit: with both rates, one of them would be divided by the other's peak.
-        raise ValueError(
-            "rate_metrics: give flops= or nbytes=, not both (pct_of_peak is against one peak, "
-            "in the unit of one rate); derive the other rate from the latency it returns"
-        )
+    _one_rate(flops, nbytes)
     out = [Metric("latency", "ms", "lower", [s * 1e3 for s in seconds])]
     rate: Optional[Metric] = None
     if flops is not None:

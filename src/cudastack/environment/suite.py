@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cudastack.contract.errors import CudastackError
+from cudastack.contract.errors import CudastackError, shown
 
 # The shipped suite is package data beside this module, so a regular install finds it too.
 DEFAULT_BENCH_DIR = Path(__file__).resolve().parent / "bench"
@@ -253,7 +254,7 @@ def parse_set(items: Sequence[str], specs: dict[str, BenchSpec]) -> dict[str, st
         if not having:
             keys = sorted({k for spec in specs.values() for k in spec.params})
             raise SuiteError(
-                f"--set {key}: no bench has that parameter; parameters: {', '.join(keys)}"
+                f"--set {shown(key)}: no bench has that parameter; parameters: {', '.join(keys)}"
             )
         for spec in having:
             typed(key, text, spec.params[key][0])  # refuse a value some bench cannot take
@@ -264,7 +265,8 @@ def parse_set(items: Sequence[str], specs: dict[str, BenchSpec]) -> dict[str, st
             # precision or size it has code for), except a folder.
             if isinstance(listed[0], str) and key not in PATH_PARAMS and text not in listed:
                 raise SuiteError(
-                    f"--set {key}={text}: {spec.name} knows {', '.join(dict.fromkeys(listed))}"
+                    f"--set {shown(f'{key}={text}')}: {spec.name} knows "
+                    f"{', '.join(dict.fromkeys(listed))}"
                 )
         out[key] = text
     return out
@@ -274,14 +276,14 @@ def typed(key: str, text: str, example: Any) -> Any:
     """``text`` as the type of ``example``, a value the parameter already lists."""
     if isinstance(example, bool):
         if text.lower() not in ("true", "false"):
-            raise SuiteError(f"--set {key}={text}: write true or false")
+            raise SuiteError(f"--set {shown(f'{key}={text}')}: write true or false")
         return text.lower() == "true"
     for kind in (int, float):
         if isinstance(example, kind):
             try:
                 return kind(text)
             except ValueError:
-                raise SuiteError(f"--set {key}={text}: {key} takes a number") from None
+                raise SuiteError(f"--set {shown(f'{key}={text}')}: {key} takes a number") from None
     return text
 
 
@@ -301,7 +303,9 @@ def plan(
     chosen = list(benches) if benches else list(specs)
     unknown = [b for b in chosen if b not in specs]
     if unknown:
-        raise SuiteError(f"unknown bench {', '.join(unknown)}; choose from: {', '.join(specs)}")
+        raise SuiteError(
+            f"unknown bench {', '.join(map(shown, unknown))}; choose from: {', '.join(specs)}"
+        )
     if data_parallel:
         dp = [b for b in specs if specs[b].data_parallel]
         named = [b for b in chosen if not specs[b].data_parallel]
@@ -322,7 +326,8 @@ def plan(
         missing = [w for w in wanted if w not in known]
         if missing:
             raise SuiteError(
-                f"{key}={','.join(missing)} matches no case; values: {', '.join(known)}"
+                f"{shown(key + '=' + ','.join(missing))} matches no case; values: "
+                f"{', '.join(known)}"
             )
         cases = [c for c in cases if key in c.params and format_value(c.params[key]) in wanted]
     return cases
@@ -349,3 +354,15 @@ def process_groups(specs: dict[str, BenchSpec], cases: Sequence[Case]) -> list[l
         else:
             groups.append((dict(wants), [case]))
     return [members for _, members in groups] or [[]]
+
+
+def check_device(device: str) -> None:
+    """Raise SuiteError unless ``device`` (--device) is auto, cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise SuiteError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N (N a GPU index)")
+
+
+def check_threads(threads: int) -> None:
+    """Raise SuiteError unless ``threads`` (--threads) is 0 (every usable core) or more."""
+    if threads < 0:
+        raise SuiteError(f"--threads {threads}: give 1 or more, or 0 for every usable core")

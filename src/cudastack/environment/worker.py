@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-import uuid
+import traceback
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +23,8 @@ from types import ModuleType
 from typing import Any, NamedTuple, Optional
 
 from cudastack.contract import runfolder
+from cudastack.contract.errors import EXIT_BAD_INPUT
+from cudastack.contract.failures import exception_reason
 from cudastack.contract.request import SuiteRequest
 from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
 from cudastack.contract.stats import summarize
@@ -32,7 +34,6 @@ from cudastack.environment.context import CheckFailed, Context, Metric, Skip
 from cudastack.environment.peaks import for_gpu
 from cudastack.environment.telemetry import Nvml
 
-EXIT_BAD_INPUT = 2
 # An exception under torchrun may leave the ranks at different collectives: nothing after it
 # would be measured in step, so the run ends there (torchrun then stops the other ranks).
 OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
@@ -40,11 +41,6 @@ OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here
 
 class CaseTimeout(Exception):
     """The case ran past its profile's time limit."""
-
-
-def new_run_id() -> str:
-    """Sortable by time, unique across machines: 20261128-231502-3f9a1c."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> SuiteRequest:
@@ -69,6 +65,7 @@ def _out_dir_ready(out: Path) -> None:
 
 
 def _pick_device(torch: Any, wanted: str, world: worldmod.World) -> Any:
+    suite.check_device(wanted)
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
@@ -97,6 +94,10 @@ class _Modules:
     def __init__(self, specs: dict[str, suite.BenchSpec]) -> None:
         self._specs = specs
         self._cache: dict[str, ModuleType] = {}
+
+    def folder(self, name: str) -> Path:
+        """The folder the bench ``name`` is loaded from: a failure's place is shown in it."""
+        return self._specs[name].path.parent
 
     def get(self, name: str) -> ModuleType:
         if name not in self._cache:
@@ -139,11 +140,6 @@ def arch_problem(torch: Any, device: Any) -> str:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 class CaseOutcome(NamedTuple):
     """How one case ended."""
 
@@ -177,9 +173,13 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> CaseOutcome:
             "failed", f"timed out after {timeout:g} s (profile {ctx.profile.name})", []
         )
     except Exception as exc:  # a failed case is a row, never the end of the suite
-        reason = _first_line(exc)
-        if "out of memory" in reason.lower():
-            reason = "out of memory: " + reason
+        # The row gets one line (cause, place, hint); the traceback goes to stderr, which the
+        # host keeps in the cell's log.
+        sys.stdout.flush()
+        print(f"{case.id} failed:", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        reason = exception_reason(exc, modules.folder(case.bench))
         return CaseOutcome("failed", reason + (OUT_OF_STEP if ctx.world.distributed else ""), [])
     finally:
         if use_alarm:
@@ -262,6 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         specs = suite.discover(_bench_dir(args))
         benches = list(args.benches)
+        suite.check_threads(args.threads)
         selection = suite.parse_select(args.select)
         overrides = suite.parse_set(args.overrides, specs)
         if args.profile != "auto":
@@ -323,7 +324,7 @@ def _run_suite(
     unfit = arch_problem(torch, device)
     if not world.is_main:
         return 0 if unfit else _follow(args, torch, device, profile, cases, world, specs, nvml)
-    run_id = args.run_id or new_run_id()
+    run_id = args.run_id or runfolder.new_run_id()
     rev = envinfo.harness_rev([Path(__file__).resolve().parent, _bench_dir(args)])
     fp = envinfo.fingerprint(
         torch,

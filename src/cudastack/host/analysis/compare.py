@@ -50,6 +50,16 @@ class Settings:
     n_boot: int = 2000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < 1:
+            raise CompareError(
+                f"--threshold {self.threshold:g}: give a fraction from 0 to below 1 (0.05 = 5 %)"
+            )
+        if not 0 < self.alpha < 1:
+            raise CompareError(f"--alpha {self.alpha:g}: give a level between 0 and 1, e.g. 0.05")
+        if self.correction not in ("holm", "bh"):
+            raise CompareError(f"--correction {self.correction!r}: choose holm or bh")
+
 
 def label_sides(df: pd.DataFrame) -> pd.Series:
     """What a column of the comparison is: the cell in one run, else the run (and cell)."""

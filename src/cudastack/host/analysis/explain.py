@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
+
+from cudastack.contract import runfolder
 
 # (label, path into env.json): what most often explains a speed difference.
 FINGERPRINT = (
@@ -40,8 +41,10 @@ def _get(env: dict, path: tuple) -> Any:
 
 
 def load_env(run_dir: Path, cell: str) -> dict:
-    path = run_dir / cell / "env.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The cell's env.json in a run folder, {} when it has none (a cell that never started).
+    Raises RunFolderError when it is not a JSON object."""
+    path = run_dir / cell / runfolder.ENV
+    return runfolder.read_json(path) if path.is_file() else {}
 
 
 class EnvDiff(NamedTuple):

@@ -52,7 +52,9 @@ def read_records(path: Path) -> pd.DataFrame:
     data = path.read_bytes()
     table = _read_columnar(data)
     if table is None:
-        return to_frame(_rows_per_line(path, data.decode("utf-8")))
+        # A byte that is not UTF-8 becomes a lone surrogate here, which makes its line malformed
+        # (a torn last one, cut inside a character, is dropped) instead of the whole file.
+        return to_frame(_rows_per_line(path, data.decode("utf-8", "surrogateescape")))
     return _conform(table.to_pandas())
 
 
@@ -107,19 +109,35 @@ _PARSE = pajson.ParseOptions(
 
 
 def _rows_per_line(path: Path, text: str) -> list[dict]:
-    """The records of ``text`` (the file at ``path``), one json.loads per line."""
+    """The records of ``text`` (the file at ``path``), one json.loads per line. A line holding a
+    lone surrogate (``text`` decoded a byte that is not UTF-8 so) is malformed; a lone surrogate
+    a record escapes (``"\\ud800"``) is kept as that escape, text that parquet can store."""
     lines = text.splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            if not line.isascii():
+                line.encode("utf-8")  # raises on a lone surrogate
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeEncodeError):
             if number == len(lines):
                 break
             raise ResultsError(f"{path}:{number}: not a JSON record") from None
+        if not isinstance(row, dict):
+            raise ResultsError(f"{path}:{number}: not a JSON record (JSON, but no object)")
+        if "\\ud" in line.lower():  # maybe an escaped surrogate: rare, so checked only then
+            row = {k: _encodable(v) for k, v in row.items()}
+        rows.append(row)
     return rows
+
+
+def _encodable(value: object) -> object:
+    """``value`` with each lone surrogate as its escape, ``\\ud800``, if it is a string."""
+    if not isinstance(value, str):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
@@ -131,10 +149,12 @@ def _conform(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with exactly COLUMNS, in order, typed: a missing or null int is 0, a missing or
     null float NaN, a missing or null string ''; other columns dropped. Raises ResultsError
     for records of a newer schema."""
-    newer = df["schema_version"].max() if "schema_version" in df and len(df) else SCHEMA_VERSION
+    # A schema_version that is no number (foreign rows, another writer's) counts as none.
+    versions = pd.to_numeric(df.get("schema_version", pd.Series(dtype="float64")), errors="coerce")
+    newer = versions.max()
     if newer > SCHEMA_VERSION:
         raise ResultsError(
-            f"records use schema {newer}, newer than this cudastack's "
+            f"records use schema {newer:g}, newer than this cudastack's "
             f"{SCHEMA_VERSION}; upgrade cudastack to read them"
         )
     for column, kind in COLUMNS.items():
@@ -143,10 +163,22 @@ def _conform(df: pd.DataFrame) -> pd.DataFrame:
         if kind is float:
             df[column] = pd.to_numeric(df[column], errors="coerce").astype("float64")
         elif kind is int:
-            df[column] = pd.to_numeric(df[column], errors="coerce").fillna(0).astype("int64")
+            df[column] = _ints(df[column])
         else:
-            df[column] = df[column].fillna("").astype(str)
+            text = df[column]
+            if text.dtype.kind in "biufcmM":  # numbers or times there: "" is no value of theirs
+                text = text.astype(object)
+            df[column] = text.fillna("").astype(str)
     return df[list(COLUMNS)].reset_index(drop=True)
+
+
+def _ints(column: pd.Series) -> pd.Series:
+    """``column`` as int64: a missing, null, non-numeric, infinite or out-of-range value is 0."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.dtype == "int64":
+        return numbers
+    numbers = numbers.astype("float64")
+    return numbers.where(numbers.abs() < 2.0**63, 0).astype("int64")  # NaN and inf are not <
 
 
 def write_tables(df: pd.DataFrame, folder: Path) -> None:
@@ -159,7 +191,12 @@ def load_table(run_dir: Path) -> pd.DataFrame:
     path = run_dir / TABLE
     if not path.is_file():
         raise ResultsError(f"{run_dir} has no {TABLE}; is it a cudastack run folder?")
-    return _conform(pd.read_parquet(path))
+    try:
+        table = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # cut short, or no parquet at all
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResultsError(f"{path} is not a table cudastack can read: {reason}") from None
+    return _conform(table)
 
 
 def ingest_run(run_dir: Path) -> pd.DataFrame:

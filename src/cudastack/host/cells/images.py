@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import shutil
 import tempfile
 from collections import deque
@@ -11,12 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cudastack.contract.failures import log_reason, recognise
 from cudastack.host.cells.matrix import Cell
 
 # Docker's predefined build args: passed through from the host, never written to image history.
 PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
-LOG_TAIL = 15
-OPERATION_TIMEOUT_S = 3600  # lines of a failed build or run quoted in its failure row
+LOG_TAIL = 15  # lines of a failed build kept with its error (BuildFailed.tail)
+REASON_WINDOW = 200  # lines of a failed build its reason is picked from
+OPERATION_TIMEOUT_S = 3600
 
 
 class EngineUnavailable(RuntimeError):
@@ -24,7 +28,8 @@ class EngineUnavailable(RuntimeError):
 
 
 class BuildFailed(RuntimeError):
-    """A cell's image did not build: a one-line headline and the last lines of its log."""
+    """A cell's image did not build: a one-line headline (the reason its row and the commands
+    show: the log's decisive lines, see ``failures.log_reason``) and the last lines of its log."""
 
     def __init__(self, headline: str, tail: Sequence[str] = ()) -> None:
         self.headline = headline
@@ -33,7 +38,54 @@ class BuildFailed(RuntimeError):
 
 
 class BaseUnavailable(BuildFailed):
-    """The base image could not be pulled (offline, no such tag, no access)."""
+    """The base image could not be pulled here (offline, no access): a fact about this host."""
+
+
+class BaseGone(BuildFailed):
+    """The registry has no such base image tag (retired, or misspelt): the matrix is wrong."""
+
+
+# Dockerfile syntax only BuildKit knows. The Docker SDK for Python builds with the classic
+# builder, which fails on these late (at their step) with advice to enable BuildKit that
+# cannot help here; they are refused before anything is built.
+_BUILDKIT_FLAGS = {
+    "RUN": ("--mount", "--network", "--security"),
+    "COPY": ("--link", "--chmod", "--parents", "--exclude"),
+    "ADD": ("--link", "--chmod", "--checksum", "--keep-git-dir", "--exclude"),
+}
+_HEREDOC = re.compile(r"<<-?\s*[\"']?[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _is_flag(word: str) -> bool:
+    return word.startswith("--")
+
+
+def buildkit_only(dockerfile_text: str) -> str:
+    """The first use of BuildKit-only syntax in a Dockerfile, as "line N: what", or ''.
+
+    Instructions are read as the builder reads them: comment lines skipped, lines ending in a
+    backslash joined to the next. Looked for: RUN --mount / --network / --security, COPY and
+    ADD flags the classic builder lacks, and heredocs (``RUN <<EOF``, ``COPY <<EOF /f``)."""
+    start, parts = 0, list[str]()
+    for number, line in enumerate(dockerfile_text.splitlines(), 1):
+        if not parts:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            start = number
+        parts.append(line.rstrip())
+        if parts[-1].endswith("\\"):
+            parts[-1] = parts[-1][:-1]
+            continue
+        instruction, parts = " ".join(parts).split(), []
+        keyword = instruction[0].upper()
+        # The instruction's own flags come before its command or sources.
+        flags = [w.split("=")[0] for w in itertools.takewhile(_is_flag, instruction[1:])]
+        for flag in _BUILDKIT_FLAGS.get(keyword, ()):
+            if flag in flags:
+                return f"line {start}: {keyword} {flag}"
+        if keyword in _BUILDKIT_FLAGS and _HEREDOC.search(" ".join(instruction[1:])):
+            return f"line {start}: a heredoc in {keyword}"
+    return ""
 
 
 def connect(timeout: int = 10) -> Any:
@@ -127,7 +179,7 @@ def build(
 
     args = {**cell.build_args(), "INPUTS_HASH": inputs_hash}
     args.update({k: os.environ[k] for k in PROXY_ARGS if k in os.environ})
-    tail: deque = deque(maxlen=LOG_TAIL)
+    recent: deque = deque(maxlen=REASON_WINDOW)
     image_id = ""
     try:
         stream = client.api.build(
@@ -143,21 +195,27 @@ def build(
             text = chunk.get("stream") or chunk.get("status") or ""
             for line in text.splitlines():
                 if line.strip():
-                    tail.append(line)
+                    recent.append(line)
                     on_line(line)
             if "error" in chunk:
                 error = str(chunk["error"]).strip()
-                at_from = bool(tail) and " : FROM " in tail[-1]  # failed pulling the base
-                tail.append(error)
+                at_from = bool(recent) and " : FROM " in recent[-1]  # failed pulling the base
+                recent.append(error)
                 on_line(error)
+                known = recognise(error)
+                if at_from and known is not None and known.name == "manifest":  # no such tag
+                    raise BaseGone(
+                        f"base image {cell.base_image} does not exist: {log_reason([error])}"
+                    )
                 if at_from:
                     raise BaseUnavailable(
-                        f"base image {cell.base_image} cannot be pulled here: {error}"
+                        f"base image {cell.base_image} cannot be pulled here: {log_reason([error])}"
                     )
-                raise BuildFailed(f"build of {cell.name} failed: {error}", tail)
+                raise _failed(cell, recent)
             image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:
-        raise BuildFailed(f"build of {cell.name} failed: {exc.explanation or exc}", tail) from None
+        recent.append(str(exc.explanation or exc))
+        raise _failed(cell, recent) from None
     finally:
         # The builder stage (wheels, CA, lock) stays behind as untagged images, after a
         # success and after a failure alike: remove them.
@@ -165,3 +223,9 @@ def build(
         with contextlib.suppress(APIError):
             client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
     return image_id or str(client.images.get(tag).id)
+
+
+def _failed(cell: Cell, lines: Sequence[str]) -> BuildFailed:
+    """The build's failure: its reason from the log's decisive lines (the whole log is in the
+    cell's build.log), and the log's last lines."""
+    return BuildFailed(f"build of {cell.name} failed: {log_reason(lines)}", list(lines)[-LOG_TAIL:])

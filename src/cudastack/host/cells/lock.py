@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cudastack.contract.errors import CudastackError
+from cudastack.contract.failures import log_reason
 from cudastack.contract.runfolder import atomic_write
 from cudastack.host.cells.matrix import Cell
 
@@ -103,8 +104,8 @@ def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> 
             cmd + requirements(cell, wheelhouse is not None), capture_output=True, text=True
         )
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["pip download failed"])[-1]
-            raise LockError(f"cell {cell.name}: cannot resolve its packages: {last}")
+            why = log_reason(proc.stderr.splitlines()) or "pip download failed"
+            raise LockError(f"cell {cell.name}: cannot resolve its packages: {why}")
         lines = []
         for wheel in sorted(Path(dest).iterdir()):
             name, version = _wheel_name_version(wheel.name)

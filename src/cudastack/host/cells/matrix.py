@@ -113,7 +113,13 @@ def derive_name(fields: dict) -> str:
 
 
 def _fail(where: str, key: str, message: str) -> MatrixError:
-    return MatrixError(f"{where}: field '{key}' {message}")
+    return MatrixError(f"{where}: field {key!r} {message}")
+
+
+def _shown(name: object) -> str:
+    """A cell's name as an error shows it: as written when it is a valid name, else quoted and
+    escaped, so that the error stays one line whatever the name holds."""
+    return name if isinstance(name, str) and _SAFE["name"].fullmatch(name) else repr(name)
 
 
 def _check_shapes(where: str, fields: dict) -> None:
@@ -186,6 +192,10 @@ def load(path: Path, variants: bool = True) -> list:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MatrixError(f"matrix file {path} does not exist; pass --matrix FILE") from None
+    except OSError as exc:  # a folder, no permission
+        raise MatrixError(f"cannot read matrix file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise MatrixError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise MatrixError(f"{path}: not valid TOML: {exc}") from None
     unknown_top = set(data) - {"defaults", "cell"}
@@ -195,13 +205,18 @@ def load(path: Path, variants: bool = True) -> list:
         )
     defaults = data.get("defaults", {})
     raw_cells = data.get("cell", [])
+    # `defaults = 1` or `cell = [1]` is valid TOML, but not tables of fields.
+    if not isinstance(defaults, dict):
+        raise MatrixError(f"{path}: 'defaults' must be a [defaults] table of fields")
+    if not isinstance(raw_cells, list) or not all(isinstance(c, dict) for c in raw_cells):
+        raise MatrixError(f"{path}: 'cell' must be [[cell]] tables of fields")
     if not raw_cells:
         raise MatrixError(f"{path}: no [[cell]] tables")
     cells: list = []
     seen: dict = {}
     for number, raw in enumerate(raw_cells, 1):
         fields = {**defaults, **raw}
-        where = f"{path.name}: cell {raw.get('name') or number}"
+        where = f"{path.name}: cell {_shown(raw['name']) if raw.get('name') else number}"
         for key in fields:
             if key not in KEYS:
                 raise _fail(where, key, f"is unknown; known fields: {', '.join(KEYS)}")
@@ -226,5 +241,7 @@ def select(cells: list, names: Optional[list]) -> list:
     known = {c.name: c for c in cells}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise MatrixError(f"unknown cell {', '.join(unknown)}; cells: {', '.join(known)}")
+        raise MatrixError(
+            f"unknown cell {', '.join(map(_shown, unknown))}; cells: {', '.join(known)}"
+        )
     return [c for c in cells if c.name in names]

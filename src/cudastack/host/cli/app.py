@@ -10,12 +10,10 @@ from typing import Any, Callable, Optional, get_type_hints
 
 import typer
 
-from cudastack.contract.errors import UserError
+from cudastack.contract.errors import UserError, shown
 from cudastack.environment import suite
 from cudastack.host.cells import matrix
-from cudastack.host.run.local import DEFAULT_TIMEOUT_S, SuiteArgs
-
-EXIT_BAD_INPUT = 2
+from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
 SelectOpt = typer.Option(None, "--select", help="Keep cases with key=value[,value]; repeatable.")
@@ -59,6 +57,12 @@ TimeoutOpt = typer.Option(
     "of the cell is killed, its finished cases kept, and the cell failed (default 3 h).",
 )
 
+FailOnSkipOpt = typer.Option(
+    False,
+    "--fail-on-skip",
+    help="Exit 1 when a cell or case was skipped, as when one failed (for CI: nothing may be "
+    "left out).",
+)
 EnvOpt = typer.Option(
     None,
     "--env",
@@ -102,6 +106,7 @@ class RunOptions:
     repeat: int = _opt(RepeatOpt)
     minor_version_compat: bool = _opt(MinorCompatOpt)
     env: Optional[list[str]] = _opt(EnvOpt)
+    fail_on_skip: bool = _opt(FailOnSkipOpt)
 
     def suite(self, extra_work: float = 0.0) -> SuiteArgs:
         """What every cell's worker processes run."""
@@ -143,8 +148,20 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def names(text: str) -> list:
-    return [n for n in text.split(",") if n]
+def run_folder(ref: str, results_dir: Path) -> Path:
+    """The run folder ``ref`` names: a folder, or a run id under ``results_dir``. Raises
+    UserError when it is neither."""
+    run_dir = Path(ref) if Path(ref).is_dir() else results_dir / ref
+    if not run_dir.is_dir():
+        raise UserError(
+            f"no run {shown(ref)}: neither a run folder nor a run id under {results_dir}"
+        )
+    return run_dir
+
+
+def names(text: str) -> list[str]:
+    """The names of a comma-separated option, each once, in the order given."""
+    return list(dict.fromkeys(n for n in text.split(",") if n))
 
 
 def engine(what: str) -> object:

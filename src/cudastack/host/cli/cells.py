@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from cudastack.contract.errors import UserError
+from cudastack.contract.errors import EXIT_FAILED, UserError
 from cudastack.host.cells import check as checks
 from cudastack.host.cells import doctor, images, matrix
 from cudastack.host.cli.app import (
@@ -68,7 +68,7 @@ def check(
             markup=False,
         )
     if down or not all(f.ok for f in found):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def build(
@@ -102,7 +102,8 @@ def build(
                         f"`cudastack lock --cell {c.name}`"
                     ) from None
                 failed.append(c.name)
-                err.print(f"[red]{escape(c.name)}: build failed[/]\n{escape(str(exc))}")
+                # The reason `bench` and `run --cell` record and print; the log was streamed.
+                err.print(f"[red]{escape(c.name)}: build failed[/]\n{escape(exc.headline)}")
                 continue
         took = time.perf_counter() - started
         console.print(
@@ -111,7 +112,7 @@ def build(
         )
     if failed:
         err.print(f"{len(failed)} of {len(cells)} cells failed to build: {', '.join(failed)}")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def doctor_cmd(
@@ -161,4 +162,4 @@ def doctor_cmd(
         )
         failed = failed or status == "fail"
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)

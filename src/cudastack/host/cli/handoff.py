@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from cudastack.contract import runfolder
-from cudastack.contract.errors import UserError
+from cudastack.contract.errors import EXIT_FAILED, UserError
 from cudastack.host.cells import check, handoff, images, lock, matrix, reproduce
 from cudastack.host.cli.app import (
     CaFileOpt,
@@ -28,10 +28,15 @@ from cudastack.host.cli.app import (
     engine,
     names,
 )
-from cudastack.host.console import console
+from cudastack.host.console import console, err
 from cudastack.host.run import pipeline
-from cudastack.host.run.container import base_environment, harness_volume, invoking_user
-from cudastack.host.run.local import cell_env
+from cudastack.host.run.container import (
+    base_environment,
+    check_shm_size,
+    harness_volume,
+    invoking_user,
+)
+from cudastack.host.run.suite_args import cell_env
 
 
 def _one_cell(matrix_file: Path, name: str) -> matrix.Cell:
@@ -148,8 +153,9 @@ def reproduce_cmd(
         load = functools.partial(handoff.import_archive, client, archive) if archive else None
         try:
             how = reproduce.obtain(client, record, ref, rebuild, build, load)
-        except images.BuildFailed as exc:
-            raise UserError(exc.headline) from None
+        except images.BuildFailed as exc:  # a failure, not bad input: exit 1, as build's
+            err.print(f"error: {exc.headline}", highlight=False, markup=False)
+            raise typer.Exit(EXIT_FAILED) from None
         now = reproduce.probe(client, record["tag"])
         lines = reproduce.diff(original, now)
         status = "identical environment" if not lines else f"{len(lines)} differences"
@@ -160,7 +166,7 @@ def reproduce_cmd(
             console.print(f"  {escape(line)}", highlight=False)
         differs = differs or bool(lines)
     if differs:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def push_cmd(
@@ -257,6 +263,7 @@ def shell_cmd(
 ) -> None:
     """Open a shell (or run a command after --) in a cell, GPUs and this folder mounted."""
     variables = {**base_environment(), **cell_env(list(env or []))}  # bad --env: error first
+    check_shm_size(shm_size)
     c = _one_cell(matrix_file, cell)
     if shutil.which("docker") is None:
         raise UserError("the docker command line is needed for an interactive shell")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import NoReturn
 
 import typer
+from typer.exceptions import TyperException
 
-from cudastack.contract.errors import CudastackError
+from cudastack.contract.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CudastackError
 from cudastack.host.cli import cells, handoff, reading, runs
-from cudastack.host.cli.app import EXIT_BAD_INPUT
 from cudastack.host.console import err
 
 app = typer.Typer(
@@ -44,9 +45,28 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    """The ``cudastack`` command: every outcome is an exit code of the contract (errors.py) and
+    every bad input one ``error:`` line, whether cudastack or the option parser found it."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        # Not standalone: the parser's errors come back here instead of its multi-line box.
+        code = app(standalone_mode=False, prog_name="cudastack")
     except CudastackError as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False)
-        sys.exit(EXIT_BAD_INPUT)
+        _bad_input(str(exc))
+    except (KeyboardInterrupt, typer.Abort):  # Abort: the parser's word for Ctrl-C
+        err.print("interrupted", highlight=False, markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except TyperException as exc:  # the option parser's: a bad value, an unknown option
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]  # `cudastack` alone: the help, as always
+            sys.exit(EXIT_BAD_INPUT)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "cudastack"
+        _bad_input(f"{message} (see {command} --help)")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _bad_input(message: str) -> NoReturn:
+    err.print(f"error: {' '.join(message.split())}", highlight=False, markup=False)
+    sys.exit(EXIT_BAD_INPUT)

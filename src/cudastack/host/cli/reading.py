@@ -10,9 +10,9 @@ import pandas as pd
 import typer
 from rich.markup import escape
 
-from cudastack.contract.errors import UserError
+from cudastack.contract.errors import EXIT_FAILED, UserError, shown
 from cudastack.host.analysis import compare, explain, report, results
-from cudastack.host.cli.app import ResultsOpt, names
+from cudastack.host.cli.app import ResultsOpt, names, run_folder
 from cudastack.host.console import console, err
 
 FORMATS = ("table", "md", "csv", "json")
@@ -27,9 +27,7 @@ def load_runs(runs: list[str], results_dir: Path) -> LoadedRuns:
     """All runs' rows in one table, and each side's env.json."""
     frames, dirs = [], {}
     for ref in runs:
-        run_dir = Path(ref) if Path(ref).is_dir() else results_dir / ref
-        if not run_dir.is_dir():
-            raise UserError(f"no run {ref}: neither a run folder nor a run id under {results_dir}")
+        run_dir = run_folder(ref, results_dir)
         df = results.load_table(run_dir)
         frames.append(df)
         for run_id in df["run_id"].unique():
@@ -63,18 +61,16 @@ def compare_cmd(
     """Is one cell or run really faster than another, by how much, and why?"""
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if correction not in ("holm", "bh"):
-        raise UserError(f"unknown --correction {correction!r}; choose holm or bh")
+    settings = compare.Settings(threshold=threshold, alpha=alpha, correction=correction)
     df, envs = load_runs(runs, results_dir)
     if bench:
         unknown = sorted(set(names(bench)) - set(df["bench"]))
         if unknown:
             raise UserError(
-                f"unknown bench {', '.join(unknown)} in these runs; benches: "
+                f"unknown bench {', '.join(map(shown, unknown))} in these runs; benches: "
                 f"{', '.join(sorted(set(df['bench'])))}"
             )
         df = df[df["bench"].isin(names(bench))]
-    settings = compare.Settings(threshold=threshold, alpha=alpha, correction=correction)
     table = compare.compare(df, baseline, settings)
     base = table["baseline"].iloc[0]
     diffs = explain.side_diffs(table, envs)
@@ -113,12 +109,14 @@ def compare_cmd(
         for line in explain.explain(table, diffs):
             console.print(f"explain: {escape(line)}", highlight=False)
     if fail_on_regression and (table["verdict"] == "slower").any():
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def report_cmd(
     runs: list[str] = typer.Argument(..., help="Run ids (under --results-dir) or run folders."),
-    out: Path = typer.Option(Path("report.html"), "-o", "--out", help="File to write."),
+    out: Optional[Path] = typer.Option(
+        None, "-o", "--out", help="File to write (default: report.html, or report.md for md)."
+    ),
     fmt: str = typer.Option("html", "--format", help="html | md"),
     baseline: Optional[str] = typer.Option(None, help="Cell or run to compare against."),
     results_dir: Path = ResultsOpt,
@@ -126,6 +124,7 @@ def report_cmd(
     """One self-contained HTML report (or markdown for a pull-request comment)."""
     if fmt not in ("html", "md"):
         raise UserError(f"unknown --format {fmt!r}; choose html or md")
+    out = out or Path(f"report.{fmt}")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
     df, envs = load_runs(runs, results_dir)

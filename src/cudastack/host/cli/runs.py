@@ -8,16 +8,25 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from cudastack.contract.errors import UserError
+from cudastack.contract.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 from cudastack.environment import suite
 from cudastack.host.analysis import results
 from cudastack.host.analysis.display import case_summary, cell_matrix
 from cudastack.host.cells import doctor, images, matrix
-from cudastack.host.cli.app import BenchDirOpt, MatrixOpt, RunOptions, names, with_run_options
+from cudastack.host.cli.app import (
+    BenchDirOpt,
+    MatrixOpt,
+    ResultsOpt,
+    RunOptions,
+    names,
+    run_folder,
+    with_run_options,
+)
 from cudastack.host.console import console, echo
 from cudastack.host.run import loop, pipeline
 from cudastack.host.run.container import ContainerOptions
-from cudastack.host.run.local import SuiteArgs
+from cudastack.host.run.local import LocalLauncher
+from cudastack.host.run.suite_args import SuiteArgs
 
 
 @with_run_options
@@ -30,7 +39,7 @@ def run(
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
     args = opts.suite(extra_work)
     if not opts.cell:
-        _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout))
+        _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout), opts.fail_on_skip)
         return
     try:
         outcome = _run_cells_of_matrix(args, opts)
@@ -38,12 +47,16 @@ def run(
         raise UserError(
             f"{exc}; --cell needs a Docker engine (run without --cell to run here)"
         ) from None
-    _exit_for(outcome)
+    _exit_for(outcome, opts.fail_on_skip)
 
 
-def _exit_for(outcome: loop.RunOutcome) -> None:
-    if outcome.failed:
-        raise typer.Exit(1)
+def _exit_for(outcome: loop.RunOutcome, fail_on_skip: bool) -> None:
+    """The exit-code contract (contract.errors): 130 interrupted, 1 something failed (or was
+    skipped, with --fail-on-skip), else 0."""
+    if outcome.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if outcome.failed or (fail_on_skip and outcome.skipped):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @with_run_options
@@ -66,11 +79,13 @@ def bench(
         else:
             # Every cell gets its row, a skipped one with the reason `doctor` gives; when no
             # cell can run, the suite runs here as well, in the same run folder.
-            _exit_for(_run_cells_of_matrix(args, opts, client, fallback_local=True))
+            _exit_for(
+                _run_cells_of_matrix(args, opts, client, fallback_local=True), opts.fail_on_skip
+            )
             return
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
-    _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout))
+    _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout), opts.fail_on_skip)
 
 
 def _run_cells_of_matrix(
@@ -96,7 +111,10 @@ def _run_cells_of_matrix(
     launcher = pipeline.ContainerLauncher(
         client, cells, inputs, args, container, report, opts.gpus, echo, loop.build_logger
     )
-    return loop.run_matrix(launcher, opts.out, opts.results_dir, fallback_local)
+    # bench falls back to the suite here, as the cell local, when no cell can run.
+    fallback = LocalLauncher(args, opts.timeout, echo) if fallback_local else None
+    what = f"{len(cells)} cells"
+    return loop.run_matrix(launcher, what, args.repeat, opts.out, opts.results_dir, fallback)
 
 
 def list_(
@@ -127,8 +145,12 @@ def list_(
         )
 
 
-def show(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
+def show(
+    run: str = typer.Argument(..., help="A run id (under --results-dir) or a run folder."),
+    results_dir: Path = ResultsOpt,
+) -> None:
     """Print the case summary of a finished run."""
+    run_dir = run_folder(run, results_dir)
     table = results.case_table(results.load_table(run_dir))
     view = cell_matrix if table["cell"].nunique() > 1 else case_summary
     console.print(view(table, str(run_dir)))

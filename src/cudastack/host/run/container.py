@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -12,9 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from cudastack.contract import runfolder
+from cudastack.contract.errors import UserError
+from cudastack.contract.failures import log_reason
 from cudastack.environment.suite import PATH_PARAMS
 from cudastack.host.cells.stacks import DISABLE_REQUIRE
-from cudastack.host.run.local import DEFAULT_TIMEOUT_S, SuiteArgs
+from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 # The cudastack package this process runs, mounted into cells by itself (not the folder holding
 # it: in a regular install that is site-packages, whose host packages must not shadow the cell's).
@@ -41,6 +44,23 @@ class ContainerOptions:
     minor_version_compat: bool = False
     # uid:gid the worker runs as; empty: the invoking user's, so the results are theirs.
     user: str = ""
+
+    def __post_init__(self) -> None:
+        """Checked before a run folder is made or a container started: Docker would refuse a
+        bad size only when the first cell starts (a traceback and a half-made run)."""
+        check_shm_size(self.shm_size)
+
+
+def check_shm_size(size: str) -> None:
+    """Raise UserError unless ``size`` is a size Docker takes for /dev/shm: a positive number
+    with an optional unit b, k, m or g (bytes without one), e.g. 16g, 512m, 1.5g."""
+    # docker-py's parse_bytes takes a trailing b after the unit too (16gb); the engine rejects 0.
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([bkmg]b?)?", size.strip().lower())
+    if match is None or float(match[1]) <= 0:
+        raise UserError(
+            f"--shm-size {size!r}: give a size such as 16g, 512m or 1073741824 (bytes), "
+            "units b, k, m or g"
+        )
 
 
 def invoking_user() -> str:
@@ -257,4 +277,5 @@ def _follow_logs(
 
 
 def _tail(lines: deque) -> str:
-    return "; last log lines: " + " | ".join(list(lines)[-5:]) if lines else ""
+    """What the log's last lines say, as one bounded line (the whole log is the cell's)."""
+    return f"; last log lines: {log_reason(lines)}" if lines else ""

@@ -14,20 +14,14 @@ from rich.markup import escape
 
 from cudastack.contract import runfolder
 from cudastack.contract.errors import UserError
-from cudastack.environment.worker import new_run_id
 from cudastack.host.analysis import compare, explain, report, results
 from cudastack.host.analysis.display import case_summary, cell_matrix, reasons
 from cudastack.host.cells import doctor
 from cudastack.host.console import console, echo, err
 from cudastack.host.run import pipeline
 from cudastack.host.run.launcher import CellPlan, CellResult, Launcher
-from cudastack.host.run.local import (
-    DEFAULT_TIMEOUT_S,
-    LocalLauncher,
-    SuiteArgs,
-    WorkerRefused,
-)
-from cudastack.host.run.pipeline import ContainerLauncher
+from cudastack.host.run.local import LocalLauncher, WorkerRefused
+from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 
 def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
@@ -45,10 +39,12 @@ def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """A finished run: its folder, and whether anything in it failed (the exit code's 1)."""
+    """A finished run: its folder and how it ended, which the command's exit code states."""
 
     run_dir: Path
-    failed: bool
+    failed: bool  # a cell (its build or its worker) or a case failed
+    skipped: bool  # a cell or a case was skipped
+    interrupted: bool  # Ctrl-C or SIGTERM ended it before every cell ran
 
 
 def finish(run_dir: Path, run_id: str, outcomes: list[CellResult]) -> RunOutcome:
@@ -70,12 +66,21 @@ def finish(run_dir: Path, run_id: str, outcomes: list[CellResult]) -> RunOutcome
     console.print(
         f"results: {run_dir / runfolder.TABLE}, {runfolder.CSV} and report.html", highlight=False
     )
-    return RunOutcome(run_dir, any(o.status == "failed" for o in outcomes))
+    statuses = {o.status for o in outcomes} | set(df["status"])
+    return RunOutcome(
+        run_dir,
+        failed="failed" in statuses,
+        skipped="skipped" in statuses,
+        interrupted=any(o.reason == INTERRUPTED for o in outcomes),
+    )
 
 
 def check_timeout(timeout: float) -> None:
     if not timeout > 0:
         raise UserError(f"--timeout {timeout:g}: give a time limit in seconds above 0")
+
+
+INTERRUPTED = "interrupted by the user"
 
 
 def run_cells(launcher: Launcher, repeat: int, run_dir: Path, run_id: str) -> list[CellResult]:
@@ -104,11 +109,9 @@ def run_cells(launcher: Launcher, repeat: int, run_dir: Path, run_id: str) -> li
                 _report_cell(run_dir, outcomes[plan.cell])
     except KeyboardInterrupt:
         err.print(f"interrupted: {launcher.interrupted_note}")
-        reason = "interrupted by the user"
-        results.append_records(
-            run_dir / current, [results.harness_row(run_id, current, "run", "failed", reason)]
-        )
-        outcomes[current] = CellResult(current, "failed", reason)
+        row = results.harness_row(run_id, current, "run", "failed", INTERRUPTED)
+        results.append_records(run_dir / current, [row])
+        outcomes[current] = CellResult(current, "failed", INTERRUPTED)
     except WorkerRefused:
         if not any(run_dir.glob(f"*/{runfolder.RECORDS}")):
             shutil.rmtree(run_dir)  # leave nothing half-written
@@ -134,7 +137,7 @@ def run_here(
         raise UserError(
             f"torch is not installed in {sys.executable}; run `make setup` or pip install torch"
         )
-    run_id = new_run_id()
+    run_id = runfolder.new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
     outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run_dir, run_id)
@@ -155,7 +158,7 @@ def run_smoke(bench_dir: Path, results_dir: Path) -> SmokeCounts:
     """Run the smoke profile here as `run --profile smoke` does, into a new run folder under
     ``results_dir``, and count its cases by status. A worker that exited with an error counts as
     at least one failed case, since the cases it never reached have no rows."""
-    run_dir = results_dir / f"smoke-{new_run_id()}"
+    run_dir = results_dir / f"smoke-{runfolder.new_run_id()}"
     died = run_here(SuiteArgs(profile="smoke", bench_dir=bench_dir), run_dir, results_dir).failed
     statuses = results.load_table(run_dir).drop_duplicates(["cell", "case"])["status"]
     ok, skipped, failed = ((statuses == s).sum() for s in ("ok", "skipped", "failed"))
@@ -180,25 +183,26 @@ def build_logger(cell: str) -> Callable[[str], None]:
 
 
 def run_matrix(
-    launcher: ContainerLauncher,
+    launcher: Launcher,
+    what: str,
+    repeat: int,
     out: Optional[Path],
     results_dir: Path,
-    fallback_local: bool = False,
+    fallback: Optional[Launcher] = None,
 ) -> RunOutcome:
-    """Run the cells the plan admits; with ``fallback_local``, the suite here as well when no
-    cell could run (bench: something useful on any host)."""
-    run_id = new_run_id()
+    """Run the cells ``launcher`` offers (``what`` says which, e.g. "3 cells"), ``repeat``
+    processes each, into a new run folder; when none could run, the ``fallback`` launcher's as
+    well (bench: something useful on any host)."""
+    run_id = runfolder.new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
-    console.print(f"run {run_id}: {len(launcher.cells)} cells -> {run_dir}", highlight=False)
-    args = launcher.args
-    outcomes = run_cells(launcher, args.repeat, run_dir, run_id)
-    if fallback_local and all(o.status == "skipped" for o in outcomes):
+    console.print(f"run {run_id}: {what} -> {run_dir}", highlight=False)
+    outcomes = run_cells(launcher, repeat, run_dir, run_id)
+    if fallback is not None and all(o.status == "skipped" for o in outcomes):
         console.print(
             "cudastack bench: no cell of the matrix could run here (see the reasons "
             "above): running the suite locally in this Python environment as well"
         )
-        local = LocalLauncher(args, launcher.opts.timeout_s, echo)
-        outcomes += run_cells(local, args.repeat, run_dir, run_id)
+        outcomes += run_cells(fallback, repeat, run_dir, run_id)
     return finish(run_dir, run_id, outcomes)
 
 

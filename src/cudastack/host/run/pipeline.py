@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from cudastack.contract import runfolder
+from cudastack.contract.errors import UserError
 from cudastack.host.analysis import results
 from cudastack.host.cells import check, doctor, images, reproduce, stacks
 from cudastack.host.cells.matrix import DEFAULT_MATRIX, Cell
 from cudastack.host.run.container import ContainerOptions, container_kwargs, run_container
 from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
-from cudastack.host.run.local import SuiteArgs
+from cudastack.host.run.suite_args import SuiteArgs
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class BuildInputs:
     locks_dir: Path
     wheelhouse: Optional[Path] = None
     ca_file: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        """A Dockerfile the builder cannot take is bad input: refused before any build."""
+        found = images.buildkit_only(self.dockerfile.read_text(encoding="utf-8"))
+        if found:
+            raise UserError(
+                f"{self.dockerfile}: {found} needs BuildKit, and cudastack builds with the classic "
+                "builder (the Docker SDK for Python has no BuildKit): write that step without it"
+            )
 
     @classmethod
     def for_matrix(
@@ -115,15 +125,14 @@ def run_cell(
 
             tag, built = ensure_image(client, cell, inputs, build_line)
     except images.BaseUnavailable as exc:
-        # Like a missing GPU, a base that cannot be had here is a fact about this host.
+        # Like a missing GPU, a base that cannot be had here is a fact about this host. A base
+        # tag that does not exist (BaseGone) is not: the matrix is wrong, and the cell fails.
         results.append_records(
             cell_dir, [results.harness_row(run_id, cell.name, "build", "skipped", str(exc))]
         )
         return CellResult(cell.name, "skipped", str(exc), time.perf_counter() - started)
     except images.BuildFailed as exc:
-        reason = exc.headline
-        if exc.tail:
-            reason += "; last log lines: " + " | ".join(exc.tail[-5:])
+        reason = exc.headline  # the log's decisive lines; all of it is in the cell's build.log
         results.append_records(
             cell_dir, [results.harness_row(run_id, cell.name, "build", "failed", reason)]
         )
