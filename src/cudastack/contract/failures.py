@@ -108,7 +108,10 @@ def recognise(text: str) -> Optional[Known]:
 
 def hint(text: str) -> str:
     """``"diagnosis: fix"`` of the KNOWN failure ``text`` shows, else ''."""
-    known = recognise(text)
+    return _advice(recognise(text))
+
+
+def _advice(known: Optional[Known]) -> str:
     return f"{known.diagnosis}: {known.fix}" if known else ""
 
 
@@ -246,9 +249,8 @@ def exception_reason(
     characters: the message is cut, never the place or the hint."""
     chain = _causes(exc)
     root = next((e for e in reversed(chain) if str(e).strip()), exc)
-    text = "\n".join(f"{type(e).__name__}: {e}" for e in _everything(exc))
-    found = hint(text)
-    known = recognise(text)
+    known = recognise("\n".join(f"{type(e).__name__}: {e}" for e in _everything(exc)))
+    found = _advice(known)
     if known is not None and known.name == "shm":
         found += shm_size_note()  # the case ran here: this /dev/shm is the one that filled
     return _with_hint(_cause_line(root), found, limit, _where(_frames(chain, root), bench_dir))

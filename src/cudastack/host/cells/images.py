@@ -66,7 +66,8 @@ def buildkit_only(dockerfile_text: str) -> str:
     Instructions are read as the builder reads them: comment lines skipped, lines ending in a
     backslash joined to the next. Looked for: RUN --mount / --network / --security, COPY and
     ADD flags the classic builder lacks, and heredocs (``RUN <<EOF``, ``COPY <<EOF /f``)."""
-    start, parts = 0, list[str]()
+    start = 0
+    parts: list[str] = []
     for number, line in enumerate(dockerfile_text.splitlines(), 1):
         if not parts:
             if not line.strip() or line.lstrip().startswith("#"):
@@ -202,14 +203,12 @@ def build(
                 at_from = bool(recent) and " : FROM " in recent[-1]  # failed pulling the base
                 recent.append(error)
                 on_line(error)
-                known = recognise(error)
-                if at_from and known is not None and known.name == "manifest":  # no such tag
-                    raise BaseGone(
-                        f"base image {cell.base_image} does not exist: {log_reason([error])}"
-                    )
                 if at_from:
+                    reason, known = log_reason([error]), recognise(error)
+                    if known is not None and known.name == "manifest":  # no such tag
+                        raise BaseGone(f"base image {cell.base_image} does not exist: {reason}")
                     raise BaseUnavailable(
-                        f"base image {cell.base_image} cannot be pulled here: {log_reason([error])}"
+                        f"base image {cell.base_image} cannot be pulled here: {reason}"
                     )
                 raise _failed(cell, recent)
             image_id = chunk.get("aux", {}).get("ID", image_id)
