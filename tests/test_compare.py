@@ -71,14 +71,19 @@ def test_a_ten_percent_shift_is_found_with_the_right_sign(better, factor, expect
     assert row["ci_low"] <= row["ratio"] <= row["ci_high"]
 
 
-def test_heavy_noise_is_noisy_not_a_regression():
+@pytest.mark.parametrize(("factor", "expected"), [(1.0, "inconclusive"), (0.5, "slower")])
+def test_noise_widens_the_interval_and_never_overrides_a_verdict(factor, expected):
+    # Both sides spread about 50 % (relative IQR): flagged noisy, yet a halving is still
+    # called slower, and no change is inconclusive, never "same".
     r = rng()
     df = table(
         samples("a", "x[n=1]", 100 * r.lognormal(0, 0.4, 30)),
-        samples("b", "x[n=1]", 85 * r.lognormal(0, 0.4, 30)),
+        samples("b", "x[n=1]", factor * 100 * r.lognormal(0, 0.4, 30)),
     )
     (row,) = compare.compare(df).to_dict("records")
-    assert row["verdict"] == "noisy"
+    assert row["verdict"] == expected
+    assert row["noisy_base"] and row["noisy_side"]
+    assert row["rel_iqr_base"] > 0.3 and row["rel_iqr_side"] > 0.3
 
 
 def test_small_changes_below_the_threshold_are_the_same():
@@ -167,6 +172,9 @@ def test_process_to_process_drift_is_not_a_change_once_processes_are_the_unit():
     one_each = table(*processes("a", "gemm[n=1]", [100], r), *processes("b", "gemm[n=1]", [94], r))
     (row,) = compare.compare(one_each).to_dict("records")
     assert row["unit_of_n"] == "samples" and row["verdict"] == "slower"
+    # ... which is why such a verdict is provisional, and says so on its row.
+    assert row["provisional"] and row["processes"] == 1
+    assert row["note"] == "1 process per side: use --repeat 3 or more to trust a verdict"
     # ... while five processes a side drawn from the same spread are the same.
     five = table(
         *processes("a", "gemm[n=1]", [100, 94, 97, 101, 96], r),
@@ -174,7 +182,7 @@ def test_process_to_process_drift_is_not_a_change_once_processes_are_the_unit():
     )
     (row,) = compare.compare(five).to_dict("records")
     assert row["unit_of_n"] == "processes" and row["n_base"] == row["n_side"] == 5
-    assert row["verdict"] == "same"
+    assert row["verdict"] == "same" and not row["provisional"] and row["note"] == ""
 
 
 def test_a_fifteen_percent_slowdown_is_found_across_processes():
@@ -217,7 +225,7 @@ def test_a_row_meeting_every_condition_is_a_change():
         (FASTER, {"p_adj": 0.2}),
         (SLOWER, {"p_adj": 0.2}),
         (FASTER, {"p_adj": 0.05}),  # alpha itself is not below alpha
-        # Certain, but smaller than the threshold.
+        # Certain, but smaller than the threshold, and the interval reaches past it.
         (FASTER, {"ratio": 1.04, "ci_low": 1.02, "ci_high": 1.06}),
         (SLOWER, {"ratio": 0.96, "ci_low": 0.94, "ci_high": 0.98}),
         # Beyond the threshold and significant, but the interval still holds no change.
@@ -225,19 +233,129 @@ def test_a_row_meeting_every_condition_is_a_change():
         (SLOWER, {"ci_high": 1.01}),
     ],
 )
-def test_a_row_failing_one_condition_alone_is_the_same(row, broken):
-    assert compare.verdict({**row, **broken}, Settings()) == "same"
+def test_a_row_failing_one_condition_of_a_change_is_inconclusive_not_same(row, broken):
+    assert compare.verdict({**row, **broken}, Settings()) == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.95, 1.05, "same"),  # the equivalence bounds are inclusive: exactly ±5 % is same
+        (0.96, 1.04, "same"),
+        (0.9499, 1.0, "inconclusive"),
+        (1.0, 1.0501, "inconclusive"),
+        (0.7, 1.3, "inconclusive"),  # a wide interval around 1 is "don't know", not "same"
+    ],
+)
+def test_same_needs_the_whole_interval_within_the_threshold(low, high, expected):
+    row = {"p": 1.0, "p_adj": 1.0, "ratio": 1.0, "ci_low": low, "ci_high": high}
+    assert compare.verdict(row, Settings(threshold=0.05)) == expected
+
+
+@pytest.mark.parametrize(
+    ("ratio", "expected"), [(1.05, "faster"), (1.0499, "same"), (0.95, "slower"), (0.9501, "same")]
+)
+def test_a_certain_change_at_the_threshold_is_a_change_and_below_it_same(ratio, expected):
+    # A certain change (interval of width zero) of exactly 5 % is a change; a hair less is
+    # shown equal within 5 %.
+    row = {"p": 0.0, "p_adj": 0.0, "ratio": ratio, "ci_low": ratio, "ci_high": ratio}
+    assert compare.verdict(row, Settings(threshold=0.05)) == expected
 
 
 @pytest.mark.parametrize("row", [FASTER, SLOWER])
 @pytest.mark.parametrize("side", ["noisy_base", "noisy_side"])
-def test_either_side_noisy_overrides_a_change(row, side):
-    assert compare.verdict({**row, side: True}, Settings()) == "noisy"
+def test_a_noisy_side_never_overrides_a_change(row, side):
+    assert compare.verdict({**row, side: True}, Settings()) == compare.verdict(row, Settings())
 
 
 def test_the_settings_alpha_and_threshold_are_the_ones_applied():
-    assert compare.verdict(FASTER, Settings(alpha=0.001)) == "same"  # p_adj 0.001 not below
-    assert compare.verdict(FASTER, Settings(threshold=0.15)) == "same"  # 10 % below 15 %
+    assert compare.verdict(FASTER, Settings(alpha=0.001)) == "inconclusive"  # 0.001 not below
+    # 10 % is below a 15 % threshold, and the interval 1.05-1.15 lies within ±15 %.
+    assert compare.verdict(FASTER, Settings(threshold=0.15)) == "same"
+
+
+def process_medians(side, case, values):
+    """One sample per process: the process medians are the values themselves."""
+    return [samples(side, case, [v], process=i) for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize(
+    ("base", "side", "expected"),
+    [
+        # Half the speed, the processes spread ±20 %: slower (Welch on logs: p about 0.014,
+        # interval about 0.32-0.79).
+        ([80, 100, 120], [40, 50, 60], "slower"),
+        # The same values a side, tight (±1 %): shown equal within 5 %.
+        ([99, 100, 101], [101, 99, 100], "same"),
+        # The same values a side, spread ±25 %: no evidence either way.
+        ([75, 100, 125], [125, 75, 100], "inconclusive"),
+    ],
+)
+def test_known_answers_on_three_process_medians_a_side(base, side, expected):
+    df = table(*process_medians("a", "x[n=1]", base), *process_medians("b", "x[n=1]", side))
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == "processes" and not row["provisional"]
+    assert row["verdict"] == expected
+    if expected != "inconclusive":  # a decided row needs no more processes
+        assert pd.isna(row["processes_to_decide"]) and row["note"] == ""
+
+
+def test_welch_interval_and_p_on_the_logs_of_process_medians():
+    # Logs a side: log 100 + (-0.1, 0, 0.1) and that + 0.2, so the ratio of geometric means is
+    # e^0.2, each side's log variance 0.01, the standard error sqrt(0.02 / 3), 4 degrees of
+    # freedom: the interval is e^(0.2 ± t(0.975, 4) * se) and p = 2 * t.sf(0.2 / se, 4).
+    spread = np.exp([-0.1, 0.0, 0.1])
+    df = table(
+        *process_medians("a", "x[n=1]", 100 * spread),
+        *process_medians("b", "x[n=1]", 100 * math.exp(0.2) * spread),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    se, t = math.sqrt(0.02 / 3), student_t.ppf(0.975, 4)
+    assert row["ratio"] == pytest.approx(math.exp(0.2))
+    assert row["ci_low"] == pytest.approx(math.exp(0.2 - t * se))
+    assert row["ci_high"] == pytest.approx(math.exp(0.2 + t * se))
+    assert row["p"] == pytest.approx(2 * student_t.sf(0.2 / se, 4))
+    # 0.2 - t * se < 0: the interval holds 1, so no verdict yet. With the spread as it is, a
+    # 95 % interval of half-width 1.96 * sqrt(0.02 / n) clears no change from n = 2, and one
+    # more than the 3 now is the least that could decide: about 4 processes a side.
+    assert row["verdict"] == "inconclusive" and row["processes_to_decide"] == 4
+    assert row["note"] == "about 4 processes a side would decide it"
+
+
+def test_processes_to_decide_scales_with_the_spread():
+    # The same shape with 5x the spread: n = (1.96 / 0.2)^2 * 0.02 * 25 = 48.02 -> 49.
+    spread = np.exp([-0.5, 0.0, 0.5])
+    df = table(
+        *process_medians("a", "x[n=1]", 100 * spread),
+        *process_medians("b", "x[n=1]", 100 * math.exp(0.2) * spread),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["processes_to_decide"] == 49
+    # Around no change, the interval must fit within ±5 %: n = (1.96 / log 1.05)^2 * 0.5 = 807,
+    # more than anyone would run.
+    df = table(
+        *process_medians("a", "x[n=1]", 100 * spread),
+        *process_medians("b", "x[n=1]", 100 * spread[::-1]),
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["verdict"] == "inconclusive" and pd.isna(row["processes_to_decide"])
+    assert row["note"] == "more than 100 processes a side would be needed to decide"
+
+
+def test_verdict_counts_say_how_many_of_how_many_and_which_are_provisional():
+    rows = pd.DataFrame(
+        {
+            "verdict": ["faster", "slower", "slower", "same", "inconclusive"],
+            "provisional": [False, False, True, False, False],
+        }
+    )
+    assert compare.verdict_counts(rows) == (
+        "1 faster, 2 slower, 1 same, 1 inconclusive (of 5 cases); 1 provisional: fewer than 3 "
+        "processes a side, use --repeat 3 or more to trust a verdict"
+    )
+    assert compare.verdict_counts(rows[:1].assign(provisional=False)) == (
+        "1 faster, 0 slower, 0 same, 0 inconclusive (of 1 case)"
+    )
 
 
 def test_adjustments_keep_their_order_and_stay_at_most_one():
@@ -250,7 +368,8 @@ def test_adjustments_keep_their_order_and_stay_at_most_one():
 
 
 @pytest.mark.parametrize(
-    ("correction", "p_adj", "expected"), [("holm", 7 / 126, "same"), ("bh", 1 / 126, "faster")]
+    ("correction", "p_adj", "expected"),
+    [("holm", 7 / 126, "inconclusive"), ("bh", 1 / 126, "faster")],
 )
 def test_the_named_correction_decides_the_verdict(correction, p_adj, expected):
     # Seven cases, each five samples a side with no overlap (20 % faster): Mann-Whitney's
@@ -440,7 +559,9 @@ def test_a_zero_median_is_infinitely_noisy():
     )
     (row,) = compare.compare(df).to_dict("records")
     assert (row["noisy_base"], row["noisy_side"]) == (True, False)
-    assert row["verdict"] == "noisy"
+    assert row["rel_iqr_base"] == math.inf and row["rel_iqr_side"] == 0.0
+    # The flag is reported beside the verdict, which is the data's: 0 ms against 1 ms.
+    assert row["verdict"] == "slower"
 
 
 def test_two_samples_a_side_get_a_rank_test_and_one_gets_none():
@@ -498,7 +619,7 @@ def test_a_change_of_exactly_the_threshold_counts():
 @pytest.mark.parametrize("edge", [{"ci_low": 1.0}, {"ci_high": 1.0}])
 def test_an_interval_that_touches_one_holds_no_change(edge):
     row = FASTER if "ci_low" in edge else SLOWER
-    assert compare.verdict({**row, **edge}, Settings()) == "same"
+    assert compare.verdict({**row, **edge}, Settings()) == "inconclusive"
 
 
 def test_a_ratio_of_exactly_one_is_never_faster():

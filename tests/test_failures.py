@@ -400,6 +400,41 @@ def test_a_long_log_reason_is_bounded_and_keeps_its_hint():
     assert reason.startswith("ERROR: package-0==1.0 failed: ")
 
 
+# --- what a case's child processes printed ----------------------------------------------------
+
+
+def test_a_case_whose_children_printed_nothing_keeps_its_own_reason():
+    assert failures.output_reason("timed out after 5 s", []) == "timed out after 5 s"
+    assert failures.output_reason("timed out after 5 s", ["", "  "]) == "timed out after 5 s"
+
+
+def test_what_the_children_printed_is_their_decisive_line_with_the_hint_and_this_shm():
+    lines = [
+        "Traceback (most recent call last):",
+        '  File "/usr/lib/python3.11/multiprocessing/queues.py", line 244, in _feed',
+        "\x1b[31mRuntimeError: unable to allocate shared memory(shm) for file </torch_7_1_0>: "
+        "No space left on device (28)\x1b[0m",
+    ]
+    reason = failures.output_reason("timed out after 60 s (profile quick)", lines)
+    # The message is what gets cut to the limit; what to do, and this /dev/shm's size, stay.
+    assert reason.startswith(
+        "timed out after 60 s (profile quick); its child processes printed: RuntimeError: "
+        "unable to allocate shared memory(shm) for file </torch_7_1_0>: No space left on "
+    )
+    assert reason.endswith(
+        " — hint: /dev/shm is full (DataLoader workers pass batches through shared memory): "
+        "raise --shm-size or run with --ipc-host" + shm_size_note()
+    )
+    assert len(reason) <= REASON_LIMIT and "\x1b" not in reason
+
+
+def test_children_output_without_a_known_failure_gets_no_hint_and_stays_bounded():
+    lines = ["warning: something odd " + "z" * 400]
+    reason = failures.output_reason("timed out after 5 s", lines)
+    assert reason.startswith("timed out after 5 s; its child processes printed: warning: some")
+    assert len(reason) <= REASON_LIMIT and reason.endswith("…") and "hint" not in reason
+
+
 # --- through the worker ----------------------------------------------------------------------
 
 BOOM = '''

@@ -37,7 +37,7 @@ from cudastack.contract.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Cuda
 from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
 from cudastack.environment import suite
 from cudastack.host.analysis import results
-from cudastack.host.cells import matrix
+from cudastack.host.cells import matrix, reproduce
 from cudastack.host.cli.main import main
 from cudastack.host.run.suite_args import SuiteArgs, parse_env
 
@@ -786,3 +786,70 @@ def test_compare_exits_0_1_or_2_with_one_line(
         env.write_bytes(env_json)
     options = [f"--format={fmt}", f"--threshold={threshold}", f"--bench={bench}"]
     command_line(["compare", *runs, "--results-dir", str(tmp_path), *options])
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    cell=st.sampled_from(["c1", "c2", "", "C1", "c1;id"]) | arg_text,
+    shm=st.sampled_from(["16g", "0", "1x"]) | arg_text,
+    env=st.lists(st.sampled_from(["A=1", "1A=x", "B"]) | arg_text, max_size=2),
+    gpus=st.sampled_from(["all", "none", "0,1", "x"]) | arg_text,
+    command=st.lists(arg_text, max_size=3),
+)
+def test_shell_exits_2_with_one_line_before_any_container(
+    tmp_path: Path, cell: str, shm: str, env: list[str], gpus: str, command: list[str]
+) -> None:
+    # No image of this matrix's cell is ever built: every example ends before a container runs,
+    # at a bad option, an unknown cell, a missing docker command or engine, or the missing image.
+    path = tmp_path / "matrix.toml"
+    path.write_text(valid_matrix_text("c1"))
+    options = [f"--shm-size={shm}", f"--gpus={gpus}", *(f"--env={e}" for e in env)]
+    code, text = command_line(["shell", cell, "--matrix", str(path), *options, "--", *command])
+    assert code == EXIT_BAD_INPUT, text
+
+
+def recorded_cells() -> st.SearchStrategy[Any]:
+    """A cell.json as record_inputs writes it, one of its fields changed, missing or foreign."""
+    cell = st.fixed_dictionaries(
+        {"name": st.sampled_from(["c1", "c2"]) | arg_text},
+        optional={k: st.just(v) | arg_text | st.integers() for k, v in VALID_CELL.items()},
+    )
+    record = st.fixed_dictionaries(
+        {},
+        optional={
+            "cell": cell | st.lists(arg_text) | arg_text,
+            "tag": st.sampled_from(["cudastack/c1:0123abcd"]) | arg_text | st.none(),
+            "dockerfile": st.just("FROM scratch\n") | st.integers(),
+            "lock": st.just("") | st.none(),
+        },
+    )
+    return record | st.lists(st.integers()) | arg_text
+
+
+@settings(FUZZ, max_examples=150)
+@given(
+    record=mostly(recorded_cells().map(json.dumps), st.binary(max_size=60)),
+    env_json=st.none() | st.just("{}") | st.just("[1]") | st.just(BROKEN_ENV.decode()),
+    wanted=st.sampled_from(["zz", "c1,zz"]) | arg_text,
+)
+@example(record=json.dumps({"cell": {"name": "c1", "torch": "$(id)"}}), env_json=None, wanted="c1")
+def test_reproduce_of_a_damaged_run_folder_is_one_line(
+    tmp_path: Path, record: str | bytes, env_json: str | None, wanted: str
+) -> None:
+    # A cell that exists in a valid record is never asked for (--cell names others): every
+    # example ends before the engine, at the damaged record or the unknown cell.
+    cell_dir = tmp_path / "run" / "c1"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    data = record.encode() if isinstance(record, str) else record
+    (cell_dir / "cell.json").write_bytes(data)
+    (cell_dir / "env.json").unlink(missing_ok=True)
+    if env_json is not None:
+        (cell_dir / "env.json").write_text(env_json)
+    try:
+        valid = reproduce.checked_record(json.loads(data), "cell.json")
+    except (CudastackError, ValueError):
+        valid = None  # damaged: any --cell is fine
+    if valid is not None:
+        assume(valid["cell"]["name"] not in wanted.split(","))
+    code, text = command_line(["reproduce", str(tmp_path / "run"), f"--cell={wanted}"])
+    assert code == EXIT_BAD_INPUT, text

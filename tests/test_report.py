@@ -19,7 +19,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts"
 
 
-def make_run(root: Path, run_id: str, factors: dict, torch: str, gpu: str) -> Path:
+def make_run(
+    root: Path,
+    run_id: str,
+    factors: dict,
+    torch: str,
+    gpu: str,
+    started_at: str = "2026-11-28T10:00:00+00:00",
+) -> Path:
     """A run folder as a worker leaves it: samples per case scaled by ``factors``."""
     # Seeded by the run's name through crc32: hash() of a str differs in every process.
     rng = np.random.default_rng(zlib.crc32(run_id.encode()))
@@ -48,6 +55,7 @@ def make_run(root: Path, run_id: str, factors: dict, torch: str, gpu: str) -> Pa
                     "status": "ok",
                     "device": "cuda",
                     "gpu_name": gpu,
+                    "started_at": started_at,
                 }
             )
     rows.append(
@@ -79,6 +87,7 @@ def runs(tmp_path):
         {"conv[layer=a]": 0.8, "train_resnet[bs=1]": 0.8, "launch[mode=eager]": 0.9},
         "2.9.1",
         "NVIDIA H200",
+        started_at="2026-11-28T12:14:00+00:00",
     )
     return a, b
 
@@ -88,7 +97,9 @@ def test_compare_finds_the_changes_and_explains_them(runs):
     proc = cli("compare", str(a), str(b))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "1 faster, 2 slower, 1 same, 0 noisy" in out
+    assert "1 faster, 2 slower, 1 same, 0 inconclusive (of 4 cases); 4 provisional" in out
+    # Separate runs: how far apart they ran, and what to do for a decision.
+    assert "note: run-b ran 2 h 14 min after run-a, as a separate run" in out
     assert "warning: run-b vs run-a: different hardware" in proc.stderr
     assert "GPU NVIDIA H100 80GB HBM3 vs NVIDIA H200" in proc.stderr
     assert (
@@ -99,7 +110,15 @@ def test_compare_finds_the_changes_and_explains_them(runs):
 
 def test_fail_on_regression_and_formats(runs):
     a, b = runs
-    assert cli("compare", str(a), str(b), "--fail-on-regression").returncode == 1
+    failing = cli("compare", str(a), str(b), "--fail-on-regression")
+    assert failing.returncode == 1
+    # Each slower row is named, with its interval, and said to be provisional (one process).
+    regressions = [x for x in failing.stderr.splitlines() if x.startswith("regression: ")]
+    assert [x.split(":")[1].strip().split(" on ")[0] for x in regressions] == [
+        "conv[layer=a]",
+        "train_resnet[bs=1]",
+    ]
+    assert all("(provisional: 1 process per side" in x for x in regressions)
     assert cli("compare", str(b), str(a), "--bench", "gemm", "--fail-on-regression").returncode == 0
     as_json = json.loads(cli("compare", str(a), str(b), "--format", "json").stdout)
     verdicts = {r["case"]: r["verdict"] for r in as_json["comparison"]}
@@ -113,6 +132,9 @@ def test_fail_on_regression_and_formats(runs):
     assert csv[0].startswith("bench,case,metric") and len(csv) == 5
     md = cli("compare", str(a), str(b), "--format", "md").stdout
     assert "| `conv[layer=a]` | run-b |" in md and "**slower**" in md
+    assert "- run-b ran 2 h 14 min after run-a, as a separate run" in md
+    assert as_json["notes"] == [line[2:] for line in md.splitlines() if "as a separate run" in line]
+    assert as_json["summary"].startswith("1 faster, 2 slower, 1 same, 0 inconclusive (of 4")
 
 
 @pytest.mark.parametrize(

@@ -139,3 +139,54 @@ def test_a_repeated_process_appends_its_rows_with_its_index(make_bench, tmp_path
     assert cases[0] == cases[1] and len(cases[0]) > 0  # sample counts follow the stop rule
     assert (out / "env.json").read_text() == env  # the first process describes the environment
     assert json.loads((out / "done.json").read_text())["process"] == 1
+
+
+# A DataLoader worker that hits a full /dev/shm prints the error from its queue's feeder thread
+# and drops the batch; the loop then waits until the case's time limit. Here the forked
+# DataLoader worker prints what torch prints in that case and never returns its batch.
+LOST_BATCH_BENCH = '''
+"""A DataLoader whose worker reports an error on stderr and never delivers."""
+import sys
+import time
+
+KIND = "workload"
+HEADLINE = "items_per_s"
+PARAMS = {"mode": ["lost", "quiet"]}
+
+
+class Lost:
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print("RuntimeError: unable to allocate shared memory(shm) for file </torch_1_2_0>: "
+              "No space left on device (28)", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
+def run(ctx, mode):
+    if mode == "quiet":
+        while True:
+            time.sleep(0.01)
+    for _ in ctx.torch.utils.data.DataLoader(Lost(), batch_size=None, num_workers=1):
+        pass
+'''
+
+
+def test_a_case_that_times_out_says_what_its_dataloader_workers_printed(make_bench, tmp_path):
+    folder = make_bench("lost", LOST_BATCH_BENCH)
+    out = tmp_path / "out"
+    proc = worker("--out", str(out), "--bench-dir", str(folder), "--case-timeout", "5")
+    assert proc.returncode == 0, proc.stderr
+    reason = {json.loads(r["params"])["mode"]: r["reason"] for r in read(out)}
+    assert reason["lost"].startswith(
+        "timed out after 5 s (profile quick); its child processes printed: RuntimeError: "
+        "unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on device"
+    ), reason["lost"]
+    assert "— hint: /dev/shm is full (DataLoader workers" in reason["lost"]
+    assert reason["lost"].endswith(" MiB)")  # this machine's /dev/shm size, where it ran
+    # Only what was printed during the case: the next case's reason has none of it.
+    assert reason["quiet"] == "timed out after 5 s (profile quick)"
+    # Passed on whole to the worker's stderr (the cell's log).
+    assert "unable to allocate shared memory(shm)" in proc.stderr

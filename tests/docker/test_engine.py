@@ -140,12 +140,6 @@ def run(ctx, mib):
 '''
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch 2.14's DataLoader worker cannot share the batch; its queue feeder thread prints "
-    "'unable to allocate shared memory(shm) ... No space left on device' to stderr and drops it, "
-    "so the loader waits and the case times out: the row's reason does not read stderr yet",
-)
 def test_a_full_dev_shm_says_its_size_and_the_option_to_raise_it(
     engine, good_matrix, wheelhouse, tmp_path
 ):
@@ -315,11 +309,30 @@ def test_a_lock_file_is_installed_with_hashes_required(engine, base_image, wheel
     refused = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=1200)
     assert refused.returncode == 2
     assert "THESE PACKAGES DO NOT MATCH THE HASHES" in refused.stdout  # pip's own words, streamed
-    assert refused.stderr == (
-        f"error: locked: lock {lock} does not match the wheels' hashes "
-        "(edited by hand, or a wheel changed); re-run "
-        "`cudastack lock --cell locked`\n"
+    assert refused.stderr.startswith("error: build of locked failed: ")
+    assert refused.stderr.count("\n") == 1 and "\x1b" not in refused.stderr
+    assert "torch==" in refused.stderr  # the package whose hash differs
+    assert refused.stderr.endswith("re-run `cudastack lock --cell CELL`\n")
+    # `run` on the same cell records the same line as the cell's failed row, and exits 1.
+    ran = cli(
+        "run",
+        "--cell",
+        "locked",
+        "--matrix",
+        str(path),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--bench",
+        "gemm",
+        "--out",
+        "run",
+        cwd=tmp_path,
+        timeout=1200,
     )
+    assert ran.returncode == EXIT_FAILED, ran.stdout[-3000:] + ran.stderr
+    (row,) = results.load_table(tmp_path / "run").to_dict("records")
+    assert (row["case"], row["status"]) == ("harness[stage=build]", "failed")
+    assert refused.stderr == f"error: {row['reason']}\n"
 
 
 def test_ctrl_c_removes_the_container_and_keeps_what_finished(

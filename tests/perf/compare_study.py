@@ -1,48 +1,77 @@
-"""How often `compare` is wrong on this machine: A/A false alarms and the power to see a slowdown.
+"""How often `compare` is wrong on this machine: A/A false alarms, power, and inconclusive rows.
 
-Three sides run the suite (`quick` unless --profile) in this environment: A1 and A2 unchanged,
-B with every timed call or training step made a known fraction slower (--extra-work). Each side
-gets --repeat worker processes, taking turns (A1, B, A2, A1, B, A2, ...) as `cudastack run
---repeat` does across cells. Then A1 is compared with A2 (every "faster" or "slower" is a false
-alarm) and with B (every case should be "slower"), with `cudastack compare`.
-Run: ``.venv/bin/python tests/perf/compare_study.py [--repeat 5] [--extra-work 0.15] [--out DIR]``.
+Four sides run the suite (`quick` unless --profile) in this Python environment, each in
+--repeat worker processes taking turns (A1, B, H, A2, A1, B, ...), as `cudastack run --repeat`
+does across cells, so a drift of the machine touches every side alike:
+- A1 and A2 unchanged: every `faster` or `slower` between them is a false alarm;
+- B with every timed call or training step made --extra-work slower (15 % by default);
+- H with half the CPU: the worker pinned to one core (`taskset`), about 2x slower where
+  compute-bound.
+A1 is then compared with A2, B and H using the first 1, 3 and 5 processes of each side (one
+collection of processes serves every count), with Holm's and with Benjamini-Hochberg's
+correction, and the verdicts are tabulated. Keep the machine otherwise idle while it runs: a
+burst of other work during one process reads as that process's noise.
+Run: ``.venv/bin/python tests/perf/compare_study.py [--repeat 5] [--bench gemm,conv] [--out DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
-from cudastack.host.analysis import results
+import pandas as pd
 
-SIDES = {"A1": 0.0, "B": None, "A2": 0.0}  # None: the injected slowdown
+from cudastack.host.analysis import compare, results
+
+SIDES = ("A1", "B", "H", "A2")
+COUNTS = (1, 3, 5)
 
 
-def run_process(
-    cell_dir: Path, side: str, process: int, extra: float, args: argparse.Namespace
-) -> None:
+def run_process(cell_dir: Path, side: str, process: int, args: argparse.Namespace) -> None:
     cmd = [sys.executable, "-m", "cudastack.worker", "--out", str(cell_dir), "--run-id", side]
     cmd += ["--profile", args.profile, "--process", str(process)]
     if args.bench:
         cmd += ["--bench", args.bench]
-    if extra:
-        cmd += ["--extra-work", str(extra)]
+    if side == "B":
+        cmd += ["--extra-work", str(args.extra_work)]
+    if side == "H":
+        cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def verdicts(a: Path, b: Path) -> list[dict]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cudastack", "compare", str(a), str(b), "--format", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return list(json.loads(proc.stdout)["comparison"])
+def share(rows: pd.DataFrame, verdicts: tuple[str, ...]) -> str:
+    hits = int(rows["verdict"].isin(verdicts).sum())
+    return f"{hits}/{len(rows)} ({100 * hits / len(rows):.0f} %)"
+
+
+def study(tables: dict[str, pd.DataFrame], count: int, correction: str) -> dict[str, str]:
+    """One line of the table: verdict shares with ``count`` processes a side."""
+    first = {side: t[t["process"] < count] for side, t in tables.items()}
+    settings = compare.Settings(correction=correction)
+
+    def against(side: str) -> pd.DataFrame:
+        both = pd.concat([first["A1"], first[side]], ignore_index=True)
+        return compare.compare(both, settings=settings)
+
+    aa, slow, half = against("A2"), against("B"), against("H")
+    compute_bound = half[half["bench"].isin(["gemm", "conv"])]
+    return {
+        "processes a side": str(count),
+        "correction": correction,
+        "A/A changed": share(aa, ("faster", "slower")),
+        "A/A same": share(aa, ("same",)),
+        "A/A inconclusive": share(aa, ("inconclusive",)),
+        "+15 % slower": share(slow, ("slower",)),
+        "+15 % inconclusive": share(slow, ("inconclusive",)),
+        "half CPU slower": share(half, ("slower",)),
+        "half CPU gemm+conv slower": share(compute_bound, ("slower",))
+        if len(compute_bound)
+        else "-",
+    }
 
 
 def main() -> None:
@@ -52,36 +81,21 @@ def main() -> None:
     p.add_argument("--bench", default="")
     p.add_argument("--profile", default="quick")
     p.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="cudastack-study-")))
+    p.add_argument("--analyse-only", action="store_true", help="tabulate runs already in --out")
     args = p.parse_args()
-    for process in range(args.repeat):
-        for side, extra in SIDES.items():
-            cell_dir = args.out / side / "local"
-            cell_dir.mkdir(parents=True, exist_ok=True)
-            run_process(cell_dir, side, process, args.extra_work if extra is None else 0.0, args)
-            print(f"round {process + 1}/{args.repeat}: {side} done", flush=True)
-    for side in SIDES:
-        results.ingest_run(args.out / side)
-    aa, ab = verdicts(args.out / "A1", args.out / "A2"), verdicts(args.out / "A1", args.out / "B")
-    unit = {r["unit_of_n"] for r in aa}
-    print(f"{args.repeat} process(es) a side; compare's unit: {', '.join(sorted(unit))}")
-    alarms = [r for r in aa if r["verdict"] in ("faster", "slower")]
-    print(
-        f"A/A: {len(alarms)} of {len(aa)} cases flagged as changed "
-        f"({100 * len(alarms) / len(aa):.1f} %); verdicts {dict(Counter(r['verdict'] for r in aa))}"
-    )
-    for r in alarms:
-        print(f"  false alarm: {r['case']} ratio {r['ratio']:.3f} ({r['verdict']})")
-    slower = [r for r in ab if r["verdict"] == "slower"]
-    print(
-        f"power at +{100 * args.extra_work:.0f} % work: {len(slower)} of {len(ab)} cases detected "
-        f"as slower ({100 * len(slower) / len(ab):.1f} %); verdicts "
-        f"{dict(Counter(r['verdict'] for r in ab))}"
-    )
-    ratios = sorted(r["ratio"] for r in ab)
-    print(
-        f"  B/A ratio: median {ratios[len(ratios) // 2]:.3f}, "
-        f"range {ratios[0]:.3f}-{ratios[-1]:.3f}"
-    )
+    if not args.analyse_only:
+        for process in range(args.repeat):
+            for side in SIDES:
+                cell_dir = args.out / side / "local"
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                run_process(cell_dir, side, process, args)
+                print(f"round {process + 1}/{args.repeat}: {side} done", flush=True)
+    tables = {side: results.ingest_run(args.out / side) for side in SIDES}
+    rows = [study(tables, n, c) for n in COUNTS if n <= args.repeat for c in ("holm", "bh")]
+    print("| " + " | ".join(rows[0]) + " |")  # a markdown table: the README quotes it
+    print("|" + "---|" * len(rows[0]))
+    for row in rows:
+        print("| " + " | ".join(row.values()) + " |")
     print(f"runs kept in {args.out}")
 
 

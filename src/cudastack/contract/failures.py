@@ -334,8 +334,31 @@ def log_reason(lines: Iterable[str], limit: int = REASON_LIMIT) -> str:
     escapes, and a hint when a KNOWN failure shows anywhere in the log. When no line is
     decisive, the log's last output line stands in; '' for an empty log. At most ``limit``
     characters."""
+    plain = _plain(lines)
+    return _with_hint(_decisive(plain), hint("\n".join(plain)), limit)
+
+
+def output_reason(head: str, lines: Iterable[str], limit: int = REASON_LIMIT) -> str:
+    """``head`` (what became of a case), and when its child processes (DataLoader workers)
+    printed anything on stderr meanwhile, their decisive lines and a hint, as one line of at
+    most ``limit`` characters. The children ran on this machine, so the shm hint gets this
+    /dev/shm's size, as ``exception_reason``'s does."""
+    plain = _plain(lines)
+    if not plain:
+        return clean(head, limit)
+    known = recognise("\n".join(plain))
+    found = _advice(known) + (shm_size_note() if known is not None and known.name == "shm" else "")
+    return _with_hint(f"{head}; its child processes printed: {_decisive(plain)}", found, limit)
+
+
+def _plain(lines: Iterable[str]) -> list[str]:
+    """The non-blank lines, without ANSI escapes or control characters."""
     plain = [_unquoted(_strip(x).rstrip()) for x in lines]
-    plain = [x for x in plain if x.strip()]
+    return [x for x in plain if x.strip()]
+
+
+def _decisive(plain: Sequence[str]) -> str:
+    """The lines of a log that say what went wrong, joined with '; ' (see ``log_reason``)."""
     picked: list[str] = []
     ended = ""
     for i, line in enumerate(plain):
@@ -350,7 +373,5 @@ def log_reason(lines: Iterable[str], limit: int = REASON_LIMIT) -> str:
     picked = list(dict.fromkeys(picked))  # pip repeats itself; once each
     if not picked:
         output = [x for x in plain if not (_STEP.match(x) or x.startswith((_EXITED, " ---> ")))]
-        picked = output[-1:] or plain[-1:]
-    return _with_hint(
-        "; ".join([*picked, ended] if ended else picked), hint("\n".join(plain)), limit
-    )
+        picked = output[-1:] or list(plain[-1:])
+    return "; ".join([*picked, ended] if ended else picked)

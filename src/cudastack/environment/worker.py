@@ -24,11 +24,11 @@ from typing import Any, NamedTuple, Optional
 
 from cudastack.contract import runfolder
 from cudastack.contract.errors import EXIT_BAD_INPUT
-from cudastack.contract.failures import exception_reason
+from cudastack.contract.failures import exception_reason, output_reason
 from cudastack.contract.request import SuiteRequest
 from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
 from cudastack.contract.stats import summarize
-from cudastack.environment import envinfo, hostalloc, isolation, precision, suite
+from cudastack.environment import child_output, envinfo, hostalloc, isolation, precision, suite
 from cudastack.environment import world as worldmod
 from cudastack.environment.context import CheckFailed, Context, Metric, Skip
 from cudastack.environment.peaks import for_gpu
@@ -161,6 +161,7 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> CaseOutcome:
         # is caught one level up, by the host's per-cell time limit.
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.setitimer(signal.ITIMER_REAL, timeout)
+    children = child_output.mark()
     try:
         metrics = modules.get(case.bench).run(ctx, **case.params)
         return CaseOutcome("ok", "", list(metrics))
@@ -169,9 +170,10 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> CaseOutcome:
     except CheckFailed as exc:
         return CaseOutcome("failed", f"output check failed: {exc}", [])
     except CaseTimeout:
-        return CaseOutcome(
-            "failed", f"timed out after {timeout:g} s (profile {ctx.profile.name})", []
-        )
+        # A case that waits for ever has usually lost something a child process (a DataLoader
+        # worker) reported on stderr: that says why.
+        head = f"timed out after {timeout:g} s (profile {ctx.profile.name})"
+        return CaseOutcome("failed", output_reason(head, child_output.since(children)), [])
     except Exception as exc:  # a failed case is a row, never the end of the suite
         # The row gets one line (cause, place, hint); the traceback goes to stderr, which the
         # host keeps in the cell's log.
@@ -295,6 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # one-process baseline that scaling efficiency is measured against.
     threads = args.threads or max(1, envinfo.usable_cores() // world.size)
     torch.set_num_threads(threads)
+    child_output.start()  # before any case forks a DataLoader worker
     worldmod.init(torch, world, device, wait_s=max(1800.0, 2 * profile.case_timeout_s))
     finished = False
     try:

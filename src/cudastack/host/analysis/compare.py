@@ -1,31 +1,43 @@
-"""Compare cells or runs: ratio of medians, bootstrap interval, Mann–Whitney U, verdicts.
+"""Compare cells or runs: oriented ratios, their 95 % intervals, p-values and four verdicts.
 
 A change counts only when it is significant after correcting for the number of comparisons
 AND larger than an effect threshold (asv's rule; TorchBench's fixed threshold alone flooded its
-maintainers with noise). Ratios are oriented by `better`, so a ratio above 1 always means the
-compared side is better than the baseline.
+maintainers with noise); "same" only when the whole interval lies within the threshold (an
+equivalence test, so "not shown to differ" is never read as "no regression"); anything else is
+inconclusive. Noise widens the interval and never overrides a verdict. Ratios are oriented by
+`better`, so a ratio above 1 always means the compared side is better than the baseline.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom, mannwhitneyu, ttest_ind
+from scipy.stats import binom, mannwhitneyu, norm, ttest_ind
 
 from cudastack.contract.errors import CudastackError
 from cudastack.contract.stats import NOISY_REL_IQR
 from cudastack.host.analysis.results import bench_kinds, headline_rank
 
-VERDICTS = ("faster", "slower", "same", "noisy")
+VERDICTS = ("faster", "slower", "same", "inconclusive")
 
 
 def verdict_counts(table: pd.DataFrame) -> str:
-    """How many rows of a comparison ``table`` got each verdict, e.g. '2 faster, 0 slower, ...'."""
+    """'2 faster, 0 slower, 5 same, 1 inconclusive (of 8 cases)' for a comparison ``table``,
+    with how many of them are provisional (too few processes a side to trust)."""
     counts = table["verdict"].value_counts()
-    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+    cases = f"{len(table)} case" + ("s" if len(table) != 1 else "")
+    line = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + f" (of {cases})"
+    provisional = int(table["provisional"].sum())
+    if provisional:
+        line += (
+            f"; {provisional} provisional: fewer than {MIN_PROCESSES} processes a side, "
+            f"use --repeat {MIN_PROCESSES} or more to trust a verdict"
+        )
+    return line
 
 
 KEYS = ["bench", "case", "metric", "unit", "better"]
@@ -34,6 +46,8 @@ KEYS = ["bench", "case", "metric", "unit", "better"]
 # than its own samples scatter, so treating every sample as independent would call that
 # process-to-process drift a change.
 MIN_PROCESSES = 3
+# Past this many processes a side an inconclusive row is called undecidable in practice.
+MAX_PROCESSES_TO_DECIDE = 100
 
 
 class CompareError(CudastackError):
@@ -134,10 +148,25 @@ def _groups(rows: pd.DataFrame) -> dict:
     return dict(zip(grouped.size().index, arrays))
 
 
+class Estimate(NamedTuple):
+    """One comparison's oriented ratio (> 1: the side is better), its 95 % interval, the
+    two-sided p-value, and how many processes a side would roughly decide it (None: per-sample
+    statistics, or no count would)."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p: float
+    processes_to_decide: Optional[int]
+
+
 def compare(
     df: pd.DataFrame, baseline: Optional[str] = None, settings: Optional[Settings] = None
 ) -> pd.DataFrame:
-    """One row per (case, compared side): medians, oriented ratio, 95 % CI, p, verdict."""
+    """One row per (case, compared side): medians, oriented ratio, 95 % CI, p, verdict, noise.
+
+    ``df`` is the results table (results.load_table). Raises CompareError when fewer than two
+    sides, an unknown baseline, or no shared case leave nothing to compare."""
     settings = settings or Settings()
     df = df.assign(side=label_sides(df))
     names = list(dict.fromkeys(df["side"]))
@@ -163,18 +192,13 @@ def compare(
             b = groups.get(other_key)
             if other == base or b is None:
                 continue
-            by_process = min(len(per_process[key]), len(per_process[other_key])) >= MIN_PROCESSES
+            processes = min(len(per_process[key]), len(per_process[other_key]))
             a = samples
-            if by_process:
+            if processes >= MIN_PROCESSES:
                 a, b = per_process[key], per_process[other_key]
-            ma, mb = float(np.median(a)), float(np.median(b))
-            boot_a, boot_b = _boot_medians(a, settings, rng), _boot_medians(b, settings, rng)
-            if better == "higher":
-                ratio, boots = mb / ma, boot_b / boot_a
+                est = _by_process(a, b, better, settings)
             else:
-                ratio, boots = ma / mb, boot_a / boot_b
-            lo, hi = np.percentile(boots, [2.5, 97.5])
-            p = _p_value(a, b, by_process)
+                est = _by_sample(a, b, better, settings, rng)
             out.append(
                 {
                     "bench": bench,
@@ -184,55 +208,168 @@ def compare(
                     "better": better,
                     "baseline": base,
                     "side": other,
-                    "median_base": ma,
-                    "median_side": mb,
+                    "median_base": float(np.median(a)),
+                    "median_side": float(np.median(b)),
                     "n_base": len(a),
                     "n_side": len(b),
-                    "unit_of_n": "processes" if by_process else "samples",
-                    "ratio": ratio,
-                    "ci_low": float(lo),
-                    "ci_high": float(hi),
-                    "p": p,
-                    "noisy_base": _rel_iqr(a) > NOISY_REL_IQR,
-                    "noisy_side": _rel_iqr(b) > NOISY_REL_IQR,
+                    "unit_of_n": "processes" if processes >= MIN_PROCESSES else "samples",
+                    "processes": processes,
+                    **est._asdict(),
+                    "rel_iqr_base": _rel_iqr(a),
+                    "rel_iqr_side": _rel_iqr(b),
                 }
             )
     table = pd.DataFrame(out)
     if table.empty:
         raise CompareError(f"no case was measured both in {base} and in another side")
+    table["noisy_base"] = table["rel_iqr_base"] > NOISY_REL_IQR
+    table["noisy_side"] = table["rel_iqr_side"] > NOISY_REL_IQR
     table["p_adj"] = adjust(table["p"].to_numpy(), settings.correction)
     table["verdict"] = [verdict(r, settings) for r in table.to_dict("records")]
+    table["provisional"] = table["processes"] < MIN_PROCESSES
+    table["note"] = [_note(r) for r in table.to_dict("records")]
+    # Only an undecided row needs more processes; a decided one is left empty.
+    undecided = table["verdict"] == "inconclusive"
+    table["processes_to_decide"] = table["processes_to_decide"].where(undecided).astype("Int64")
     kinds = bench_kinds(df)  # kernel | workload, as declared: what explain tells them apart by
     table["kind"] = [kinds.get(b, "") for b in table["bench"]]
     return table
 
 
-def _p_value(a: np.ndarray, b: np.ndarray, by_process: bool) -> float:
-    """Mann–Whitney U over samples; over a few process medians, Welch's t-test on their logs:
-    a rank test on 3-10 values per side cannot reach a corrected significance level (its
-    smallest p for 5 against 5 is 0.008), while the medians of whole processes are close to
-    log-normal, the t-test's assumption."""
-    if min(len(a), len(b)) < 2:
-        return 1.0
-    if by_process:
-        log_a, log_b = np.log(a), np.log(b)
-        if np.ptp(log_a) == 0 and np.ptp(log_b) == 0:
-            # No spread on either side: a certain difference if the values differ, else none.
-            return 0.0 if log_a[0] != log_b[0] else 1.0
-        return float(ttest_ind(log_a, log_b, equal_var=False).pvalue)
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+def _by_sample(
+    a: np.ndarray, b: np.ndarray, better: str, s: Settings, rng: np.random.Generator
+) -> Estimate:
+    """Ratio of medians with a bootstrap interval and Mann–Whitney's p, every sample one
+    observation: all there is with fewer than MIN_PROCESSES processes a side, and it
+    understates the spread between processes, so such verdicts are provisional."""
+    boot_a, boot_b = _boot_medians(a, s, rng), _boot_medians(b, s, rng)
+    ma, mb = float(np.median(a)), float(np.median(b))
+    if better == "higher":
+        ratio, boots = mb / ma, boot_b / boot_a
+    else:
+        ratio, boots = ma / mb, boot_a / boot_b
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    p = (
+        float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        if min(len(a), len(b)) > 1
+        else 1.0
+    )
+    return Estimate(ratio, float(lo), float(hi), p, None)
+
+
+def _by_process(a: np.ndarray, b: np.ndarray, better: str, s: Settings) -> Estimate:
+    """Welch's t on the logarithms of the process medians: the ratio of their geometric means,
+    its t-interval and p. Whole processes' medians are close to log-normal, and a rank test on
+    3-10 values a side cannot reach a corrected significance level (its smallest p for 5
+    against 5 is 0.008). The interval's half-width shrinks as 1/sqrt(n), which says roughly
+    how many processes a side would take an inconclusive row to a verdict."""
+    log_a, log_b = np.log(a), np.log(b)
+    sign = 1.0 if better == "higher" else -1.0  # oriented: > 0 means the side is better
+    diff = sign * (log_b.mean() - log_a.mean())
+    if np.ptp(log_a) == 0 and np.ptp(log_b) == 0:
+        # No spread on either side: a certain difference if the values differ, else none.
+        ratio = float(np.exp(diff))
+        return Estimate(ratio, ratio, ratio, 0.0 if diff else 1.0, None)
+    test = ttest_ind(log_b, log_a, equal_var=False)
+    ci = test.confidence_interval(0.95)
+    lo, hi = sorted((sign * ci.low, sign * ci.high))
+    variance = log_a.var(ddof=1) + log_b.var(ddof=1)  # of a difference of one process a side
+    return Estimate(
+        float(np.exp(diff)),
+        float(np.exp(lo)),
+        float(np.exp(hi)),
+        float(test.pvalue),
+        _processes_to_decide(diff, variance, len(a) + len(b), s),
+    )
+
+
+def _processes_to_decide(diff: float, variance: float, n_total: int, s: Settings) -> Optional[int]:
+    """Roughly how many processes a side would narrow the 95 % interval of the oriented log
+    ratio ``diff`` enough for a verdict, if the spread stays as it is: to clear no change when
+    the estimate lies beyond the threshold, else to fit within ±threshold. None when no count
+    would (the estimate sits on the threshold) or more than MAX_PROCESSES_TO_DECIDE."""
+    up, down = np.log1p(s.threshold), np.log1p(-s.threshold)
+    margin = abs(diff) if not down < diff < up else min(up - diff, diff - down)
+    if margin <= 0:
+        return None
+    n = math.ceil((norm.ppf(0.975) / margin) ** 2 * variance)
+    n = max(n, n_total // 2 + 1)  # at least one more than now: this many did not decide it
+    return n if n <= MAX_PROCESSES_TO_DECIDE else None
+
+
+def _note(row: dict) -> str:
+    """What a reader must know to trust a row's verdict, or ''."""
+    if row["provisional"]:
+        count = f"{row['processes']} process{'es' if row['processes'] > 1 else ''}"
+        return f"{count} per side: use --repeat {MIN_PROCESSES} or more to trust a verdict"
+    if row["verdict"] != "inconclusive":
+        return ""
+    needed = row["processes_to_decide"]
+    if pd.isna(needed):
+        return f"more than {MAX_PROCESSES_TO_DECIDE} processes a side would be needed to decide"
+    return f"about {int(needed)} processes a side would decide it"
 
 
 def verdict(row: dict, s: Settings) -> str:
-    """faster / slower only when significant, beyond the threshold, with an interval that
-    excludes no change, on quiet data; noisy when either side is too noisy to tell; else same."""
-    changed = (
-        row["p_adj"] < s.alpha
-        and abs(row["ratio"] - 1) >= s.threshold
-        and (row["ci_low"] > 1 or row["ci_high"] < 1)
-    )
-    if row["noisy_base"] or row["noisy_side"]:
-        return "noisy"
-    if changed:
-        return "faster" if row["ratio"] > 1 else "slower"
-    return "same"
+    """One of VERDICTS for a row with ``ratio``, ``ci_low``, ``ci_high`` and ``p_adj``:
+
+    - faster / slower: significant after the correction (p_adj < alpha), the whole interval
+      beyond 1 in that direction, and the ratio at least the threshold away from 1;
+    - same: the whole interval within 1 ± threshold (shown equal within the threshold);
+    - inconclusive: neither.
+    The bounds are inclusive; a hair of tolerance keeps a ratio computed to be exactly at the
+    threshold (1.05 - 1 = 0.05000000000000004) on the side it was meant to be."""
+    lo, hi, ratio, t = row["ci_low"], row["ci_high"], row["ratio"], s.threshold
+    eps = 1e-12
+    significant = row["p_adj"] < s.alpha
+    if significant and lo > 1 and ratio > 1 and ratio - 1 >= t - eps:
+        return "faster"
+    if significant and hi < 1 and ratio < 1 and 1 - ratio >= t - eps:
+        return "slower"
+    if lo >= 1 - t - eps and hi <= 1 + t + eps:
+        return "same"
+    return "inconclusive"
+
+
+def time_apart(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """A line for each compared side that is a separate run from the baseline: how far apart
+    in time the two ran (from the cases' ``started_at``), and why that matters. Two runs one
+    after the other once gave an 8 % "slower" on an unchanged stack because the host slowed
+    between them; cells of one run take turns and share any drift."""
+    if "started_at" not in df:
+        return []
+    at = pd.to_datetime(df["started_at"], utc=True, errors="coerce", format="ISO8601")
+    frame = df.assign(side=label_sides(df), at=at)
+    spans = frame.groupby("side")["at"].agg(["min", "max"])
+    runs = frame.groupby("side")["run_id"].agg(frozenset)
+    base = table["baseline"].iloc[0]
+    lines = []
+    for side in dict.fromkeys(table["side"]):
+        if runs[side] == runs[base] or spans.loc[[side, base]].isna().any(axis=None):
+            continue
+        (start, end), (base_start, base_end) = spans.loc[side], spans.loc[base]
+        if start > base_end:
+            when = f"{_duration(start - base_end)} after"
+        elif end < base_start:
+            when = f"{_duration(base_start - end)} before"
+        else:
+            when = "at the same time as"
+        lines.append(
+            f"{side} ran {when} {base}, as a separate run: a machine that drifts between runs "
+            "reads as a change; where both stacks can run together, put both cells in one "
+            "`cudastack bench --repeat 3`, whose processes take turns"
+        )
+    return lines
+
+
+def _duration(span: pd.Timedelta) -> str:
+    """'45 s', '12 min', '2 h 14 min', '3 d 4 h': as precise as a reader needs."""
+    seconds = int(span.total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours == 0:
+        return f"{minutes} min"
+    if days == 0:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"

@@ -8,6 +8,8 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
+from cudastack.contract.stats import NOISY_REL_IQR
+
 
 def _num(value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -85,11 +87,17 @@ def reasons(cases: pd.DataFrame) -> list:
     return list(prefix + not_ok["case"] + " " + not_ok["status"] + ": " + not_ok["reason"])
 
 
-VERDICT_STYLE = {"faster": "green", "slower": "red", "noisy": "yellow", "same": ""}
+VERDICT_STYLE = {"faster": "green", "slower": "red", "same": "", "inconclusive": "yellow"}
+
+
+def _rel_iqr(value: float) -> str:
+    text = f"{100 * value:.0f}%"
+    return f"[yellow]{text}[/]" if value > NOISY_REL_IQR else text
 
 
 def comparison(table: pd.DataFrame, title: str) -> Table:
-    """One line per compared case: medians, oriented ratio with its 95 % interval, verdict."""
+    """One line per compared case: medians, oriented ratio with its 95 % interval, each side's
+    relative IQR (yellow when noisy), verdict and what to know before trusting it."""
     out = Table(title=title, title_justify="left")
     for name in (
         "case",
@@ -100,12 +108,14 @@ def comparison(table: pd.DataFrame, title: str) -> Table:
         "ratio",
         "95% CI",
         "p adj",
+        "rel IQR",
         "verdict",
+        "note",
     ):
         out.add_column(
             name,
             overflow="fold",
-            justify="left" if name in ("case", "side", "unit", "verdict") else "right",
+            justify="left" if name in ("case", "side", "unit", "verdict", "note") else "right",
         )
     for r in table.to_dict("records"):
         style = VERDICT_STYLE[r["verdict"]]
@@ -119,7 +129,12 @@ def comparison(table: pd.DataFrame, title: str) -> Table:
             f"{r['ratio']:.3f}",
             f"{r['ci_low']:.3f}–{r['ci_high']:.3f}",
             f"{r['p_adj']:.2g}",
+            f"{_rel_iqr(r['rel_iqr_base'])} / {_rel_iqr(r['rel_iqr_side'])}",
             verdict,
+            escape(r["note"]),
         )
-    out.caption = "ratio > 1: the compared side is better (higher rate or lower time)"
+    out.caption = (
+        "ratio > 1: the compared side is better (higher rate or lower time); rel IQR: baseline"
+        " / compared, yellow above 10 %"
+    )
     return out

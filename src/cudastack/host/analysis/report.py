@@ -21,7 +21,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 .faster { color: #1a7f37; font-weight: 600; } .slower { color: #cf222e; font-weight: 600; }
-.noisy { color: #9a6700; } .failed { color: #cf222e; } .skipped { color: #9a6700; }
+.noisy, .inconclusive { color: #9a6700; } .failed { color: #cf222e; } .skipped { color: #9a6700; }
 img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
@@ -163,7 +163,8 @@ def html_report(
             + compare.verdict_counts(table)
             + "</p>"
         ]
-        parts += [f"<p>{html.escape(line)}</p>" for line in explain.explain(table, diffs)]
+        notes = compare.time_apart(df, table) + explain.explain(table, diffs)
+        parts += [f"<p>{html.escape(line)}</p>" for line in notes]
         shown = table[
             [
                 "case",
@@ -175,7 +176,10 @@ def html_report(
                 "ci_low",
                 "ci_high",
                 "p_adj",
+                "rel_iqr_base",
+                "rel_iqr_side",
                 "verdict",
+                "note",
             ]
         ]
         parts += [
@@ -219,21 +223,24 @@ def html_report(
     )
 
 
-def markdown(table: pd.DataFrame, diffs: dict, explanations: list[str]) -> str:
-    """The comparison as a markdown table, for a pull-request comment."""
+def markdown(table: pd.DataFrame, diffs: dict, notes: list[str]) -> str:
+    """The comparison as a markdown table, for a pull-request comment; ``notes`` are lines to
+    list under it (runs apart in time, explanations)."""
     base = table["baseline"].iloc[0]
     lines = [
         f"### cudastack: compared with `{base}`",
         "",
-        "| case | side | baseline | compared | unit | ratio | 95% CI | verdict |",
-        "|---|---|---:|---:|---|---:|---:|---|",
+        "| case | side | baseline | compared | unit | ratio | 95% CI | rel IQR | verdict | note |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for r in table.to_dict("records"):
         mark = {"faster": "**faster**", "slower": "**slower**"}.get(r["verdict"], r["verdict"])
         lines.append(
             f"| `{r['case']}` | {r['side']} | {r['median_base']:.4g} | "
             f"{r['median_side']:.4g} | {r['unit']} | {r['ratio']:.3f} | "
-            f"{r['ci_low']:.3f}–{r['ci_high']:.3f} | {mark} |"
+            f"{r['ci_low']:.3f}–{r['ci_high']:.3f} | "
+            f"{100 * r['rel_iqr_base']:.0f} % / {100 * r['rel_iqr_side']:.0f} % | {mark} | "
+            f"{r['note']} |"
         )
     lines += ["", compare.verdict_counts(table)]
     for side, diff in diffs.items():
@@ -242,7 +249,7 @@ def markdown(table: pd.DataFrame, diffs: dict, explanations: list[str]) -> str:
                 f"- `{side}` vs `{base}`: "
                 + "; ".join(f"{label} {va} → {vb}" for label, va, vb in diff)
             )
-    lines += [f"- {line}" for line in explanations]
+    lines += [f"- {line}" for line in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, NamedTuple, Optional
 
 from cudastack.contract import runfolder
 from cudastack.contract.errors import CudastackError
+from cudastack.host.cells import reproduce
 from cudastack.host.cells.matrix import Cell
 
 EXPORT_FORMAT = 1
@@ -221,9 +222,9 @@ def run_records(path: Path) -> RunRecords:
         record, env = (json.loads(run[name]) for name in RUN_FILES)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HandoffError(f"{path}: its run records are not valid JSON") from None
-    if not isinstance(record, dict) or "cell" not in record or record.get("tag") != manifest["tag"]:
+    if not isinstance(record, dict) or record.get("tag") != manifest["tag"]:
         raise HandoffError(f"{path}: its run records do not describe its image {manifest['tag']}")
-    return RunRecords(manifest, record, env)
+    return RunRecords(manifest, reproduce.checked_record(record, str(path)), env)
 
 
 def lock_text(locks_dir: Path, cell: Cell) -> str:

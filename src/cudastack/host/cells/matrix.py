@@ -217,21 +217,28 @@ def load(path: Path, variants: bool = True) -> list:
     for number, raw in enumerate(raw_cells, 1):
         fields = {**defaults, **raw}
         where = f"{path.name}: cell {_shown(raw['name']) if raw.get('name') else number}"
-        for key in fields:
-            if key not in KEYS:
-                raise _fail(where, key, f"is unknown; known fields: {', '.join(KEYS)}")
-        for key in REQUIRED:
-            if not fields.get(key):
-                raise _fail(where, key, "is missing")
-        _check_shapes(where, fields)
+        cell = checked_cell(fields, where)
         _check_stack(where, fields, variants)
-        fields.setdefault("name", derive_name(fields))
-        if fields["name"] in seen:
-            raise _fail(where, "name", f"{fields['name']!r} repeats cell {seen[fields['name']]}")
-        seen[fields["name"]] = number
-        fields["packages"] = tuple(fields.get("packages", ()))
-        cells.append(Cell(**fields))
+        if cell.name in seen:
+            raise _fail(where, "name", f"{cell.name!r} repeats cell {seen[cell.name]}")
+        seen[cell.name] = number
+        cells.append(cell)
     return cells
+
+
+def checked_cell(fields: dict, where: str) -> Cell:
+    """A Cell from its fields, each known, present when required and of a safe shape (nothing
+    that could reach a Dockerfile line or a shell as a command). Raises MatrixError naming
+    ``where`` and the field. For a matrix's cells and for the cells a run recorded alike."""
+    for key in fields:
+        if key not in KEYS:
+            raise _fail(where, key, f"is unknown; known fields: {', '.join(KEYS)}")
+    for key in REQUIRED:
+        if not fields.get(key):
+            raise _fail(where, key, "is missing")
+    _check_shapes(where, fields)
+    named = {"name": derive_name(fields), **fields}
+    return Cell(**{**named, "packages": tuple(fields.get("packages", ()))})
 
 
 def select(cells: list, names: Optional[list]) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -11,7 +12,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from cudastack.contract import runfolder
 from cudastack.contract.errors import CudastackError
 from cudastack.host.cells import images
-from cudastack.host.cells.matrix import Cell
+from cudastack.host.cells.matrix import Cell, checked_cell
 from cudastack.host.run.container import base_environment, harness_volume, invoking_user
 
 
@@ -41,10 +42,30 @@ def record_inputs(
     runfolder.write_json(cell_dir / runfolder.INPUTS, data)
 
 
+# An image tag as record_inputs writes it: what reaches the engine's API as a name.
+_TAG = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+
+
+def checked_record(data: Any, where: str) -> dict:
+    """``data`` if it is a cell's recorded inputs as ``record_inputs`` writes them: a cell
+    whose fields pass the matrix's checks (a record edited since, or not cudastack's, must not
+    reach a Dockerfile ARG), an image tag, the Dockerfile and lock texts. Raises ReproduceError
+    (or the matrix's MatrixError for a cell field) naming ``where``."""
+    if not isinstance(data, dict) or not isinstance(data.get("cell"), dict):
+        raise ReproduceError(f"{where} holds no recorded cell; was it written by cudastack?")
+    checked_cell(dict(data["cell"]), f"{where}: recorded cell")
+    tag = data.get("tag")
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise ReproduceError(f"{where}: the recorded image tag {tag!r} is not one")
+    for key in ("dockerfile", "lock"):
+        if not isinstance(data.get(key), str):
+            raise ReproduceError(f"{where}: the recorded {key} is missing or not text")
+    return data
+
+
 def cell_from(record: dict) -> Cell:
-    fields = dict(record["cell"])
-    fields["packages"] = tuple(fields.get("packages", ()))
-    return Cell(**fields)
+    """The Cell of a record that ``checked_record`` passed."""
+    return checked_cell(dict(record["cell"]), "recorded cell")
 
 
 class RebuildInputs(NamedTuple):

@@ -96,11 +96,9 @@ def build(
                 tag, built = pipeline.ensure_image(client, c, inputs, on_line)
             except images.BuildFailed as exc:
                 if HASH_MISMATCH in str(exc):
-                    raise UserError(
-                        f"{c.name}: lock {c.lock_path(inputs.locks_dir)} does not match the "
-                        "wheels' hashes (edited by hand, or a wheel changed); re-run "
-                        f"`cudastack lock --cell {c.name}`"
-                    ) from None
+                    # A lock that disagrees with its wheels is bad input (exit 2); its line is
+                    # the one `run` and `bench` record for this cell.
+                    raise UserError(exc.headline) from None
                 failed.append(c.name)
                 # The reason `bench` and `run --cell` record and print; the log was streamed.
                 err.print(f"[red]{escape(c.name)}: build failed[/]\n{escape(exc.headline)}")

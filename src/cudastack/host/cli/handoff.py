@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import subprocess
 import sys
@@ -98,7 +97,7 @@ def _recorded_cells(
         def read() -> dict:
             if not env_file.is_file():
                 raise UserError(f"{env_file.parent} has no {runfolder.ENV}: its cell never ran")
-            return dict(json.loads(env_file.read_text()))
+            return runfolder.read_json(env_file)
 
         return read
 
@@ -109,7 +108,10 @@ def _recorded_cells(
             f"{run_dir} has no cells with recorded inputs ({runfolder.INPUTS}); only container "
             "runs can be reproduced, from their run folder or an export made with --run"
         )
-    return None, [(json.loads(p.read_text()), reader(p.parent / runfolder.ENV)) for p in recorded]
+    return None, [
+        (reproduce.checked_record(runfolder.read_json(p), str(p)), reader(p.parent / runfolder.ENV))
+        for p in recorded
+    ]
 
 
 def reproduce_cmd(
@@ -195,7 +197,8 @@ def _run_cell(run: str, results_dir: Path, cell: str) -> tuple[dict, dict[str, b
                 f"{folder} has no {name}; --run takes a container run that measured cell {cell}"
             )
         files[name] = (folder / name).read_bytes()
-    return json.loads(files[runfolder.INPUTS]), files
+    inputs = folder / runfolder.INPUTS
+    return reproduce.checked_record(runfolder.read_json(inputs), str(inputs)), files
 
 
 def export_cmd(

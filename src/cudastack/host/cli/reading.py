@@ -54,7 +54,9 @@ def compare_cmd(
     alpha: float = typer.Option(0.05, help="Significance level after correction."),
     correction: str = typer.Option("holm", help="holm (family-wise) | bh (false discovery)."),
     fail_on_regression: bool = typer.Option(
-        False, "--fail-on-regression", help="Exit 1 when any case is slower."
+        False,
+        "--fail-on-regression",
+        help="Exit 1 when any case is slower (never for inconclusive ones); names them.",
     ),
     results_dir: Path = ResultsOpt,
 ) -> None:
@@ -78,13 +80,19 @@ def compare_cmd(
         warning = explain.hardware_warning(diff)
         if warning:
             err.print(f"warning: {escape(side)} vs {escape(base)}: {escape(warning)}")
+    apart = compare.time_apart(df, table)
     if fmt == "csv":
         print(table.to_csv(index=False), end="")
     elif fmt == "json":
         print(
             json.dumps(
                 {
-                    "comparison": table.to_dict("records"),
+                    # null, not NaN or <NA>: strict JSON readers refuse both
+                    "comparison": table.astype(object)
+                    .where(table.notna(), None)
+                    .to_dict("records"),
+                    "summary": compare.verdict_counts(table),
+                    "notes": apart,
                     "explanations": explain.explain(table, diffs),
                     "environment": {s: [list(d) for d in v] for s, v in diffs.items()},
                 },
@@ -93,7 +101,7 @@ def compare_cmd(
             )
         )
     elif fmt == "md":
-        print(report.markdown(table, diffs, explain.explain(table, diffs)))
+        print(report.markdown(table, diffs, apart + explain.explain(table, diffs)))
     else:
         from cudastack.host.analysis.display import comparison
 
@@ -106,9 +114,19 @@ def compare_cmd(
                     + "; ".join(f"{label} {va} -> {vb}" for label, va, vb in diff),
                     highlight=False,
                 )
+        for line in apart:
+            console.print(f"note: {escape(line)}", highlight=False)
         for line in explain.explain(table, diffs):
             console.print(f"explain: {escape(line)}", highlight=False)
-    if fail_on_regression and (table["verdict"] == "slower").any():
+    slower = table[table["verdict"] == "slower"]
+    if fail_on_regression and len(slower):
+        for r in slower.to_dict("records"):
+            provisional = " (provisional: " + r["note"] + ")" if r["provisional"] else ""
+            err.print(
+                f"regression: {escape(r['case'])} on {escape(str(r['side']))}: ratio "
+                f"{r['ratio']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}){escape(provisional)}",
+                highlight=False,
+            )
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -133,6 +151,8 @@ def report_cmd(
     else:
         table = compare.compare(df, baseline)
         diffs = explain.side_diffs(table, envs)
-        text = report.markdown(table, diffs, explain.explain(table, diffs))
+        text = report.markdown(
+            table, diffs, compare.time_apart(df, table) + explain.explain(table, diffs)
+        )
     report.write(out, text)
     console.print(f"report: {out}", highlight=False)
