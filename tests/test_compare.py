@@ -640,3 +640,67 @@ def test_a_ratio_of_exactly_one_is_never_faster():
 def test_settings_that_cannot_decide_anything_are_refused(settings, message):
     with pytest.raises(compare.CompareError, match=f"^{message}"):
         compare.Settings(**settings)
+
+
+def dated(run, start, end, cell="local"):
+    """Two samples of one case in ``run``, taken at the ISO times ``start`` and ``end``."""
+    return samples(cell, "x[n=1]", [100.0, 101.0], run=run).assign(started_at=[start, end])
+
+
+@pytest.mark.parametrize(
+    ("side", "expected"),
+    [
+        (
+            dated("r2", "2026-11-28T12:14:00+00:00", "2026-11-28T12:30:00+00:00"),
+            "r2 ran 2 h 14 min after r1, as a separate run: a machine that drifts between runs "
+            "reads as a change; where both stacks can run together, put both cells in one "
+            "`cudastack bench --repeat 3`, whose processes take turns",
+        ),
+        (
+            dated("r2", "2026-11-25T09:00:00+00:00", "2026-11-25T10:00:00+00:00"),
+            "r2 ran 3 d 0 h before r1, as a separate run",
+        ),
+        (
+            dated("r2", "2026-11-28T10:00:45+00:00", "2026-11-28T10:01:00+00:00"),
+            "r2 ran 45 s after r1",
+        ),
+        (
+            dated("r2", "2026-11-28T09:59:00+00:00", "2026-11-28T10:00:30+00:00"),
+            "r2 and r1 are separate runs that overlapped in time",
+        ),
+    ],
+)
+def test_separate_runs_say_how_far_apart_they_ran(side, expected):
+    df = table(dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:00:00+00:00"), side)
+    (line,) = compare.time_apart(df, compare.compare(df))
+    assert line.startswith(expected)
+
+
+def test_cells_of_one_run_are_not_dated_against_each_other():
+    df = table(
+        dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:05:00+00:00", cell="a"),
+        dated("r1", "2026-11-28T12:00:00+00:00", "2026-11-28T12:05:00+00:00", cell="b"),
+    )
+    assert compare.time_apart(df, compare.compare(df)) == []
+
+
+def test_cases_only_one_side_measured_are_named_not_dropped():
+    df = table(
+        samples("a", "x[n=1]", [1.0, 2.0, 3.0]),
+        samples("a", "y[n=1]", [1.0, 2.0, 3.0]),
+        samples("a", "z[n=1]", [1.0, 2.0, 3.0]),
+        samples("b", "x[n=1]", [1.0, 2.0, 3.0]),
+        samples("b", "y[n=1]", [9.0]).assign(status="failed"),  # failed: not measured
+        samples("b", "w[n=1]", [1.0, 2.0, 3.0]),
+    )
+    out = compare.compare(df)
+    assert out["case"].tolist() == ["x[n=1]"]
+    assert compare.one_sided(df, out) == [
+        "2 cases measured in a but not in b, so not compared: y[n=1], z[n=1]",
+        "1 case measured in b but not in a, so not compared: w[n=1]",
+    ]
+    many = table(
+        *(samples("a", f"c[i={i}]", [1.0]) for i in range(5)), samples("b", "c[i=0]", [1.0])
+    )
+    (line,) = compare.one_sided(many, compare.compare(many))
+    assert line.endswith("not compared: c[i=1], c[i=2], c[i=3] and 1 more")

@@ -91,6 +91,9 @@ def test_an_interrupted_run_exits_130_and_keeps_what_finished(make_bench, tmp_pa
         text=True,
         # Its own process group, as a terminal's Ctrl-C reaches the command and its workers.
         start_new_session=True,
+        # As from a terminal: a shell's background job (how CI may start pytest) ignores
+        # SIGINT, and Python keeps an ignored SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     records = out / "local" / RECORDS
     deadline = time.monotonic() + 240

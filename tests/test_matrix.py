@@ -1,5 +1,6 @@
 """Matrix validation, names, build args and content-hash tags (no engine needed)."""
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -300,16 +301,15 @@ def test_the_inputs_hash_follows_its_recipe_so_anyone_can_recompute_a_tag(tmp_pa
 
 
 def test_a_recorded_cell_is_held_to_the_matrix_checks_before_reproduce_uses_it():
-    cell = {
-        "name": "c1",
-        "base_image": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
-        "torch": "2.9.1",
-        "index": "cu128",
-        "python": "3.12",
-    }
+    # As record_inputs writes it to cell.json: every field, those left out as ''.
+    recorded = matrix.Cell(
+        name="c1", base_image="debian:12", torch="2.9.1", index="cpu", python="3.12"
+    )
+    cell = json.loads(json.dumps({"cell": dataclasses.asdict(recorded)}))["cell"]
+    assert cell["cuda"] == cell["torchvision"] == "" and cell["packages"] == []
     record = {"cell": cell, "tag": "cudastack/c1:0123abcd", "dockerfile": "FROM x\n", "lock": ""}
     assert reproduce.checked_record(record, "cell.json") is record
-    assert reproduce.cell_from(record).build_args()["TORCH_VERSION"] == "2.9.1"
+    assert reproduce.cell_from(record) == recorded
     # A record edited since: the command never reaches the Dockerfile's ARG.
     tampered = {**record, "cell": {**cell, "torch": "2.9.1; curl x | sh"}}
     with pytest.raises(

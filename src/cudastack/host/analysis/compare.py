@@ -331,6 +331,34 @@ def verdict(row: dict, s: Settings) -> str:
     return "inconclusive"
 
 
+def notes(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """What a reader of the comparison ``table`` of ``df`` must know beside its rows: cases
+    only one side measured, and separate runs' distance in time."""
+    return one_sided(df, table) + time_apart(df, table)
+
+
+def one_sided(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """A line for each compared side with cases that only one of it and the baseline measured
+    (ok on one side; skipped, failed or absent on the other), which no verdict covers: a
+    case that stopped running must not vanish from a comparison unremarked."""
+    rows = headline_rows(df.assign(side=label_sides(df)))
+    cases = rows.groupby("side", sort=False)["case"].agg(lambda c: list(dict.fromkeys(c)))
+    base = table["baseline"].iloc[0]
+    lines = []
+    for side in dict.fromkeys(table["side"]):
+        for have, lack in ((base, side), (side, base)):
+            only = [c for c in cases.get(have, []) if c not in set(cases.get(lack, []))]
+            if only:
+                listed = ", ".join(only[:3]) + (
+                    f" and {len(only) - 3} more" if len(only) > 3 else ""
+                )
+                lines.append(
+                    f"{len(only)} case{'s' if len(only) > 1 else ''} measured in {have} but not "
+                    f"in {lack}, so not compared: {listed}"
+                )
+    return lines
+
+
 def time_apart(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """A line for each compared side that is a separate run from the baseline: how far apart
     in time the two ran (from the cases' ``started_at``), and why that matters. Two runs one
@@ -348,17 +376,19 @@ def time_apart(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         if runs[side] == runs[base] or spans.loc[[side, base]].isna().any(axis=None):
             continue
         (start, end), (base_start, base_end) = spans.loc[side], spans.loc[base]
-        if start > base_end:
-            when = f"{_duration(start - base_end)} after"
-        elif end < base_start:
-            when = f"{_duration(base_start - end)} before"
+        if base_end < start or end < base_start:
+            gap = start - base_end if base_end < start else base_start - end
+            when = "after" if base_end < start else "before"
+            lines.append(
+                f"{side} ran {_duration(gap)} {when} {base}, as a separate run: a machine that "
+                "drifts between runs reads as a change; where both stacks can run together, put "
+                "both cells in one `cudastack bench --repeat 3`, whose processes take turns"
+            )
         else:
-            when = "at the same time as"
-        lines.append(
-            f"{side} ran {when} {base}, as a separate run: a machine that drifts between runs "
-            "reads as a change; where both stacks can run together, put both cells in one "
-            "`cudastack bench --repeat 3`, whose processes take turns"
-        )
+            lines.append(
+                f"{side} and {base} are separate runs that overlapped in time: their processes "
+                "took turns, or competed for the machine"
+            )
     return lines
 
 

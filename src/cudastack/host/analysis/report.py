@@ -163,7 +163,7 @@ def html_report(
             + compare.verdict_counts(table)
             + "</p>"
         ]
-        notes = compare.time_apart(df, table) + explain.explain(table, diffs)
+        notes = compare.notes(df, table) + explain.explain(table, diffs)
         parts += [f"<p>{html.escape(line)}</p>" for line in notes]
         shown = table[
             [

@@ -53,7 +53,7 @@ def checked_record(data: Any, where: str) -> dict:
     (or the matrix's MatrixError for a cell field) naming ``where``."""
     if not isinstance(data, dict) or not isinstance(data.get("cell"), dict):
         raise ReproduceError(f"{where} holds no recorded cell; was it written by cudastack?")
-    checked_cell(dict(data["cell"]), f"{where}: recorded cell")
+    checked_cell(_cell_fields(data), f"{where}: recorded cell")
     tag = data.get("tag")
     if not isinstance(tag, str) or not _TAG.fullmatch(tag):
         raise ReproduceError(f"{where}: the recorded image tag {tag!r} is not one")
@@ -65,7 +65,13 @@ def checked_record(data: Any, where: str) -> dict:
 
 def cell_from(record: dict) -> Cell:
     """The Cell of a record that ``checked_record`` passed."""
-    return checked_cell(dict(record["cell"]), "recorded cell")
+    return checked_cell(_cell_fields(record), "recorded cell")
+
+
+def _cell_fields(record: dict) -> dict:
+    """The recorded cell's fields as a matrix would give them: a field the matrix left out is
+    recorded as its default (''), which the matrix's checks read as left out again."""
+    return {k: v for k, v in record["cell"].items() if v != ""}
 
 
 class RebuildInputs(NamedTuple):

@@ -80,7 +80,7 @@ def compare_cmd(
         warning = explain.hardware_warning(diff)
         if warning:
             err.print(f"warning: {escape(side)} vs {escape(base)}: {escape(warning)}")
-    apart = compare.time_apart(df, table)
+    notes = compare.notes(df, table)
     if fmt == "csv":
         print(table.to_csv(index=False), end="")
     elif fmt == "json":
@@ -92,7 +92,7 @@ def compare_cmd(
                     .where(table.notna(), None)
                     .to_dict("records"),
                     "summary": compare.verdict_counts(table),
-                    "notes": apart,
+                    "notes": notes,
                     "explanations": explain.explain(table, diffs),
                     "environment": {s: [list(d) for d in v] for s, v in diffs.items()},
                 },
@@ -101,7 +101,7 @@ def compare_cmd(
             )
         )
     elif fmt == "md":
-        print(report.markdown(table, diffs, apart + explain.explain(table, diffs)))
+        print(report.markdown(table, diffs, notes + explain.explain(table, diffs)))
     else:
         from cudastack.host.analysis.display import comparison
 
@@ -114,7 +114,7 @@ def compare_cmd(
                     + "; ".join(f"{label} {va} -> {vb}" for label, va, vb in diff),
                     highlight=False,
                 )
-        for line in apart:
+        for line in notes:
             console.print(f"note: {escape(line)}", highlight=False)
         for line in explain.explain(table, diffs):
             console.print(f"explain: {escape(line)}", highlight=False)
@@ -152,7 +152,7 @@ def report_cmd(
         table = compare.compare(df, baseline)
         diffs = explain.side_diffs(table, envs)
         text = report.markdown(
-            table, diffs, compare.time_apart(df, table) + explain.explain(table, diffs)
+            table, diffs, compare.notes(df, table) + explain.explain(table, diffs)
         )
     report.write(out, text)
     console.print(f"report: {out}", highlight=False)
