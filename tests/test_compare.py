@@ -331,6 +331,10 @@ def test_processes_to_decide_scales_with_the_spread():
     )
     (row,) = compare.compare(df).to_dict("records")
     assert row["processes_to_decide"] == 49
+    # Two such cases: a change must clear the corrected level, alpha / 2 (Bonferroni, which
+    # bounds Holm's first step): z(1 - 0.0125) = 2.241, n = (2.241 / 0.2)^2 * 0.5 = 62.8 -> 63.
+    two = table(df, df.assign(case="y[n=1]"))
+    assert compare.compare(two)["processes_to_decide"].tolist() == [63, 63]
     # Around no change, the interval must fit within ±5 %: n = (1.96 / log 1.05)^2 * 0.5 = 807,
     # more than anyone would run.
     df = table(
@@ -560,8 +564,29 @@ def test_a_zero_median_is_infinitely_noisy():
     (row,) = compare.compare(df).to_dict("records")
     assert (row["noisy_base"], row["noisy_side"]) == (True, False)
     assert row["rel_iqr_base"] == math.inf and row["rel_iqr_side"] == 0.0
-    # The flag is reported beside the verdict, which is the data's: 0 ms against 1 ms.
-    assert row["verdict"] == "slower"
+    # 0 ms is no measurement: no ratio, no verdict, and a note that says why.
+    assert row["verdict"] == "inconclusive" and math.isnan(row["ratio"])
+    assert row["note"] == "a side has a zero, negative or infinite value: no ratio"
+
+
+@pytest.mark.parametrize(
+    ("base", "side"),
+    [
+        ([0.0, 0.0, 0.0], [1.0, 2.0, 3.0]),
+        ([1.0, 2.0, 3.0], [math.inf] * 3),
+        ([-1.0] * 3, [1.0] * 3),
+    ],
+)
+@pytest.mark.parametrize("per_process", [False, True])
+def test_values_a_ratio_cannot_take_are_inconclusive_not_a_crash(base, side, per_process):
+    # A zero rate divided into, a log of zero: with one value per process, three processes a
+    # side, or three samples of one process.
+    if per_process:
+        df = table(*process_medians("a", "x[n=1]", base), *process_medians("b", "x[n=1]", side))
+    else:
+        df = table(samples("a", "x[n=1]", base), samples("b", "x[n=1]", side))
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["verdict"] == "inconclusive" and pd.isna(row["processes_to_decide"])
 
 
 def test_two_samples_a_side_get_a_rank_test_and_one_gets_none():
@@ -573,6 +598,11 @@ def test_two_samples_a_side_get_a_rank_test_and_one_gets_none():
     df = table(samples("a", "x[n=1]", [1.0]), samples("b", "x[n=1]", [3.0]))
     (row,) = compare.compare(df).to_dict("records")
     assert row["p"] == 1.0
+    # Nor can it bound anything: one sample a side equal to the other is not "same".
+    df = table(samples("a", "x[n=1]", [1.0]), samples("b", "x[n=1]", [1.0]))
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["ratio"] == 1.0 and row["verdict"] == "inconclusive"
+    assert (row["ci_low"], row["ci_high"]) == (0.0, math.inf)
 
 
 def test_processes_without_spread_that_agree_are_no_change():

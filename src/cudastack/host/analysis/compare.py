@@ -149,15 +149,20 @@ def _groups(rows: pd.DataFrame) -> dict:
 
 
 class Estimate(NamedTuple):
-    """One comparison's oriented ratio (> 1: the side is better), its 95 % interval, the
-    two-sided p-value, and how many processes a side would roughly decide it (None: per-sample
-    statistics, or no count would)."""
+    """One comparison's oriented ratio (> 1: the side is better), its 95 % interval and the
+    two-sided p-value; with processes as the unit, also the oriented log ratio and the variance
+    of a one-process-a-side difference, from which ``_processes_to_decide`` projects."""
 
     ratio: float
     ci_low: float
     ci_high: float
     p: float
-    processes_to_decide: Optional[int]
+    log_ratio: float = math.nan
+    log_variance: float = math.nan
+
+
+# No data either way: the row is inconclusive whatever the threshold.
+_UNKNOWN = Estimate(math.nan, 0.0, math.inf, 1.0)
 
 
 def compare(
@@ -196,7 +201,10 @@ def compare(
             a = samples
             if processes >= MIN_PROCESSES:
                 a, b = per_process[key], per_process[other_key]
-                est = _by_process(a, b, better, settings)
+            if not _measurable(a, b):
+                est = _UNKNOWN  # a ratio needs positive, finite values on both sides
+            elif processes >= MIN_PROCESSES:
+                est = _by_process(a, b, better)
             else:
                 est = _by_sample(a, b, better, settings, rng)
             out.append(
@@ -227,10 +235,12 @@ def compare(
     table["p_adj"] = adjust(table["p"].to_numpy(), settings.correction)
     table["verdict"] = [verdict(r, settings) for r in table.to_dict("records")]
     table["provisional"] = table["processes"] < MIN_PROCESSES
+    table["processes_to_decide"] = pd.array(
+        [_processes_to_decide(r, settings, len(table)) for r in table.to_dict("records")],
+        dtype="Int64",
+    )
     table["note"] = [_note(r) for r in table.to_dict("records")]
-    # Only an undecided row needs more processes; a decided one is left empty.
-    undecided = table["verdict"] == "inconclusive"
-    table["processes_to_decide"] = table["processes_to_decide"].where(undecided).astype("Int64")
+    table = table.drop(columns=["log_ratio", "log_variance"])
     kinds = bench_kinds(df)  # kernel | workload, as declared: what explain tells them apart by
     table["kind"] = [kinds.get(b, "") for b in table["bench"]]
     return table
@@ -249,15 +259,20 @@ def _by_sample(
     else:
         ratio, boots = ma / mb, boot_a / boot_b
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    p = (
-        float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-        if min(len(a), len(b)) > 1
-        else 1.0
-    )
-    return Estimate(ratio, float(lo), float(hi), p, None)
+    if min(len(a), len(b)) < 2:
+        return _UNKNOWN._replace(ratio=ratio)  # one sample cannot bound anything
+    p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return Estimate(ratio, float(lo), float(hi), p)
 
 
-def _by_process(a: np.ndarray, b: np.ndarray, better: str, s: Settings) -> Estimate:
+def _measurable(a: np.ndarray, b: np.ndarray) -> bool:
+    """Every value positive and finite: what a ratio (and its logarithm) needs. A zero or an
+    infinity is no measurement; such a row is inconclusive, never a crash."""
+    both = np.concatenate([a, b])
+    return bool(np.all(np.isfinite(both)) and np.all(both > 0))
+
+
+def _by_process(a: np.ndarray, b: np.ndarray, better: str) -> Estimate:
     """Welch's t on the logarithms of the process medians: the ratio of their geometric means,
     its t-interval and p. Whole processes' medians are close to log-normal, and a rank test on
     3-10 values a side cannot reach a corrected significance level (its smallest p for 5
@@ -269,7 +284,7 @@ def _by_process(a: np.ndarray, b: np.ndarray, better: str, s: Settings) -> Estim
     if np.ptp(log_a) == 0 and np.ptp(log_b) == 0:
         # No spread on either side: a certain difference if the values differ, else none.
         ratio = float(np.exp(diff))
-        return Estimate(ratio, ratio, ratio, 0.0 if diff else 1.0, None)
+        return Estimate(ratio, ratio, ratio, 0.0 if diff else 1.0)
     test = ttest_ind(log_b, log_a, equal_var=False)
     ci = test.confidence_interval(0.95)
     lo, hi = sorted((sign * ci.low, sign * ci.high))
@@ -279,26 +294,35 @@ def _by_process(a: np.ndarray, b: np.ndarray, better: str, s: Settings) -> Estim
         float(np.exp(lo)),
         float(np.exp(hi)),
         float(test.pvalue),
-        _processes_to_decide(diff, variance, len(a) + len(b), s),
+        diff,
+        variance,
     )
 
 
-def _processes_to_decide(diff: float, variance: float, n_total: int, s: Settings) -> Optional[int]:
-    """Roughly how many processes a side would narrow the 95 % interval of the oriented log
-    ratio ``diff`` enough for a verdict, if the spread stays as it is: to clear no change when
-    the estimate lies beyond the threshold, else to fit within ±threshold. None when no count
-    would (the estimate sits on the threshold) or more than MAX_PROCESSES_TO_DECIDE."""
-    up, down = np.log1p(s.threshold), np.log1p(-s.threshold)
-    margin = abs(diff) if not down < diff < up else min(up - diff, diff - down)
-    if margin <= 0:
+def _processes_to_decide(row: dict, s: Settings, comparisons: int) -> Optional[int]:
+    """For an inconclusive row with processes as the unit: roughly how many processes a side
+    would narrow the interval of the oriented log ratio enough for a verdict, if the spread
+    stays as it is. Beyond the threshold, it must clear no change at the corrected level
+    (Bonferroni's alpha / ``comparisons``, which bounds Holm's and BH's first step); within,
+    its 95 % interval must fit within ±threshold. The normal quantile stands in for Student's
+    t. None for a decided row, per-sample statistics, or more than MAX_PROCESSES_TO_DECIDE."""
+    diff, variance = row["log_ratio"], row["log_variance"]
+    if row["verdict"] != "inconclusive" or not (math.isfinite(diff) and math.isfinite(variance)):
         return None
-    n = math.ceil((norm.ppf(0.975) / margin) ** 2 * variance)
-    n = max(n, n_total // 2 + 1)  # at least one more than now: this many did not decide it
-    return n if n <= MAX_PROCESSES_TO_DECIDE else None
+    up, down = math.log1p(s.threshold), math.log1p(-s.threshold)
+    if down < diff < up:
+        margin, z = min(up - diff, diff - down), norm.ppf(0.975)
+    else:
+        margin, z = abs(diff), norm.ppf(1 - s.alpha / (2 * comparisons))
+    n = math.ceil((z / margin) ** 2 * variance) if margin > 0 else math.inf
+    n = max(n, row["processes"] + 1)  # at least one more than now: this many did not decide it
+    return int(n) if n <= MAX_PROCESSES_TO_DECIDE else None
 
 
 def _note(row: dict) -> str:
     """What a reader must know to trust a row's verdict, or ''."""
+    if not math.isfinite(row["ratio"]):
+        return "a side has a zero, negative or infinite value: no ratio"
     if row["provisional"]:
         count = f"{row['processes']} process{'es' if row['processes'] > 1 else ''}"
         return f"{count} per side: use --repeat {MIN_PROCESSES} or more to trust a verdict"

@@ -124,9 +124,9 @@ def _shown(name: object) -> str:
 
 def _check_shapes(where: str, fields: dict) -> None:
     for key, pattern in _SAFE.items():
-        value = fields.get(key)
-        if value is None:
+        if key not in fields:
             continue
+        value = fields[key]  # a null (from a recorded cell's JSON) is no valid value either
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise _fail(where, key, f"has an invalid value {value!r}")
     packages = fields.get("packages", [])

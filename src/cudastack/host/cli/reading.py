@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -56,7 +57,7 @@ def compare_cmd(
     fail_on_regression: bool = typer.Option(
         False,
         "--fail-on-regression",
-        help="Exit 1 when any case is slower (never for inconclusive ones); names them.",
+        help="Exit 1 when a case is slower (never for inconclusive or provisional ones).",
     ),
     results_dir: Path = ResultsOpt,
 ) -> None:
@@ -87,9 +88,10 @@ def compare_cmd(
         print(
             json.dumps(
                 {
-                    # null, not NaN or <NA>: strict JSON readers refuse both
-                    "comparison": table.astype(object)
-                    .where(table.notna(), None)
+                    # null, not NaN, Infinity or <NA>: strict JSON readers refuse them
+                    "comparison": table.replace([math.inf, -math.inf], math.nan)
+                    .astype(object)
+                    .where(lambda t: t.notna(), None)
                     .to_dict("records"),
                     "summary": compare.verdict_counts(table),
                     "notes": notes,
@@ -118,15 +120,24 @@ def compare_cmd(
             console.print(f"note: {escape(line)}", highlight=False)
         for line in explain.explain(table, diffs):
             console.print(f"explain: {escape(line)}", highlight=False)
+    if fail_on_regression:
+        _fail_on_regression(table)
+
+
+def _fail_on_regression(table: pd.DataFrame) -> None:
+    """Exit 1 when a row is slower, naming each. A provisional one (fewer than 3 processes a
+    side) is named but does not fail: one process a side raised false alarms on 13 % of
+    unchanged cases on a shared VM, so a gate on it would fail nearly every run."""
     slower = table[table["verdict"] == "slower"]
-    if fail_on_regression and len(slower):
-        for r in slower.to_dict("records"):
-            provisional = " (provisional: " + r["note"] + ")" if r["provisional"] else ""
-            err.print(
-                f"regression: {escape(r['case'])} on {escape(str(r['side']))}: ratio "
-                f"{r['ratio']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}){escape(provisional)}",
-                highlight=False,
-            )
+    for r in slower.to_dict("records"):
+        word = "provisional regression (not failing)" if r["provisional"] else "regression"
+        note = f"; {r['note']}" if r["provisional"] else ""
+        err.print(
+            f"{word}: {escape(r['case'])} on {escape(str(r['side']))}: ratio {r['ratio']:.3f} "
+            f"({r['ci_low']:.3f}–{r['ci_high']:.3f}){escape(note)}",
+            highlight=False,
+        )
+    if (~slower["provisional"]).any():
         raise typer.Exit(EXIT_FAILED)
 
 
