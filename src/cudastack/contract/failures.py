@@ -115,6 +115,12 @@ def _advice(known: Optional[Known]) -> str:
     return f"{known.diagnosis}: {known.fix}" if known else ""
 
 
+def _advice_here(known: Optional[Known]) -> str:
+    """``_advice`` for a failure of a process that ran on this machine: the shm hint gets the
+    size of this /dev/shm, the one that filled."""
+    return _advice(known) + (shm_size_note() if known is not None and known.name == "shm" else "")
+
+
 # CSI (colours, cursor moves), OSC (titles, links) and the two-character escapes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
 
@@ -250,9 +256,7 @@ def exception_reason(
     chain = _causes(exc)
     root = next((e for e in reversed(chain) if str(e).strip()), exc)
     known = recognise("\n".join(f"{type(e).__name__}: {e}" for e in _everything(exc)))
-    found = _advice(known)
-    if known is not None and known.name == "shm":
-        found += shm_size_note()  # the case ran here: this /dev/shm is the one that filled
+    found = _advice_here(known)
     return _with_hint(_cause_line(root), found, limit, _where(_frames(chain, root), bench_dir))
 
 
@@ -347,7 +351,7 @@ def output_reason(head: str, lines: Iterable[str], limit: int = REASON_LIMIT) ->
     if not plain:
         return clean(head, limit)
     known = recognise("\n".join(plain))
-    found = _advice(known) + (shm_size_note() if known is not None and known.name == "shm" else "")
+    found = _advice_here(known)
     return _with_hint(f"{head}; its child processes printed: {_decisive(plain)}", found, limit)
 
 

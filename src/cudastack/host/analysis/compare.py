@@ -371,7 +371,8 @@ def one_sided(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     lines = []
     for side in dict.fromkeys(table["side"]):
         for have, lack in ((base, side), (side, base)):
-            only = [c for c in cases.get(have, []) if c not in set(cases.get(lack, []))]
+            lacking = set(cases.get(lack, []))
+            only = [c for c in cases.get(have, []) if c not in lacking]
             if only:
                 listed = ", ".join(only[:3]) + (
                     f" and {len(only) - 3} more" if len(only) > 3 else ""
