@@ -734,3 +734,62 @@ def test_cases_only_one_side_measured_are_named_not_dropped():
     )
     (line,) = compare.one_sided(many, compare.compare(many))
     assert line.endswith("not compared: c[i=1], c[i=2], c[i=3] and 1 more")
+
+
+def telemetry(side, case, metric, values, run="r1"):
+    """A case's NVML window metric (one value a window), as the worker records it."""
+    return samples(side, case, values, metric=metric, better="lower", run=run)
+
+
+def clocked(base_clock, side_clock, throttled_side=0.0):
+    """gemm measured 20 % slower on side b, with each side's SM clock and b's throttling."""
+    r = rng(7)
+    return table(
+        samples("a", "gemm[n=1]", 100 * (1 + r.normal(0, 0.005, 40))),
+        samples("b", "gemm[n=1]", 80 * (1 + r.normal(0, 0.005, 40))),
+        telemetry("a", "gemm[n=1]", "sm_clock_mhz", [base_clock] * 3),
+        telemetry("b", "gemm[n=1]", "sm_clock_mhz", [side_clock] * 3),
+        telemetry("a", "gemm[n=1]", "throttled_pct", [0.0] * 3),
+        telemetry("b", "gemm[n=1]", "throttled_pct", [0.0, throttled_side, 0.0]),
+    )
+
+
+def test_a_throttled_side_is_not_comparable_and_says_why():
+    out = compare.compare(clocked(1980, 1980, throttled_side=35.0)).iloc[0]
+    assert out["verdict"] == "not comparable"
+    assert out["note"] == (
+        "b throttled in 35 % of a window: not comparable (--ignore-clocks compares anyway)"
+    )
+    assert pd.isna(out["processes_to_decide"])
+
+
+@pytest.mark.parametrize(
+    "side_clock, expected",
+    [(1980 * 0.94, "not comparable"), (1980 * 0.96, "slower"), (1980 * 1.06, "not comparable")],
+)
+def test_sm_clocks_more_than_five_percent_apart_are_not_comparable(side_clock, expected):
+    out = compare.compare(clocked(1980, side_clock)).iloc[0]
+    assert out["verdict"] == expected
+    if expected == "not comparable":
+        assert out["note"].startswith(f"SM clock {side_clock:.0f} MHz vs 1980 MHz in a: ")
+
+
+def test_ignore_clocks_keeps_the_verdict_and_still_names_the_clocks():
+    out = compare.compare(clocked(1980, 1500), settings=Settings(ignore_clocks=True)).iloc[0]
+    assert out["verdict"] == "slower"
+    assert out["note"] == "SM clock 1500 MHz vs 1980 MHz in a (compared anyway: --ignore-clocks)"
+
+
+def test_rows_without_telemetry_keep_their_verdict():
+    plain = clocked(1980, 1500).query("metric == 'tflops'")
+    out = compare.compare(plain).iloc[0]
+    assert (out["verdict"], out["clocks"]) == ("slower", "")
+
+
+def test_verdict_counts_count_not_comparable_rows_only_when_there_are_some():
+    out = compare.compare(clocked(1980, 1500))
+    assert compare.verdict_counts(out).startswith(
+        "0 faster, 0 slower, 0 same, 0 inconclusive, 1 not comparable (of 1 case)"
+    )
+    plain = compare.compare(clocked(1980, 1980))
+    assert "not comparable" not in compare.verdict_counts(plain)

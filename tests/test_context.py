@@ -143,8 +143,53 @@ def test_trace_saves_a_chrome_trace_of_the_measured_function(ctx, tmp_path):
     assert any("mm" in e.get("name", "") for e in events)
 
 
-def test_measure_refuses_two_rates_before_timing_anything(ctx):
+@pytest.mark.parametrize(
+    ("peak", "rate", "peak_value", "ceiling"),
+    [("fp32", 1.0, 10.0, 5.0), ("mem", 2.0, 4.0, 2.5)],
+)
+def test_measure_gives_both_rates_and_states_each_share_in_the_peak_s_unit(
+    monkeypatch, ctx, peak, rate, peak_value, ceiling
+):
+    # 8 ms a call on a controlled clock, 8 GFLOP and 16 MB: 1 TFLOP/s and 2 GB/s, 500 FLOP/B.
+    # fp32's peak and ceiling are TFLOP/s, mem's GB/s: each share is of its own rate (``rate``).
+    from cudastack.environment import timing
+
+    fake = Clock()
+    monkeypatch.setattr(timing, "time", fake)
+    ctx.peaks = {peak: peak_value}
+    ctx.achievable = {peak: ceiling}
+
+    def call():
+        fake.ns += 8_000_000
+
+    metrics = {m.name: m for m in ctx.measure(call, flops=8e9, nbytes=16e6, peak=peak)}
+    assert metrics["tflops"].values == pytest.approx([1.0] * 5)
+    assert metrics["gbps"].values == pytest.approx([2.0] * 5)
+    assert metrics["flop_per_byte"].values == [500.0]  # one value: it does not vary
+    assert (metrics["flop_per_byte"].unit, metrics["pct_of_achievable"].unit) == ("FLOP/B", "%")
+    assert metrics["pct_of_peak"].values == pytest.approx([100 * rate / peak_value] * 5)
+    assert metrics["pct_of_achievable"].values == pytest.approx([100 * rate / ceiling] * 5)
+
+
+def test_a_peak_without_a_measured_ceiling_has_no_share_of_achievable(ctx):
+    x = ctx.randn(16, 16)
+    ctx.peaks, ctx.achievable = {"fp32": 1.0, "bf16": 1.0}, {"bf16": 1.0}  # none for fp32
+    names = {m.name for m in ctx.measure(lambda: x @ x, flops=2 * 16**3, peak="fp32")}
+    assert "pct_of_peak" in names and "pct_of_achievable" not in names
+
+
+@pytest.mark.parametrize(
+    ("peak", "given", "message"),
+    [
+        ("mem", {"flops": 1e9}, "peak 'mem' is in GB/s: give nbytes= too"),
+        ("h2d", {"flops": 1e9}, "peak 'h2d' is in GB/s: give nbytes= too"),
+        ("bf16", {"nbytes": 1e6}, "peak 'bf16' is in TFLOP/s: give flops= too"),
+    ],
+)
+def test_measure_refuses_a_peak_of_a_rate_not_given_before_timing_anything(
+    ctx, peak, given, message
+):
     calls = []
-    with pytest.raises(ValueError, match="give flops= or nbytes=, not both"):
-        ctx.measure(lambda: calls.append(1), flops=1e9, nbytes=1e6)
+    with pytest.raises(ValueError, match=message):
+        ctx.measure(lambda: calls.append(1), peak=peak, **given)
     assert calls == []  # the timing budget is not spent on a case that cannot have a result

@@ -4,6 +4,7 @@ import copy
 import importlib.util
 import json
 import math
+import re
 import warnings
 
 import pandas as pd
@@ -28,12 +29,21 @@ def quick_run(tmp_path_factory):
 
 
 SPECS = suite.discover(DEFAULT_BENCH_DIR)
+# The achievable ceilings the worker measures before the kernel cases: rows of their own bench,
+# which no file declares (ceilings.declared gives their kind and headline).
+CEILING = "ceiling"
+
+
+def declared_headline(bench: str, case: str) -> str:
+    if bench == CEILING:
+        return "tflops" if "what=matmul" in case else "gbps"
+    return SPECS[bench].headline
 
 
 def test_every_bench_produced_rows(quick_run):
     run_dir, proc = quick_run
     df = results.load_table(run_dir)
-    assert set(df["bench"]) == set(SPECS)
+    assert set(df["bench"]) == set(SPECS) | {CEILING}
     assert {SPECS[b].kind for b in SPECS} == {"kernel", "workload"}
     assert "profile quick" in proc.stdout
     assert "run " in proc.stdout and "median" in proc.stdout  # the summary table
@@ -42,18 +52,19 @@ def test_every_bench_produced_rows(quick_run):
 def test_every_row_carries_its_bench_s_declarations(quick_run):
     df = results.load_table(quick_run[0])
     for bench, rows in df.groupby("bench"):
-        assert set(rows["kind"]) == {SPECS[bench].kind}, bench
-        assert set(rows["headline"]) == {SPECS[bench].headline}, bench
+        assert set(rows["kind"]) == {SPECS[bench].kind if bench != CEILING else "kernel"}, bench
+        assert set(rows["headline"]) == {declared_headline(bench, c) for c in rows["case"]}, bench
 
 
 def test_every_ok_case_states_its_declared_headline(quick_run):
     df = results.load_table(quick_run[0])
     ok = df[df["status"] == "ok"]
     for case, rows in ok.groupby("case"):
-        headline = SPECS[rows["bench"].iloc[0]].headline
+        headline = declared_headline(rows["bench"].iloc[0], case)
         assert len(rows[rows["metric"] == headline]) >= 1, case
     summary = results.case_table(df).dropna(subset=["metric"])
-    assert (summary["metric"] == summary["bench"].map(lambda b: SPECS[b].headline)).all()
+    expected = [declared_headline(b, c) for b, c in zip(summary["bench"], summary["case"])]
+    assert (summary["metric"] == expected).all()
 
 
 def test_every_record_is_sane(quick_run):
@@ -78,8 +89,9 @@ def test_every_record_is_sane(quick_run):
     assert (ok.loc[ok["metric"].isin(["tflops", "gbps"]), "better"] == "higher").all()
     not_ok = df[df["status"] != "ok"]
     assert (not_ok["reason"] != "").all() and not_ok["value"].isna().all()
-    # every ok case has a latency and repeated samples, numbered from 0
-    for case, rows in ok.groupby("case"):
+    # every ok case has a latency and repeated samples, numbered from 0 (a ceiling is one
+    # number, the best sample of its sweep)
+    for case, rows in ok[ok["bench"] != CEILING].groupby("case"):
         lat = rows[rows["metric"].isin(["latency", "latency_us"])]
         assert len(lat) >= 3, case
         assert sorted(lat["rep"]) == list(range(len(lat))), case
@@ -118,7 +130,10 @@ def test_csv_matches_parquet(quick_run):
 def test_show_prints_the_same_run(quick_run):
     proc = cli("show", str(quick_run[0]))
     assert proc.returncode == 0, proc.stderr
-    assert "gemm[dtype=fp32,n=2048]" in proc.stdout
+    # gemm[dtype=fp32,n=2048] as the show command shows it: a row of gemm's block, whose
+    # columns are the parameters that vary in it.
+    block = r"^gemm \(kernel\)\s*\n\s*dtype +n +median TFLOP/s\b(.*\n)*?fp32 +2048 +[\d.]+ "
+    assert re.search(block, proc.stdout, re.M), proc.stdout
 
 
 TRAINING_UNITS = {"train_resnet": "img/s", "train_gpt": "tokens/s", "seed_cnn": "img/s"}
@@ -160,11 +175,32 @@ def test_lora_trains_fewer_parameters_than_full_fine_tuning(quick_run):
         assert lora.max() < full.min() / 20, model
 
 
-def test_gpt_states_model_flops_but_no_mfu_without_a_known_peak(quick_run):
+def test_gpt_states_model_flops_and_mfu_only_against_a_known_peak(quick_run):
     df = results.load_table(quick_run[0])
     gpt = df[(df["bench"] == "train_gpt") & (df["status"] == "ok")]
     assert (gpt.loc[gpt["metric"] == "tflops", "value"] > 0).all()
-    assert "mfu" not in set(gpt["metric"])  # a CPU has no spec peak in the table
+    # A CPU's peak is its fp32 and fp64 FLOP rate, where cores, clock and ISA are known: MFU
+    # for fp32 training there, never for bf16 (amp_bf16 in quick), which no CPU peak states.
+    env = json.loads((quick_run[0] / "local" / results.ENV).read_text())
+    known = env["cpu"]["peaks"]["values"] or {}
+    for case, rows in gpt.groupby("case"):
+        precision = json.loads(rows["params"].iloc[0])["precision"]
+        assert ("mfu" in set(rows["metric"])) == (precision == "fp32" and "fp32" in known), case
+
+
+def test_the_run_measured_the_ceilings_its_kernels_name_and_states_shares_of_them(quick_run):
+    df = results.load_table(quick_run[0])
+    ok = df[df["status"] == "ok"]
+    ceilings = ok[ok["bench"] == CEILING]
+    # A CPU measures fp32's GEMM (gemm and conv name it; bf16 has no CPU ceiling), then the
+    # copy (bandwidth and elementwise name mem).
+    assert list(ceilings["case"]) == ["ceiling[what=matmul,dtype=fp32]", "ceiling[what=copy]"]
+    # Kernels stated against fp32 or mem have a share of its ceiling; workloads have none.
+    table = results.case_table(df).set_index("case")
+    gemm = table.loc["gemm[dtype=fp32,n=2048]"]
+    assert gemm["pct_of_achievable"] > 0
+    workloads = [b for b, s in SPECS.items() if s.kind == "workload"]
+    assert not set(ok.loc[ok["bench"].isin(workloads), "metric"]) & {"pct_of_achievable"}
 
 
 def _errors_against_fp64(params: dict) -> dict[str, float]:

@@ -91,16 +91,17 @@ def test_a_real_conv_run_puts_each_benchmark_value_in_its_own_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = read(out)
     pids = {r["case"]: r["pid"] for r in rows}
-    false_id, true_id = (
+    ceiling, false_id, true_id = (
+        "ceiling[what=matmul,dtype=fp32]",  # the parent measures it for both groups
         "conv[layer=c2_3x3,direction=fwd,layout=nchw,benchmark=false,dtype=fp32,batch=1]",
         "conv[layer=c2_3x3,direction=fwd,layout=nchw,benchmark=true,dtype=fp32,batch=1]",
     )
-    assert set(pids) == {false_id, true_id}
-    assert pids[false_id] != pids[true_id]
+    assert set(pids) == {ceiling, false_id, true_id}
+    assert len({pids[ceiling], pids[false_id], pids[true_id]}) == 3
     assert len({r["run_id"] for r in rows}) == 1  # one run, though no --run-id was given
     table = results.read_records(out / "records.jsonl")
     status = dict(zip(table["case"], table["status"]))
-    assert status == {false_id: "ok", true_id: "skipped"}  # benchmark=true is CUDA only
+    assert status == {ceiling: "ok", false_id: "ok", true_id: "skipped"}  # benchmark=true: CUDA
     assert set(table["process"]) == {0}
     done = json.loads((out / "done.json").read_text())
     assert (done["ok"], done["skipped"], done["failed"]) == (1, 1, 0)
@@ -133,3 +134,36 @@ def test_identical_cases_in_a_row_count_as_two():
     rows = [row("a", "t", 0), row("a", "t", 1), row("a", "t", 0), row("a", "t", 1)]
     rows += [row("b", "", 0, "failed"), row("b", "", 0, "skipped"), row("c", "t", 0)]
     assert case_statuses(rows) == ["ok", "ok", "failed", "skipped", "ok"]
+
+
+# Cases stated against fp32's ceiling, each value of n in a process of its own.
+CEILING_BENCH = '''
+"""A matrix product per process group, each stating its share of the fp32 ceiling."""
+KIND = "kernel"
+HEADLINE = "tflops"
+CEILING = "fp32"
+PARAMS = {"n": [32, 48]}
+ISOLATE = ["n"]
+
+def run(ctx, n):
+    x = ctx.randn(n, n)
+    return ctx.measure(lambda: x @ x, flops=2 * n**3, peak="fp32")
+'''
+
+
+def test_the_ceilings_reach_every_process_group_measured_once(make_bench, tmp_path):
+    folder = make_bench("isolated", CEILING_BENCH)
+    out = tmp_path / "out"
+    proc = worker("--out", str(out), "--bench-dir", str(folder), "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = read(out)
+    (ceiling,) = [r for r in rows if r["bench"] == "ceiling"]  # once, not once a group
+    assert proc.stdout.count("[ceiling]") == 1
+    cases = {r["case"]: r["pid"] for r in rows if r["bench"] == "isolated"}
+    assert len(set(cases.values()) | {ceiling["pid"]}) == 3  # the parent and two children
+    for case in cases:
+        tflops = [r["value"] for r in rows if r["case"] == case and r["metric"] == "tflops"]
+        share = [
+            r["value"] for r in rows if r["case"] == case and r["metric"] == "pct_of_achievable"
+        ]
+        assert share == pytest.approx([100 * t / ceiling["value"] for t in tflops]), case

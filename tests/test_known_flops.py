@@ -49,6 +49,12 @@ def per_call(metrics: list[Metric], rate: str) -> list[float]:
     return counts
 
 
+def intensity(metrics: list[Metric]) -> float:
+    """The case's one ``flop_per_byte`` value: the FLOPs over the bytes it passed."""
+    (value,) = next(m.values for m in metrics if m.name == "flop_per_byte")
+    return value
+
+
 def every(value: float, samples: list[float], rel: float = EXACT) -> Any:
     """``value`` for each sample, to compare a list of per-sample counts with."""
     return pytest.approx([value] * len(samples), rel=rel)
@@ -75,6 +81,22 @@ def test_gemm_reports_torch_count_of_one_mm(dtype):
     a, b = (torch.empty(n, n, device="meta") for _ in "ab")
     oracle = counted(lambda: torch.mm(a, b))
     assert reported == every(oracle, reported)
+
+
+@pytest.mark.parametrize(("dtype", "itemsize"), [("fp32", 4), ("fp16", 2), ("bf16", 2)])
+def test_gemm_counts_its_operands_read_and_its_product_written_once(dtype, itemsize):
+    n = 48
+    metrics = bench("gemm").run(context(), dtype, n)
+    # A and B read once, C written once: three n x n matrices of the dtype.
+    assert per_call(metrics, "gbps") == every(3 * n * n * itemsize, per_call(metrics, "gbps"))
+    # 2 n^3 FLOP over 3 n^2 elements: 2n / 3 FLOP per element, over its bytes.
+    assert intensity(metrics) == pytest.approx(2 * n / (3 * itemsize), rel=EXACT)
+
+
+def test_gemm_fp8_counts_one_byte_operands_and_a_bf16_product():
+    # The fp8 path needs a GPU: its count is checked on its own. Two 1-byte operands read, the
+    # bf16 output (2 bytes) written.
+    assert bench("gemm").nbytes(64, 1, 2) == 64 * 64 * (1 + 1 + 2)
 
 
 # Layers given as conv.LAYERS gives them (in channels, out channels, kernel, stride, input side)
@@ -114,6 +136,26 @@ def test_conv_reports_torch_count_of_one_call(layer, direction, layout):
     assert reported == every(counted(call), reported)
 
 
+@pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("layer", list(TINY_LAYERS))
+def test_conv_counts_each_input_read_and_each_output_written_once(layer, direction):
+    conv = bench("conv")
+    conv.LAYERS.update(TINY_LAYERS)
+    batch, bwd = 2, direction == "fwd_bwd"
+    metrics = conv.run(context(), layer, direction, "nchw", False, "fp32", batch)
+    c_in, c_out, k, stride, size = conv.LAYERS[layer]
+    x = torch.empty(batch, c_in, size, size, device="meta")
+    w = torch.empty(c_out, c_in, k, k, device="meta")
+    y = torch.nn.functional.conv2d(x, w, None, stride, k // 2)  # torch works out its shape
+    tensors = (x.numel() + w.numel() + y.numel()) * 4  # fp32
+    # Forward: x and w read, y written. Backward also reads dy (y's shape) and writes dx and dw
+    # (x's and w's shapes): each of the three sizes twice.
+    expected = 2 * tensors if bwd else tensors
+    assert per_call(metrics, "gbps") == every(expected, per_call(metrics, "gbps"))
+    flops = per_call(metrics, "tflops")[0]
+    assert intensity(metrics) == pytest.approx(flops / expected, rel=1e-6)
+
+
 def fused_attention_flops(batch: int, heads: int, seq: int, head_dim: int, bwd: bool) -> int:
     """torch's count for one call of its fused (flash) attention kernel, on meta tensors.
 
@@ -144,6 +186,23 @@ def unmasked_scores(seq: int) -> int:
     with sdpa_kernel([SDPBackend.MATH]):
         p = torch.nn.functional.scaled_dot_product_attention(q, k, eye, is_causal=True)
     return int((p > 0).sum())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
+def test_sdpa_counts_q_k_v_and_its_output_once_and_backward_s_four_more(direction, causal):
+    batch, heads, seq, head_dim = 2, 3, 40, 16
+    bwd = direction == "fwd_bwd"
+    metrics = bench("sdpa").run(
+        context(), "math", direction, causal, "fp32", batch, heads, seq, head_dim
+    )
+    tensor = batch * heads * seq * head_dim * 4  # one of Q, K, V, O in fp32
+    # Forward reads Q, K, V and writes O; backward reads dO and writes dQ, dK, dV. The causal
+    # mask skips FLOPs, not tensors.
+    expected = (8 if bwd else 4) * tensor
+    assert per_call(metrics, "gbps") == every(expected, per_call(metrics, "gbps"))
+    flops = per_call(metrics, "tflops")[0]
+    assert intensity(metrics) == pytest.approx(flops / expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -273,3 +332,48 @@ def test_elementwise_counts_input_read_and_output_written(op, dtype):
     # weight and bias, one row of `cols` each.
     expected = 2 * tensor + (2 * cols * itemsize if op == "layer_norm" else 0)
     assert reported == every(expected, reported)
+
+
+def decomposed_flops(fn: Any, x: torch.Tensor) -> int:
+    """One FLOP per element each operation of torch's own decomposition of ``fn(x)`` reads (its
+    largest tensor argument): a reduction over n elements is n operations, an elementwise op
+    one per element, a transcendental (exp, erf) one."""
+    from torch._decomp import get_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    aten = torch.ops.aten
+    table = get_decompositions([aten._softmax, aten.gelu])
+    graph = make_fx(fn, decomposition_table=table)(x).graph
+    total = 0
+    for node in graph.nodes:
+        if node.op == "call_function":
+            sizes = [a.meta["val"].numel() for a in node.args if hasattr(a, "meta")]
+            total += max(sizes)
+    return total
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("op", ["softmax", "gelu"])
+def test_elementwise_flops_are_torch_s_decomposition_one_per_element_read(op, dtype):
+    rows, cols = 16, 40
+    elementwise = bench("elementwise")
+    metrics = elementwise.run(context(), op, dtype, rows, cols)
+    x = torch.randn(rows, cols)
+    # softmax: amax, sub, exp, sum, div; gelu: x * 0.5, x / sqrt(2), erf, + 1, product.
+    oracle = decomposed_flops(lambda t: elementwise._apply(torch, op, t, None, None), x)
+    assert oracle == 5 * rows * cols
+    reported = per_call(metrics, "tflops")
+    assert reported == every(oracle, reported)
+
+
+@pytest.mark.parametrize(("dtype", "itemsize"), [("fp32", 4), ("bf16", 2)])
+def test_elementwise_layer_norm_counts_eight_flops_an_element(dtype, itemsize):
+    rows, cols = 16, 40
+    metrics = bench("elementwise").run(context(), "layer_norm", dtype, rows, cols)
+    # Per element: mean (add), variance (subtract, square, add), normalise (subtract, multiply),
+    # affine (multiply, add). torch's decomposition computes the mean twice (prims.var keeps its
+    # own), so it is no oracle here: the formula by hand is.
+    flops = 8 * rows * cols
+    assert per_call(metrics, "tflops") == every(flops, per_call(metrics, "tflops"))
+    nbytes = 2 * rows * cols * itemsize + 2 * cols * itemsize  # x in, y out, weight and bias
+    assert intensity(metrics) == pytest.approx(flops / nbytes, rel=EXACT)

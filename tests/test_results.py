@@ -118,12 +118,15 @@ def test_case_table_picks_the_headline_and_keeps_failures():
         row(metric="tflops", value=3.0),
         row(metric="tflops", rep=1, value=5.0),
         row(metric="pct_of_peak", unit="%", value=40.0),
+        row(metric="pct_of_achievable", unit="%", value=60.0),
+        row(metric="pct_of_achievable", unit="%", rep=1, value=70.0),
         row(case="gemm[n=2]", status="skipped", reason="no GPU", metric="", value=None),
     ]
     table = results.case_table(results.to_frame(rows)).set_index("case")
     assert table.loc["gemm[n=1]", "metric"] == "tflops"
     assert table.loc["gemm[n=1]", "median"] == 4.0
     assert table.loc["gemm[n=1]", "pct_of_peak"] == 40.0
+    assert table.loc["gemm[n=1]", "pct_of_achievable"] == 65.0  # a column, as % of peak is
     assert table.loc["gemm[n=2]", "status"] == "skipped"
     assert table.loc["gemm[n=2]", "reason"] == "no GPU"
     assert list(table.index) == ["gemm[n=1]", "gemm[n=2]"]

@@ -48,7 +48,8 @@ def test_every_bench_file_has_a_smoke_grid_and_schedule():
 def test_smoke_runs_every_bench_with_no_failure_in_bounded_time(smoke_run):
     df, wall, proc = smoke_run
     assert "profile smoke" in proc.stdout
-    assert set(df["bench"]) == set(suite.discover(DEFAULT_BENCH_DIR))
+    # Every bench file, and the ceilings the kernels name, measured before the cases.
+    assert set(df["bench"]) == set(suite.discover(DEFAULT_BENCH_DIR)) | {"ceiling"}
     failed = df[df["status"] == "failed"]
     assert failed.empty, failed[["case", "reason"]].to_string()
     ok = df[df["status"] == "ok"]

@@ -133,6 +133,40 @@ MUTATIONS = [
         "finish(run_dir, run_id, False)",
         ("tests/test_cli.py::test_a_local_run_whose_worker_dies_exits_1_and_keeps_what_finished",),
     ),
+    Mutation(
+        "ceilings: the copy counted as bytes copied, not read + written",
+        "src/cudastack/environment/ceilings.py",
+        "return 2 * nbytes / seconds / 1e9",
+        "return nbytes / seconds / 1e9",
+        ("tests/test_ceilings.py::test_the_copy_counts_each_byte_read_and_written",),
+    ),
+    Mutation(
+        "context: % of achievable of the first rate, not the peak's",
+        "src/cudastack/environment/context.py",
+        "shared = rates.get(rate) if rate else next(iter(rates.values()), None)",
+        "shared = next(iter(rates.values()), None)",
+        (
+            "tests/test_context.py::"
+            "test_measure_gives_both_rates_and_states_each_share_in_the_peak_s_unit",
+        ),
+    ),
+    Mutation(
+        "gemm: bytes moved leave out the product written",
+        "src/cudastack/environment/bench/gemm.py",
+        "return n * n * (2 * in_size + out_size)",
+        "return n * n * 2 * in_size",
+        (
+            "tests/test_known_flops.py::"
+            "test_gemm_counts_its_operands_read_and_its_product_written_once",
+        ),
+    ),
+    Mutation(
+        "cpu peak: hyperthreads counted as cores",
+        "src/cudastack/environment/cpu_peak.py",
+        'return len({(c.get("physical id", "0"), c["core id"]) for c in mine}), ""',
+        'return len(mine), ""',
+        ("tests/test_cpu_peak.py::test_cores_are_the_physical_cores_torch_s_threads_may_use",),
+    ),
 ]
 
 

@@ -176,3 +176,21 @@ def test_column_wise_reader_beats_the_per_line_reader(benchmark, worker_records,
     speedup = min(per_line) / benchmark.stats.stats.min
     benchmark.extra_info.update(per_line_best_s=min(per_line), speedup=round(speedup, 1))
     assert speedup >= MIN_SPEEDUP, f"{speedup:.1f}x the per-line reader"
+
+
+def test_the_cpu_ceilings_a_run_with_kernels_pays_for(benchmark):
+    """fp32's GEMM sweep and the copy, as the worker measures them before a CPU run's kernel
+    cases: what such a run costs more than before ceilings (about half a second on 2 cores)."""
+    import torch
+
+    from cudastack.environment import ceilings
+    from cudastack.environment.context import Context
+
+    ctx = Context(torch, torch.device("cpu"), suite.PROFILES["quick"], None)
+
+    def both():
+        return ceilings.run(ctx, "matmul", "fp32") + ceilings.run(ctx, "copy")
+
+    matmul, copy = benchmark.pedantic(both, rounds=3, iterations=1)
+    benchmark.extra_info["fp32_tflops"] = matmul.values[0]
+    benchmark.extra_info["copy_gbps"] = copy.values[0]

@@ -54,7 +54,9 @@ UNITS = {
     "latency_us": "us",
     "tflops": "TFLOP/s",
     "gbps": "GB/s",
-    "pct_of_peak": "%",
+    "pct_of_peak": "%",  # of the device's data-sheet peak for the case's dtype, mem or h2d
+    "pct_of_achievable": "%",  # of the run's measured ceiling for the same peak (bench ceiling)
+    "flop_per_byte": "FLOP/B",  # arithmetic intensity: FLOPs over the least bytes moved
     # training, fine-tuning, data loading
     "data_wait_pct": "%",  # host time blocked on the input pipeline, share of the window
     "data_wait_ms": "ms",  # ... per step

@@ -60,6 +60,9 @@ class Context:
     nvml: Any = None  # telemetry.Nvml where an NVIDIA GPU is in use, else None: nothing sampled
     trace_dir: Optional[Path] = None  # --trace: a Chrome trace of each case is saved here
     case_id: str = ""
+    # Achievable ceilings by peak name, in the peaks' units (TFLOP/s per dtype, GB/s for mem):
+    # the best large GEMM and device copy the worker measured before the cases (ceilings.py).
+    achievable: Optional[dict[str, float]] = None
     _flusher: Optional[timing.L2Flusher] = None
 
     @property
@@ -211,17 +214,26 @@ class Context:
         per_call: int = 1,
     ) -> list[Metric]:
         """Time ``fn`` and derive rates per sample: ``latency`` (ms), ``tflops`` from ``flops``,
-        ``gbps`` from ``nbytes`` (bytes read + written), and ``pct_of_peak`` against the
-        device's spec peak named by ``peak`` (a dtype name, ``mem`` or ``h2d``) when known.
-        ``per_call`` divides each sample when ``fn`` repeats the operation several times."""
-        _one_rate(flops, nbytes)  # before the timing budget is spent, not after
+        ``gbps`` from ``nbytes`` (bytes read + written), ``flop_per_byte`` given both, and, for
+        the rate in the unit of the peak named by ``peak`` (a dtype name: TFLOP/s; ``mem`` or
+        ``h2d``: GB/s), ``pct_of_peak`` against the device's spec peak and
+        ``pct_of_achievable`` against the ceiling the worker measured for that name, each where
+        known. ``per_call`` divides each sample when ``fn`` repeats the operation several times.
+        Raises ValueError, before timing, when ``peak`` names a rate that was not given."""
+        rate = peak_rate(peak) if peak else ""
+        _has_rate(rate, flops, nbytes, f"peak {peak!r}")  # before timing, not after
         # Host-clock cases (launch overhead) are not sampled: the sampler thread would compete
         # for the interpreter with the very host work being timed.
         sampler = self.sampler() if clock == "device" else contextlib.nullcontext()
         with sampler:
             seconds = [s / per_call for s in self.time(fn, flush_l2=flush_l2, clock=clock)]
         metrics = rate_metrics(
-            seconds, flops=flops, nbytes=nbytes, peak=(self.peaks or {}).get(peak) if peak else None
+            seconds,
+            flops=flops,
+            nbytes=nbytes,
+            peak=(self.peaks or {}).get(peak) if peak else None,
+            achievable=(self.achievable or {}).get(peak) if peak else None,
+            rate=rate,
         )
         if clock == "device":
             metrics += self.telemetry(sampler)
@@ -229,14 +241,25 @@ class Context:
         return metrics
 
 
-def _one_rate(flops: Optional[float], nbytes: Optional[float]) -> None:
-    """Raise ValueError given both: one peak, one unit, so with both rates one of them would
-    be divided by the other's peak."""
-    if flops is not None and nbytes is not None:
-        raise ValueError(
-            "give flops= or nbytes=, not both (pct_of_peak is against one peak, in the unit of "
-            "one rate); derive the other rate from the latency it returns"
-        )
+# Peaks stated in bytes per second (GB/s): device memory and the host link. Every other peak
+# name is a dtype, stated in FLOP per second (TFLOP/s).
+BYTE_PEAKS = ("mem", "h2d")
+
+
+def peak_rate(name: str) -> str:
+    """The rate metric a peak named ``name`` is in: ``gbps`` for a byte peak, else ``tflops``."""
+    return "gbps" if name in BYTE_PEAKS else "tflops"
+
+
+def _has_rate(rate: str, flops: Optional[float], nbytes: Optional[float], what: str) -> None:
+    """Raise ValueError when the peak is in ``rate`` but that rate was not given while the other
+    was: the percentage would divide one rate by the other's peak. No rate at all is fine (no
+    percentage: nothing to take a share of)."""
+    given = {"tflops": flops, "gbps": nbytes}
+    if rate and given[rate] is None and any(v is not None for v in given.values()):
+        needs = "nbytes=" if rate == "gbps" else "flops="
+        unit = "GB/s" if rate == "gbps" else "TFLOP/s"
+        raise ValueError(f"{what} is in {unit}: give {needs} too, or the peak of the rate given")
 
 
 def rate_metrics(
@@ -245,20 +268,30 @@ def rate_metrics(
     flops: Optional[float] = None,
     nbytes: Optional[float] = None,
     peak: Optional[float] = None,
+    achievable: Optional[float] = None,
+    rate: str = "",
 ) -> list[Metric]:
-    """Latency samples plus the rates derived from each of them: ``tflops`` from ``flops`` or
-    ``gbps`` from ``nbytes``, and ``pct_of_peak`` of that rate against ``peak``, in its unit
-    (FLOP/s for flops, bytes/s for nbytes). Raises ValueError given both flops and nbytes."""
-    _one_rate(flops, nbytes)
+    """Latency samples plus the rates derived from each of them: ``tflops`` from ``flops`` and
+    ``gbps`` from ``nbytes``; with both, their ratio ``flop_per_byte`` (arithmetic intensity,
+    FLOP/B, one value: it does not vary between samples). ``pct_of_peak`` (against ``peak``)
+    and ``pct_of_achievable`` (against ``achievable``, a measured ceiling) are shares of the
+    rate named by ``rate`` (``tflops``: TFLOP/s, ``gbps``: GB/s), or of the only rate given
+    when ``rate`` is ''. Raises ValueError when ``rate`` names a rate not given while the other
+    is, or when both are given, a share is asked for and ``rate`` is ''."""
+    _has_rate(rate, flops, nbytes, f"rate={rate!r}")
+    if not rate and flops is not None and nbytes is not None and (peak or achievable):
+        raise ValueError("given flops= and nbytes=, say which rate= the peak is in")
     out = [Metric("latency", "ms", "lower", [s * 1e3 for s in seconds])]
-    rate: Optional[Metric] = None
+    rates: dict[str, Metric] = {}
     if flops is not None:
-        rate = Metric("tflops", "TFLOP/s", "higher", [flops / s / 1e12 for s in seconds])
-        out.append(rate)
+        rates["tflops"] = Metric("tflops", "TFLOP/s", "higher", [flops / s / 1e12 for s in seconds])
     if nbytes is not None:
-        gbps = Metric("gbps", "GB/s", "higher", [nbytes / s / 1e9 for s in seconds])
-        out.append(gbps)
-        rate = rate or gbps
-    if rate is not None and peak:
-        out.append(Metric("pct_of_peak", "%", "higher", [100 * v / peak for v in rate.values]))
+        rates["gbps"] = Metric("gbps", "GB/s", "higher", [nbytes / s / 1e9 for s in seconds])
+    out += rates.values()
+    if flops is not None and nbytes:
+        out.append(Metric("flop_per_byte", "FLOP/B", "higher", [flops / nbytes]))
+    shared = rates.get(rate) if rate else next(iter(rates.values()), None)
+    for name, of in (("pct_of_peak", peak), ("pct_of_achievable", achievable)):
+        if shared is not None and of:
+            out.append(Metric(name, "%", "higher", [100 * v / of for v in shared.values]))
     return out

@@ -15,10 +15,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from cudastack.contract.request import SuiteRequest
 from cudastack.environment.suite import Case
@@ -67,8 +67,10 @@ def run_groups(
     groups: Sequence[Sequence[Case]],
     records: Path,
     failed_rows: FailedRows,
+    env: Optional[Mapping[str, str]] = None,
 ) -> dict[str, int]:
     """Run each group in a child worker process, one at a time; return the cases' status counts.
+    ``env`` adds variables to the children's environment (what the parent measured for them).
 
     A child that dies (a segfault in a kernel library, the kernel's OOM killer) leaves failed
     rows for its cases that have none, and the next group still runs.
@@ -80,7 +82,7 @@ def run_groups(
             flush=True,
         )
         start = _clean_end(records)
-        code = _run_child(child_argv(request, index))
+        code = _run_child(child_argv(request, index), env or {})
         statuses = case_statuses(_rows_from(records, start))
         for status in statuses:
             counts[status] += 1
@@ -100,8 +102,8 @@ def run_groups(
     return counts
 
 
-def _run_child(cmd: list[str]) -> int:
-    env = dict(os.environ)
+def _run_child(cmd: list[str], extra: Mapping[str, str]) -> int:
+    env = {**os.environ, **extra}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     sys.stdout.flush()  # the child writes to the same stdout: keep the lines in order
     proc = subprocess.Popen(cmd, env=env)

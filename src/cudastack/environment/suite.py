@@ -1,8 +1,8 @@
 """The suite's catalogue: discover bench files, expand PARAMS grids into cases, select, profile.
 
 Standard library only. Discovery reads each bench file's docstring, ``PARAMS``, ``PROFILES`` and
-declarations (``KIND``, ``HEADLINE``) with ``ast`` instead of importing it, so the host can list
-cases without torch installed.
+declarations (``KIND``, ``HEADLINE``, ``CEILING``) with ``ast`` instead of importing it, so the
+host can list cases without torch installed.
 """
 
 from __future__ import annotations
@@ -104,6 +104,14 @@ class BenchSpec:
     # ISOLATE = ["p"]: cases with different values of p never share a worker process, for state
     # a process keeps that no flag resets (cuDNN's plan cache ignores cudnn.benchmark).
     isolate: tuple[str, ...] = ()
+    # CEILING = "{dtype}" or "mem": the peak name its cases' % of achievable is against, {p}
+    # standing for the case's value of parameter p; '' for none. The worker measures the
+    # achievable ceilings the planned kernel cases name before running them.
+    ceiling: str = ""
+
+    def ceiling_for(self, case: Case) -> str:
+        """The peak name whose achievable ceiling ``case`` is stated against; '' for none."""
+        return _PLACEHOLDER.sub(lambda m: format_value(case.params[m.group(1)]), self.ceiling)
 
     def grid(self, profile: str) -> dict[str, list[Any]]:
         return {**self.params, **self.profiles.get(profile, {})}
@@ -138,6 +146,25 @@ def _literal(tree: ast.Module, name: str, path: Path, what: str = "a literal dic
         except ValueError:
             raise SuiteError(f"{path.name}: {name} must be {what}") from None
     return None
+
+
+# A parameter's value in a CEILING declaration: "{dtype}".
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _ceiling(value: Any, params: dict[str, list[Any]], path: Path) -> str:
+    """The bench's CEILING, checked: a peak name, whose {p} placeholders name parameters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(r"(?:\w|\{\w+\})+", value):
+        raise SuiteError(
+            f"{path.name}: CEILING must be a peak name in quotes, such as "
+            'CEILING = "mem" or CEILING = "{dtype}" (the case\'s dtype)'
+        )
+    unknown = [p for p in _PLACEHOLDER.findall(value) if p not in params]
+    if unknown:
+        raise SuiteError(f"{path.name}: CEILING names {unknown}, which PARAMS does not have")
+    return value
 
 
 # What a bench declares it measures: explain tells workloads apart from the kernels they are
@@ -187,6 +214,7 @@ def load_spec(path: Path) -> BenchSpec:
     data_parallel = _literal(tree, "DATA_PARALLEL", path) is True
     isolate = _isolate(_literal(tree, "ISOLATE", path), params, data_parallel, path)
     kind, headline = _declarations(tree, path)
+    ceiling = _ceiling(_literal(tree, "CEILING", path, "a peak name in quotes"), params, path)
     return BenchSpec(
         path.stem,
         path,
@@ -197,6 +225,7 @@ def load_spec(path: Path) -> BenchSpec:
         headline,
         data_parallel,
         isolate,
+        ceiling,
     )
 
 
@@ -331,6 +360,18 @@ def plan(
             )
         cases = [c for c in cases if key in c.params and format_value(c.params[key]) in wanted]
     return cases
+
+
+def ceilings_named(specs: dict[str, BenchSpec], cases: Sequence[Case]) -> list[str]:
+    """The peak names whose achievable ceilings the kernel cases among ``cases`` are stated
+    against (their benches' CEILING), each once, in the planned order: what the worker
+    measures before the cases. Empty when no kernel case names one (a workload-only run)."""
+    names: dict[str, None] = {}
+    for case in cases:
+        spec = specs.get(case.bench)
+        if spec is not None and spec.kind == "kernel" and spec.ceiling:
+            names[spec.ceiling_for(case)] = None
+    return list(names)
 
 
 def process_groups(specs: dict[str, BenchSpec], cases: Sequence[Case]) -> list[list[Case]]:

@@ -28,7 +28,16 @@ from cudastack.contract.failures import exception_reason, output_reason
 from cudastack.contract.request import SuiteRequest
 from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
 from cudastack.contract.stats import summarize
-from cudastack.environment import child_output, envinfo, hostalloc, isolation, precision, suite
+from cudastack.environment import (
+    ceilings,
+    child_output,
+    cpu_peak,
+    envinfo,
+    hostalloc,
+    isolation,
+    precision,
+    suite,
+)
 from cudastack.environment import world as worldmod
 from cudastack.environment.context import CheckFailed, Context, Metric, Skip
 from cudastack.environment.peaks import for_gpu
@@ -83,7 +92,8 @@ def _pick_device(torch: Any, wanted: str, world: worldmod.World) -> Any:
         torch.cuda.set_device(device)  # (CUDA 12+ creates the GPU's context here)
     if device.type == "cuda":
         # Plain "cuda" is the current device, context not yet made: a worker that only starts
-        # its process groups' children (ISOLATE) then holds no GPU memory while they run.
+        # its process groups' children (ISOLATE) then holds no GPU memory while they run,
+        # unless it measured the ceilings for them first (its CUDA context, caches emptied).
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
@@ -108,6 +118,21 @@ class _Modules:
             spec.loader.exec_module(module)
             self._cache[name] = module
         return self._cache[name]
+
+
+class _Builtin(_Modules):
+    """One module of the worker's own run as a bench module: the ceilings, so that each is a
+    case as any other (time limit, skips, failures, flags restored)."""
+
+    def __init__(self, module: ModuleType) -> None:
+        super().__init__({})
+        self._module = module
+
+    def folder(self, name: str) -> Path:
+        return Path(str(self._module.__file__)).parent
+
+    def get(self, name: str) -> ModuleType:
+        return self._module
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -348,6 +373,10 @@ def _run_suite(
     found = for_gpu(fp["gpu"])
     if found is not None:  # env.json says which data sheet % of peak is against, or why none
         fp["gpu"]["peaks"] = found.record()
+    # A CPU's peak from its cores, clock and vector ISA (or why none), for its torch threads.
+    cpu = cpu_peak.for_this_cpu(torch.get_num_threads()) if device.type == "cpu" else None
+    if cpu is not None:
+        fp["cpu"]["peaks"] = cpu.record()
     passed = [k for k in os.environ.get(PASSED_ENV, "").split(",") if k]
     # env.json travels (export, results/reference): a token passed with --env must not.
     fp["env_passed"] = {
@@ -370,7 +399,7 @@ def _run_suite(
     }
     if unfit:
         return _cell_skipped(args, base, "arch", unfit)
-    ctx_peaks = found.peaks if found is not None else None
+    ctx_peaks = found.peaks if found is not None else cpu.values if cpu is not None else None
     modules = _Modules(specs)
     procs = f", {world.size} data-parallel processes" if world.distributed else ""
     print(
@@ -381,7 +410,10 @@ def _run_suite(
     )
     if found is not None and found.board is None:
         print(f"no % of peak: {found.reason}", flush=True)
-    started = time.perf_counter()
+    if cpu is not None and cpu.values is None and args.group is None:
+        print(f"no % of peak: {cpu.reason}", flush=True)
+    started = time.perf_counter()  # the suite's time includes the ceilings its cases need
+    achievable = _ceilings(args, torch, device, profile, world, nvml, specs, cases, base)
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     # Torchrun starts the ranks once for the suite: data-parallel benches never ISOLATE.
     groups = [cases] if world.distributed else suite.process_groups(specs, cases)
@@ -399,13 +431,17 @@ def _run_suite(
 
         # The groups rerun this request; their rows are one run's, so each gets its run id.
         request = dataclasses.replace(args, run_id=run_id)
-        counts = isolation.run_groups(request, groups, args.out / runfolder.RECORDS, failed)
+        # The ceilings reach the groups' processes measured: once a run, not once a group.
+        handed = {ceilings.ENV: ceilings.encode(achievable)}
+        counts = isolation.run_groups(request, groups, args.out / runfolder.RECORDS, failed, handed)
     with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
         for i, case in order:
-            ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case)
+            spec = specs[case.bench]
+            # % of achievable is a kernel's: a workload's rate is not one operation's.
+            ceiling = achievable if spec.kind == "kernel" else None
+            ctx = _context(args, torch, device, profile, ctx_peaks, world, nvml, case, ceiling)
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, modules, case)
-            spec = specs[case.bench]
             fields = {**base, **declared(spec), "started_at": at}
             rows = list(case_rows(fields, case, status, reason, metrics))
             status = rows[0]["status"]
@@ -452,6 +488,7 @@ def _context(
     world: worldmod.World,
     nvml: Optional[Nvml],
     case: suite.Case,
+    achievable: Optional[dict[str, float]] = None,
 ) -> Context:
     return Context(
         torch,
@@ -465,7 +502,54 @@ def _context(
         nvml=nvml,
         trace_dir=args.out / runfolder.TRACES if args.trace else None,
         case_id=case.id,
+        achievable=achievable,
     )
+
+
+def _ceilings(
+    args: SuiteRequest,
+    torch: Any,
+    device: Any,
+    profile: suite.Profile,
+    world: worldmod.World,
+    nvml: Optional[Nvml],
+    specs: dict[str, suite.BenchSpec],
+    cases: list[suite.Case],
+    base: dict[str, Any],
+) -> dict[str, float]:
+    """The achievable ceilings (peak name -> value) the planned kernel cases name, measured
+    here before them and recorded as rows of the bench ``ceiling``; none when no kernel case
+    names one. A process group's child reads its parent's instead of measuring again."""
+    if args.group is not None:
+        return ceilings.decode(os.environ.get(ceilings.ENV, ""))
+    if world.distributed:
+        # torchrun's ranks would measure at once on shared hardware; the data-parallel benches
+        # name no ceiling anyway.
+        return {}
+    todo = ceilings.cases(suite.ceilings_named(specs, cases), device.type)
+    found: dict[str, float] = {}
+    if not todo:
+        return found
+    module = _Builtin(ceilings)
+    started = time.perf_counter()
+    with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
+        for case in todo:
+            ctx = _context(args, torch, device, profile, None, world, nvml, case)
+            at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            status, reason, metrics = run_case(ctx, module, case)
+            fields = {**base, **ceilings.declared(case), "started_at": at}
+            rows = list(case_rows(fields, case, status, reason, metrics))
+            records.writelines(json.dumps(r) + "\n" for r in rows)
+            records.flush()
+            status = rows[0]["status"]
+            detail = rows[0]["reason"]
+            if status == "ok":
+                value = rows[0]["value"]
+                found[ceilings.peak_of(case)] = value
+                detail = f"{value:.4g} {rows[0]['unit']} (best sample)"
+            print(f"[ceiling] {case.id:<48} {status:<7} {detail}", flush=True)
+    print(f"ceilings measured in {time.perf_counter() - started:.1f} s", flush=True)
+    return found
 
 
 def _follow(

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 KIND = "kernel"
 HEADLINE = "tflops"
+CEILING = "{dtype}"  # % of achievable: of the best large GEMM in the case's dtype
 PARAMS = {
     "layer": ["c2_3x3", "c3_down_1x1_s2", "c4_3x3"],
     "direction": ["fwd", "fwd_bwd"],
@@ -105,13 +106,19 @@ def run(
 
     # 2 FLOP per multiply-add, one per output element and filter tap (groups = 1).
     flops = 2 * batch * c_out * side * side * c_in * k * k
+    # The least memory traffic: each input read once, each output written once. Forward reads
+    # the input and the filter and writes the output; backward also reads the output's gradient
+    # (the output's size) and writes the input's and the filter's (their sizes), so
+    # forward+backward moves each of the three sizes twice.
+    item = x.element_size()
+    once = (batch * c_in * size * size + c_out * c_in * k * k + batch * c_out * side * side) * item
     if not bwd:
         # With benchmark on, this first call is also where cuDNN tries its algorithms.
         out = forward()
         # One image's output depends only on that image: checking the first is enough and cheap.
         ref = conv2d(x[:1].double(), w.double(), None, stride, pad)
         _check(ctx, out[:1], ref, TOLERANCE[dtype], c_in * k * k, "output")
-        return ctx.measure(forward, flops=flops, peak=dtype)
+        return ctx.measure(forward, flops=flops, nbytes=once, peak=dtype)
 
     # The gradient arrives in the layout the forward produced, as it would inside a network.
     grad_out = ctx.randn(batch, c_out, side, side, dtype=dt).to(memory_format=fmt)
@@ -135,4 +142,4 @@ def run(
     # count, so fp32 gets 1e-3 there, still far below the O(1) error of a wrong kernel.
     _check(ctx, dw, dw64, max(tol, 1e-3), batch * side * side, "weight gradient")
     del out, dx, dw, x64, w64, ref, dx64, dw64  # the fp64 copies need not stay on the device
-    return ctx.measure(call, flops=3 * flops, peak=dtype)
+    return ctx.measure(call, flops=3 * flops, nbytes=2 * once, peak=dtype)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 KIND = "kernel"
 HEADLINE = "gbps"
+CEILING = "mem"  # % of achievable: of the best device copy
 PARAMS = {
     "op": ["softmax", "layer_norm", "gelu"],
     "dtype": ["fp32", "bf16", "fp16"],
@@ -30,6 +31,13 @@ EPS = 1e-5  # layer norm's default
 # fp32 and round once on output: half an ulp is 3.9e-3 in bf16 and 4.9e-4 in fp16.
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 2e-3}
 CHECK_ROWS = 256  # rows are independent: a slab of them is enough to catch a wrong kernel
+# FLOPs per element of the input, each operation of the formula counted once (a transcendental,
+# exp or erf, as one; per-row work, a handful of operations a row, left out): softmax's max,
+# subtract, exp, sum and divide; layer norm's mean (add), variance (subtract, square, add),
+# normalisation (subtract, multiply) and affine (multiply, add); GELU's x / sqrt(2), erf, + 1,
+# x times and halving. A convention for the roofline (these ops are bound by memory, never by
+# FLOPs), not a count any profiler makes: torch's FlopCounterMode counts none of them.
+FLOPS_PER_ELEMENT = {"softmax": 5, "layer_norm": 8, "gelu": 5}
 
 
 def _apply(torch: ModuleType, op: str, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -62,4 +70,5 @@ def run(ctx: Context, op: str, dtype: str, rows: int, cols: int) -> list[Metric]
     # The L2 flush keeps sizes that fit in L2 honest; it runs outside the timed region.
     itemsize = x.element_size()
     nbytes = 2 * rows * cols * itemsize + (2 * cols * itemsize if op == "layer_norm" else 0)
-    return ctx.measure(call, nbytes=nbytes, peak="mem")
+    flops = FLOPS_PER_ELEMENT[op] * rows * cols
+    return ctx.measure(call, flops=flops, nbytes=nbytes, peak="mem")

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 KIND = "kernel"
 HEADLINE = "tflops"
+CEILING = "{dtype}"  # % of achievable: of the best large GEMM in the case's dtype
 PARAMS = {"dtype": ["fp32", "tf32", "fp16", "bf16", "fp8"], "n": [1024, 4096, 8192]}
 PROFILES = {
     "smoke": {"n": [256]},
@@ -38,6 +39,13 @@ def flops(n: int) -> int:
     return 2 * n**3
 
 
+def nbytes(n: int, in_size: int, out_size: int) -> int:
+    # The least memory traffic of a call: A and B (``in_size`` bytes an element) read once, C
+    # (``out_size``) written once. ``gbps`` is this count over the time: the traffic no kernel
+    # can avoid (one that reads its tiles from memory more than once moves more than it says).
+    return n * n * (2 * in_size + out_size)
+
+
 def _fp8(ctx: Context, n: int) -> list[Metric]:
     torch = ctx.torch
     ctx.require_cuda("fp8 GEMM")
@@ -55,7 +63,7 @@ def _fp8(ctx: Context, n: int) -> list[Metric]:
         return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
     _check(ctx, call(), a, b, "fp8", n)
-    return ctx.measure(call, flops=flops(n), peak="fp8")
+    return ctx.measure(call, flops=flops(n), nbytes=nbytes(n, 1, 2), peak="fp8")  # bf16 out
 
 
 def run(ctx: Context, dtype: str, n: int) -> list[Metric]:
@@ -74,4 +82,5 @@ def run(ctx: Context, dtype: str, n: int) -> list[Metric]:
         return torch.mm(a, b, out=out)
 
     _check(ctx, call(), a, b, dtype, n)
-    return ctx.measure(call, flops=flops(n), peak=dtype)
+    size = a.element_size()
+    return ctx.measure(call, flops=flops(n), nbytes=nbytes(n, size, size), peak=dtype)

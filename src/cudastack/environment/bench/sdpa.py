@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 KIND = "kernel"
 HEADLINE = "tflops"
+CEILING = "{dtype}"  # % of achievable: of the best large GEMM in the case's dtype
 PARAMS = {
     "backend": ["flash", "efficient", "cudnn", "math"],
     "direction": ["fwd", "fwd_bwd"],
@@ -118,6 +119,11 @@ def run(
     # benchmarks count). Backward is 2.5x forward (five matmuls, Q K^T recomputed), so
     # forward+backward is 3.5x forward.
     flops = 4 * batch * heads * seq * seq * head_dim * (0.5 if causal else 1.0)
+    # The least memory traffic: Q, K and V read once and the output written once, four tensors
+    # of batch x heads x seq x head_dim; forward+backward also reads the output's gradient and
+    # writes dQ, dK and dV: eight. (A fused kernel also keeps one softmax statistic a row, a
+    # small share, left out; the causal mask halves the FLOPs but not one tensor.)
+    nbytes = (8 if bwd else 4) * batch * heads * seq * head_dim * q.element_size()
     # Restricting sdpa to one backend is the point of the case; the restriction covers timing.
     with sdpa_kernel([getattr(SDPBackend, BACKENDS[backend])]):
         with warnings.catch_warnings(record=True) as caught:
@@ -139,4 +145,4 @@ def run(
             for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
                 _check(ctx, g[sl], r, 2 * tol, f"gradient {name}")
         del out
-        return ctx.measure(call, flops=flops * (3.5 if bwd else 1.0), peak=dtype)
+        return ctx.measure(call, flops=flops * (3.5 if bwd else 1.0), nbytes=nbytes, peak=dtype)

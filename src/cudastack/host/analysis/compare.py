@@ -1,4 +1,4 @@
-"""Compare cells or runs: oriented ratios, their 95 % intervals, p-values and four verdicts.
+"""Compare cells or runs: oriented ratios, their 95 % intervals, p-values and verdicts.
 
 A change counts only when it is significant after correcting for the number of comparisons
 AND larger than an effect threshold (asv's rule; TorchBench's fixed threshold alone flooded its
@@ -6,6 +6,8 @@ maintainers with noise); "same" only when the whole interval lies within the thr
 equivalence test, so "not shown to differ" is never read as "no regression"); anything else is
 inconclusive. Noise widens the interval and never overrides a verdict. Ratios are oriented by
 `better`, so a ratio above 1 always means the compared side is better than the baseline.
+A case whose GPU throttled, or ran at another SM clock than the baseline's, is "not comparable":
+its ratio measures the clocks as much as the stack.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from cudastack.contract.stats import NOISY_REL_IQR
 from cudastack.host.analysis.results import bench_kinds, headline_rank
 
 VERDICTS = ("faster", "slower", "same", "inconclusive")
+NOT_COMPARABLE = "not comparable"
+# Median SM clocks further apart than this make a case not comparable: a GPU's rate follows its
+# clock, so a 5 % lower clock alone reads as a 5 % "slower" stack.
+CLOCK_TOLERANCE = 0.05
 
 
 def verdict_counts(table: pd.DataFrame) -> str:
@@ -30,7 +36,8 @@ def verdict_counts(table: pd.DataFrame) -> str:
     with how many of them are provisional (too few processes a side to trust)."""
     counts = table["verdict"].value_counts()
     cases = f"{len(table)} case" + ("s" if len(table) != 1 else "")
-    line = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + f" (of {cases})"
+    shown = VERDICTS + ((NOT_COMPARABLE,) if counts.get(NOT_COMPARABLE, 0) else ())
+    line = ", ".join(f"{counts.get(v, 0)} {v}" for v in shown) + f" (of {cases})"
     provisional = int(table["provisional"].sum())
     if provisional:
         line += (
@@ -63,6 +70,7 @@ class Settings:
     correction: str = "holm"
     n_boot: int = 2000
     seed: int = 0
+    ignore_clocks: bool = False  # keep verdicts of throttled or clock-shifted cases
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -90,7 +98,7 @@ def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
     latency and the same change in TFLOP/s are not counted as two discoveries. The headline is
     the one its bench declares (HEADLINE); runs recorded before benches declared one are read
     by results.HEADLINE_METRICS."""
-    ok = df[(df["status"] == "ok") & (df["metric"] != "pct_of_peak")]
+    ok = df[(df["status"] == "ok") & ~df["metric"].isin(("pct_of_peak", "pct_of_achievable"))]
     rank = headline_rank(ok["metric"], ok.get("headline", ""))
     best = rank.groupby([ok["side"], ok["case"]]).transform("min")
     return ok[rank == best]
@@ -234,6 +242,9 @@ def compare(
     table["noisy_side"] = table["rel_iqr_side"] > NOISY_REL_IQR
     table["p_adj"] = adjust(table["p"].to_numpy(), settings.correction)
     table["verdict"] = [verdict(r, settings) for r in table.to_dict("records")]
+    table["clocks"] = clock_reasons(df, table)
+    if not settings.ignore_clocks:
+        table.loc[table["clocks"] != "", "verdict"] = NOT_COMPARABLE
     table["provisional"] = table["processes"] < MIN_PROCESSES
     table["processes_to_decide"] = pd.array(
         [_processes_to_decide(r, settings, len(table)) for r in table.to_dict("records")],
@@ -244,6 +255,40 @@ def compare(
     kinds = bench_kinds(df)  # kernel | workload, as declared: what explain tells them apart by
     table["kind"] = [kinds.get(b, "") for b in table["bench"]]
     return table
+
+
+def clock_reasons(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """For each row of the comparison ``table``: why its sides ran at different speeds of the
+    GPU itself, or ''. A side is throttled when any of its windows had a power, thermal or
+    slowdown clock reason (NVML telemetry: ``throttled``, ``throttled_pct``); the clocks differ
+    when the median ``sm_clock_mhz`` of the two sides is more than CLOCK_TOLERANCE apart. Rows
+    without telemetry (a CPU, a GPU without NVML) get ''."""
+    telemetry = df[
+        (df["status"] == "ok") & df["metric"].isin(("throttled_pct", "sm_clock_mhz"))
+    ].assign(side=label_sides(df))
+    if telemetry.empty:
+        return [""] * len(table)
+    # Worst window for throttling (one throttled window is enough to move a median), median
+    # window for the clock.
+    stats = telemetry.groupby(["side", "case", "metric"])["value"].agg(["max", "median"])
+
+    def stat(side: str, case: str, metric: str, how: str) -> float:
+        key = (side, case, metric)
+        return float(stats.at[key, how]) if key in stats.index else math.nan
+
+    reasons = []
+    for base, side, case in zip(table["baseline"], table["side"], table["case"]):
+        parts = [
+            f"{name} throttled in {pct:.0f} % of a window"
+            for name in (base, side)
+            if (pct := stat(name, case, "throttled_pct", "max")) > 0
+        ]
+        clock_base = stat(base, case, "sm_clock_mhz", "median")
+        clock_side = stat(side, case, "sm_clock_mhz", "median")
+        if abs(clock_side / clock_base - 1) > CLOCK_TOLERANCE:  # False when either is NaN
+            parts.append(f"SM clock {clock_side:.0f} MHz vs {clock_base:.0f} MHz in {base}")
+        reasons.append("; ".join(parts))
+    return reasons
 
 
 def _by_sample(
@@ -321,6 +366,10 @@ def _processes_to_decide(row: dict, s: Settings, comparisons: int) -> Optional[i
 
 def _note(row: dict) -> str:
     """What a reader must know to trust a row's verdict, or ''."""
+    if row["clocks"]:
+        if row["verdict"] == NOT_COMPARABLE:
+            return f"{row['clocks']}: not comparable (--ignore-clocks compares anyway)"
+        return f"{row['clocks']} (compared anyway: --ignore-clocks)"
     if not math.isfinite(row["ratio"]):
         return "a side has a zero, negative or infinite value: no ratio"
     if row["provisional"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -239,6 +240,17 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# The `,` that starts the next `key=value` of a case id: a value may hold a comma, a key not.
+_PARAM_SEP = re.compile(r",(?=\w+=)")
+
+
+def case_params(case: str) -> dict[str, str]:
+    """A case id's parameters as it writes them, ``bench[k=v,...]`` (suite.Case.id) ->
+    {k: v}, values as text; {} for an id without parameters."""
+    inner = case.partition("[")[2].removesuffix("]")
+    return {k: v for k, _, v in (p.partition("=") for p in _PARAM_SEP.split(inner) if p)}
+
+
 def bench_kinds(df: pd.DataFrame) -> dict[str, str]:
     """bench -> ``kernel`` | ``workload``: the kind its rows record, or for rows from before
     schema 4 (no kind) the LEGACY_KINDS entry. A bench neither names is left out; one whose
@@ -258,16 +270,25 @@ def headline_rank(metric: pd.Series, declared: pd.Series | str) -> pd.Series:
     return order.fillna(len(HEADLINE_METRICS)).where(metric != declared, -1)
 
 
+# Shares of a case's rate, each a column of the case table beside the headline (never one).
+PERCENT_COLUMNS = ("pct_of_peak", "pct_of_achievable")
+
+
 def case_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per case: its headline metric's summary, % of peak, or why it did not run."""
+    """One row per case: its headline metric's summary, % of peak (the data sheet's) and % of
+    achievable (the run's measured ceiling), or why it did not run."""
     stats = summarize(df)
     declared = df[["cell", "case", "headline"]].drop_duplicates(["cell", "case"])
     stats = stats.merge(declared, on=["cell", "case"], how="left")
     stats["rank"] = headline_rank(stats["metric"], stats["headline"].fillna(""))
-    peak = stats[stats["metric"] == "pct_of_peak"].set_index(["cell", "case"])["median"]
-    head = stats[stats["metric"] != "pct_of_peak"].sort_values("rank", kind="stable")
+    shares = {
+        column: stats[stats["metric"] == column].set_index(["cell", "case"])["median"]
+        for column in PERCENT_COLUMNS
+    }
+    head = stats[~stats["metric"].isin(PERCENT_COLUMNS)].sort_values("rank", kind="stable")
     head = head.drop_duplicates(["cell", "case"]).drop(columns=["rank", "headline"])
-    head["pct_of_peak"] = [peak.get((c, k)) for c, k in zip(head["cell"], head["case"])]
+    for column, share in shares.items():
+        head[column] = [share.get((c, k)) for c, k in zip(head["cell"], head["case"])]
     head["status"], head["reason"] = "ok", ""
     not_ok = df[df["status"] != "ok"].drop_duplicates(["cell", "case"])
     rest = not_ok[["cell", "bench", "case", "status", "reason"]]

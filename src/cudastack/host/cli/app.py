@@ -63,6 +63,12 @@ FailOnSkipOpt = typer.Option(
     help="Exit 1 when a cell or case was skipped, as when one failed (for CI: nothing may be "
     "left out).",
 )
+VerboseOpt = typer.Option(
+    False,
+    "--verbose",
+    "-v",
+    help="Under the results, list each case that did not run (default: a count per reason).",
+)
 EnvOpt = typer.Option(
     None,
     "--env",
@@ -107,6 +113,8 @@ class RunOptions:
     minor_version_compat: bool = _opt(MinorCompatOpt)
     env: Optional[list[str]] = _opt(EnvOpt)
     fail_on_skip: bool = _opt(FailOnSkipOpt)
+    # How the summary is printed, not what runs: no SuiteArgs field.
+    verbose: bool = _opt(VerboseOpt)
 
     def suite(self, extra_work: float = 0.0) -> SuiteArgs:
         """What every cell's worker processes run."""

@@ -17,6 +17,12 @@ from cudastack.host.cli.app import ResultsOpt, names, run_folder
 from cudastack.host.console import console, err
 
 FORMATS = ("table", "md", "csv", "json")
+IgnoreClocksOpt = typer.Option(
+    False,
+    "--ignore-clocks",
+    help="Give verdicts to cases whose GPU throttled or ran at another SM clock (default: "
+    "'not comparable').",
+)
 
 
 class LoadedRuns(NamedTuple):
@@ -59,12 +65,15 @@ def compare_cmd(
         "--fail-on-regression",
         help="Exit 1 when a case is slower (never for inconclusive or provisional ones).",
     ),
+    ignore_clocks: bool = IgnoreClocksOpt,
     results_dir: Path = ResultsOpt,
 ) -> None:
     """Is one cell or run really faster than another, by how much, and why?"""
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    settings = compare.Settings(threshold=threshold, alpha=alpha, correction=correction)
+    settings = compare.Settings(
+        threshold=threshold, alpha=alpha, correction=correction, ignore_clocks=ignore_clocks
+    )
     df, envs = load_runs(runs, results_dir)
     if bench:
         unknown = sorted(set(names(bench)) - set(df["bench"]))
@@ -148,6 +157,7 @@ def report_cmd(
     ),
     fmt: str = typer.Option("html", "--format", help="html | md"),
     baseline: Optional[str] = typer.Option(None, help="Cell or run to compare against."),
+    ignore_clocks: bool = IgnoreClocksOpt,
     results_dir: Path = ResultsOpt,
 ) -> None:
     """One self-contained HTML report (or markdown for a pull-request comment)."""
@@ -157,10 +167,11 @@ def report_cmd(
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
     df, envs = load_runs(runs, results_dir)
+    settings = compare.Settings(ignore_clocks=ignore_clocks)
     if fmt == "html":
-        text = report.html_report(df, envs, baseline)
+        text = report.html_report(df, envs, baseline, settings)
     else:
-        table = compare.compare(df, baseline)
+        table = compare.compare(df, baseline, settings)
         diffs = explain.side_diffs(table, envs)
         text = report.markdown(
             table, diffs, compare.notes(df, table) + explain.explain(table, diffs)

@@ -11,13 +11,14 @@ from rich.markup import escape
 from cudastack.contract.errors import EXIT_FAILED, EXIT_INTERRUPTED, UserError
 from cudastack.environment import suite
 from cudastack.host.analysis import results
-from cudastack.host.analysis.display import case_summary, cell_matrix
+from cudastack.host.analysis.display import results_view
 from cudastack.host.cells import doctor, images, matrix
 from cudastack.host.cli.app import (
     BenchDirOpt,
     MatrixOpt,
     ResultsOpt,
     RunOptions,
+    VerboseOpt,
     names,
     run_folder,
     with_run_options,
@@ -39,7 +40,8 @@ def run(
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
     args = opts.suite(extra_work)
     if not opts.cell:
-        _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout), opts.fail_on_skip)
+        outcome = loop.run_here(args, opts.out, opts.results_dir, opts.timeout, opts.verbose)
+        _exit_for(outcome, opts.fail_on_skip)
         return
     try:
         outcome = _run_cells_of_matrix(args, opts)
@@ -85,7 +87,8 @@ def bench(
             return
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
-    _exit_for(loop.run_here(args, opts.out, opts.results_dir, opts.timeout), opts.fail_on_skip)
+    outcome = loop.run_here(args, opts.out, opts.results_dir, opts.timeout, opts.verbose)
+    _exit_for(outcome, opts.fail_on_skip)
 
 
 def _run_cells_of_matrix(
@@ -114,7 +117,9 @@ def _run_cells_of_matrix(
     # bench falls back to the suite here, as the cell local, when no cell can run.
     fallback = LocalLauncher(args, opts.timeout, echo) if fallback_local else None
     what = f"{len(cells)} cells"
-    return loop.run_matrix(launcher, what, args.repeat, opts.out, opts.results_dir, fallback)
+    return loop.run_matrix(
+        launcher, what, args.repeat, opts.out, opts.results_dir, fallback, opts.verbose
+    )
 
 
 def list_(
@@ -148,9 +153,16 @@ def list_(
 def show(
     run: str = typer.Argument(..., help="A run id (under --results-dir) or a run folder."),
     results_dir: Path = ResultsOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Print the case summary of a finished run."""
+    """Print the summary of a finished run: a table per bench, what did not run under them."""
     run_dir = run_folder(run, results_dir)
-    table = results.case_table(results.load_table(run_dir))
-    view = cell_matrix if table["cell"].nunique() > 1 else case_summary
-    console.print(view(table, str(run_dir)))
+    df = results.load_table(run_dir)
+    view = results_view(
+        results.case_table(df),
+        f"run {run_dir.name}",
+        verbose,
+        results.bench_kinds(df),
+        f"cudastack show {run} --verbose lists them",
+    )
+    console.print(view)

@@ -15,7 +15,7 @@ from rich.markup import escape
 from cudastack.contract import runfolder
 from cudastack.contract.errors import UserError
 from cudastack.host.analysis import compare, explain, report, results
-from cudastack.host.analysis.display import case_summary, cell_matrix, reasons
+from cudastack.host.analysis.display import results_view
 from cudastack.host.cells import doctor
 from cudastack.host.console import console, echo, err
 from cudastack.host.run import pipeline
@@ -47,18 +47,24 @@ class RunOutcome:
     interrupted: bool  # Ctrl-C or SIGTERM ended it before every cell ran
 
 
-def finish(run_dir: Path, run_id: str, outcomes: list[CellResult]) -> RunOutcome:
-    """Ingest the run's records into its table, print the summary, write the report."""
+def finish(
+    run_dir: Path, run_id: str, outcomes: list[CellResult], verbose: bool = False
+) -> RunOutcome:
+    """Ingest the run's records into its table, print the summary (each case that did not run
+    named when ``verbose``), write the report."""
     df = results.ingest_run(run_dir)
-    table = results.case_table(df) if len(df) else None
-    if table is None:
-        console.print("no records")
-    elif table["cell"].nunique() > 1:
-        console.print(cell_matrix(table, f"run {run_id}"))
+    if len(df):
+        console.print(
+            results_view(
+                results.case_table(df),
+                f"run {run_id}",
+                verbose,
+                results.bench_kinds(df),
+                f"cudastack show {run_dir} --verbose lists them",
+            )
+        )
     else:
-        console.print(case_summary(table, f"run {run_id}"))
-    for line in reasons(table) if table is not None else []:
-        console.print(f"  {line}", highlight=False, markup=False)
+        console.print("no records")
     if len(df):
         side = df.assign(side=compare.label_sides(df))
         envs = {c: explain.load_env(run_dir, c) for c in side["cell"].unique()}
@@ -128,9 +134,14 @@ def skip_cell(run_dir: Path, run_id: str, plan: CellPlan) -> CellResult:
 
 
 def run_here(
-    args: SuiteArgs, out: Optional[Path], results_dir: Path, timeout: float = DEFAULT_TIMEOUT_S
+    args: SuiteArgs,
+    out: Optional[Path],
+    results_dir: Path,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    verbose: bool = False,
 ) -> RunOutcome:
-    """The suite in this Python environment, as the cell ``local``."""
+    """The suite in this Python environment, as the cell ``local``; ``verbose``: the summary
+    names each case that did not run."""
     cases = args.validate()
     check_timeout(timeout)
     if importlib.util.find_spec("torch") is None:
@@ -141,7 +152,7 @@ def run_here(
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
     outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run_dir, run_id)
-    return finish(run_dir, run_id, outcomes)
+    return finish(run_dir, run_id, outcomes, verbose)
 
 
 @dataclass(frozen=True)
@@ -189,10 +200,12 @@ def run_matrix(
     out: Optional[Path],
     results_dir: Path,
     fallback: Optional[Launcher] = None,
+    verbose: bool = False,
 ) -> RunOutcome:
     """Run the cells ``launcher`` offers (``what`` says which, e.g. "3 cells"), ``repeat``
     processes each, into a new run folder; when none could run, the ``fallback`` launcher's as
-    well (bench: something useful on any host)."""
+    well (bench: something useful on any host). ``verbose``: the summary names each case that
+    did not run."""
     run_id = runfolder.new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: {what} -> {run_dir}", highlight=False)
@@ -203,7 +216,7 @@ def run_matrix(
             "above): running the suite locally in this Python environment as well"
         )
         outcomes += run_cells(fallback, repeat, run_dir, run_id)
-    return finish(run_dir, run_id, outcomes)
+    return finish(run_dir, run_id, outcomes, verbose)
 
 
 def _report_cell(run_dir: Path, res: CellResult) -> None:
