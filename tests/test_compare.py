@@ -777,7 +777,31 @@ def test_sm_clocks_more_than_five_percent_apart_are_not_comparable(side_clock, e
 def test_ignore_clocks_keeps_the_verdict_and_still_names_the_clocks():
     out = compare.compare(clocked(1980, 1500), settings=Settings(ignore_clocks=True)).iloc[0]
     assert out["verdict"] == "slower"
-    assert out["note"] == "SM clock 1500 MHz vs 1980 MHz in a (compared anyway: --ignore-clocks)"
+    # What the statistics say still follows: one process a side is provisional.
+    assert out["note"] == (
+        "SM clock 1500 MHz vs 1980 MHz in a (compared anyway: --ignore-clocks); "
+        "1 process per side: use --repeat 3 or more to trust a verdict"
+    )
+
+
+@pytest.mark.parametrize("base_clock, side_clock", [(0.0, 1980), (1980, 0.0), (0.0, 0.0)])
+def test_a_zero_clock_is_no_clock_not_a_crash(base_clock, side_clock):
+    out = compare.compare(clocked(base_clock, side_clock)).iloc[0]
+    assert (out["verdict"], out["clocks"]) == ("slower", "")
+
+
+def test_ceilings_are_not_cases_to_compare():
+    r = rng(3)
+    ceiling = "ceiling[what=matmul,dtype=fp32]"
+    out = compare.compare(
+        table(
+            samples("a", "gemm[n=1]", 100 * (1 + r.normal(0, 0.005, 40))),
+            samples("b", "gemm[n=1]", 100 * (1 + r.normal(0, 0.005, 40))),
+            samples("a", ceiling, [120.0]),
+            samples("b", ceiling, [60.0]),
+        )
+    )
+    assert list(out["case"]) == ["gemm[n=1]"]
 
 
 def test_rows_without_telemetry_keep_their_verdict():

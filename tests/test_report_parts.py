@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from test_report import CASES, DIGEST, KERNELS, RED_REASON, make_gpu_run, make_run, row, samples
 
+from cudastack.contract.schema import CEILING_BENCH
 from cudastack.host.analysis import clocks, heatmap, plots, report, results, roofline
 from cudastack.host.cli.reading import load_runs
 
@@ -133,7 +134,7 @@ PEAKS = {"board": "H100 SXM", "values": {"bf16": 989.4, "fp32": 67, "mem": 3350}
 
 
 def without_ceilings(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["bench"] != roofline.CEILING]
+    return df[df["bench"] != CEILING_BENCH]
 
 
 def test_a_run_without_ceilings_falls_back_to_the_data_sheet(tmp_path):
@@ -234,3 +235,15 @@ def test_every_text_in_the_report_is_plain(tmp_path):
     assert "[31m" not in html and "[1m" not in html and "]0;" not in html
     assert "x[bold=1]" in html and f"title='{DIGEST}'" in html
     assert "RuntimeError: CUDA out of memory. Tried" in html
+
+
+def test_kernels_are_stated_as_pct_of_achievable_beside_pct_of_peak(tmp_path):
+    extra = samples("gemm[n=1]", "pct_of_achievable", [91.0] * 5, unit="%", headline="tflops")
+    run = make_run(tmp_path, "run-a", {}, "2.9.1", "cpu", extra=extra)
+    df, envs = load_runs([str(run)], tmp_path)
+    page = report.html_report(df, envs)
+    assert "<h2>Achieved % of achievable</h2>" in page
+    assert "Achieved % of the data-sheet peak" not in page  # no pct_of_peak rows in this run
+    per_case = page[page.index("<h2>Results per case</h2>") :]
+    assert ">pct_<wbr>of_<wbr>achievable</th>" in per_case  # a break allowed at each _
+    assert "<td class='l'>gemm[n=1]</td>" in per_case and "<td class=''>91</td>" in per_case

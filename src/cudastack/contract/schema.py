@@ -47,6 +47,10 @@ COLUMNS = {
 
 STATUSES = ("ok", "skipped", "failed")
 
+# The bench whose rows are the device's measured ceilings (what % of achievable is against, the
+# roofline's roofs), not cases of the suite: the worker writes them, the host reads them.
+CEILING_BENCH = "ceiling"
+
 # Public metric names and their units. ``items_per_s`` states its items in the unit: img/s,
 # samples/s, tokens/s or seq/s.
 UNITS = {

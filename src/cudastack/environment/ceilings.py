@@ -30,13 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from cudastack.contract.schema import CEILING_BENCH
 from cudastack.environment import timing
 from cudastack.environment.suite import Case
 
 if TYPE_CHECKING:
     from cudastack.environment.context import Context, Metric
 
-BENCH = "ceiling"
+BENCH = CEILING_BENCH
 # How a worker hands its ceilings to the child workers that run its process groups (ISOLATE),
 # so that they are measured once a run, not once a group: JSON, peak name -> value.
 ENV = "CUDASTACK_CEILINGS"
@@ -45,8 +46,10 @@ MATMUL_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
 CPU_DTYPES = ("fp32",)
 COPY_PEAK = "mem"  # the peak name the copy ceiling stands for: device memory bandwidth
 
-CPU_SIZES = (256, 512, 1024, 2048)
-GPU_SIZES = (4096, 8192)
+# The sweep stops at the first size whose fastest call is a long one (LONG_CALL_S): up to the
+# suite's largest gemm (n=8192 on a CPU, 16384 on a GPU) only where smaller ones are short.
+CPU_SIZES = (256, 512, 1024, 2048, 4096, 8192)
+GPU_SIZES = (4096, 8192, 16384)
 LONG_CALL_S = {"cpu": 0.01, "cuda": 0.02}
 # Per size: warm-up, then timed calls until the budget or the most reps (the first two warm-up
 # calls are never timed). Many short samples rather than a few: on a shared CPU a call whose

@@ -21,8 +21,9 @@ import pandas as pd
 from scipy.stats import binom, mannwhitneyu, norm, ttest_ind
 
 from cudastack.contract.errors import CudastackError
+from cudastack.contract.schema import CEILING_BENCH
 from cudastack.contract.stats import NOISY_REL_IQR
-from cudastack.host.analysis.results import bench_kinds, headline_rank
+from cudastack.host.analysis.results import PERCENT_COLUMNS, bench_kinds, headline_rank
 
 VERDICTS = ("faster", "slower", "same", "inconclusive")
 NOT_COMPARABLE = "not comparable"
@@ -98,7 +99,13 @@ def headline_rows(df: pd.DataFrame) -> pd.DataFrame:
     latency and the same change in TFLOP/s are not counted as two discoveries. The headline is
     the one its bench declares (HEADLINE); runs recorded before benches declared one are read
     by results.HEADLINE_METRICS."""
-    ok = df[(df["status"] == "ok") & ~df["metric"].isin(("pct_of_peak", "pct_of_achievable"))]
+    # A ceiling (bench `ceiling`) is what % of achievable is against, one best sample a process,
+    # not a case of the suite: its gemm cases compare the same products.
+    ok = df[
+        (df["status"] == "ok")
+        & ~df["metric"].isin(PERCENT_COLUMNS)
+        & (df["bench"] != CEILING_BENCH)
+    ]
     rank = headline_rank(ok["metric"], ok.get("headline", ""))
     best = rank.groupby([ok["side"], ok["case"]]).transform("min")
     return ok[rank == best]
@@ -285,7 +292,9 @@ def clock_reasons(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         ]
         clock_base = stat(base, case, "sm_clock_mhz", "median")
         clock_side = stat(side, case, "sm_clock_mhz", "median")
-        if abs(clock_side / clock_base - 1) > CLOCK_TOLERANCE:  # False when either is NaN
+        # Only clocks that were read: no NVML value is NaN, a zero is no clock either.
+        read = clock_base > 0 and clock_side > 0
+        if read and abs(clock_side / clock_base - 1) > CLOCK_TOLERANCE:
             parts.append(f"SM clock {clock_side:.0f} MHz vs {clock_base:.0f} MHz in {base}")
         reasons.append("; ".join(parts))
     return reasons
@@ -365,11 +374,18 @@ def _processes_to_decide(row: dict, s: Settings, comparisons: int) -> Optional[i
 
 
 def _note(row: dict) -> str:
-    """What a reader must know to trust a row's verdict, or ''."""
-    if row["clocks"]:
+    """What a reader must know to trust a row's verdict, or '': the clocks first."""
+    clocks = row["clocks"]
+    if clocks:
         if row["verdict"] == NOT_COMPARABLE:
-            return f"{row['clocks']}: not comparable (--ignore-clocks compares anyway)"
-        return f"{row['clocks']} (compared anyway: --ignore-clocks)"
+            return f"{clocks}: not comparable (--ignore-clocks compares anyway)"
+        clocks += " (compared anyway: --ignore-clocks)"
+    return "; ".join(filter(None, (clocks, _trust(row))))
+
+
+def _trust(row: dict) -> str:
+    """What the statistics leave a reader to know: no ratio, too few processes, how many
+    would decide an inconclusive row; or ''."""
     if not math.isfinite(row["ratio"]):
         return "a side has a zero, negative or infinite value: no ratio"
     if row["provisional"]:

@@ -7,11 +7,11 @@ from typing import Any, NamedTuple, Optional
 
 import pandas as pd
 
+from cudastack.contract.schema import CEILING_BENCH
 from cudastack.host.analysis.markup import paragraphs, plain, text
 from cudastack.host.analysis.plots import gid, pyplot, svg
 from cudastack.host.analysis.results import case_params
 
-CEILING = "ceiling"  # the bench whose cases measure the machine's roofs
 INTENSITY = "flop_per_byte"  # arithmetic intensity a kernel case records: FLOP per byte moved
 
 
@@ -49,7 +49,7 @@ def _medians(rows: pd.DataFrame, metric: str) -> pd.Series:
 def points(rows: pd.DataFrame) -> list[Point]:
     """The kernel cases among one side's ok ``rows`` that record both TFLOP/s and their
     intensity, in the rows' order; the ceiling cases themselves are the roofs, not points."""
-    rows = rows[rows["bench"] != CEILING]
+    rows = rows[rows["bench"] != CEILING_BENCH]
     tflops, intensity = _medians(rows, "tflops"), _medians(rows, INTENSITY)
     both = [str(case) for case in tflops.index if case in intensity.index]
     return [
@@ -62,7 +62,7 @@ def _measured(rows: pd.DataFrame, what: str, metric: str) -> dict[str, float]:
     """dtype -> the best case median of ``metric`` among the ceiling cases measuring
     ``what``: a ceiling is the most the machine was seen to reach."""
     out: dict[str, float] = {}
-    medians = _medians(rows[rows["bench"] == CEILING], metric)
+    medians = _medians(rows[rows["bench"] == CEILING_BENCH], metric)
     for case, value in medians.items():
         found = case_params(str(case))
         if found.get("what") == what:
@@ -217,8 +217,8 @@ def section(df: pd.DataFrame, envs: dict) -> list[str]:
         if not r.compute and r.memory is None:
             parts += paragraphs(
                 [
-                    f"{side}: no roofline: its run measured no ceilings (bench {CEILING}) and "
-                    "its env.json has no data-sheet peaks for its device."
+                    f"{side}: no roofline: its run measured no ceilings (bench "
+                    f"{CEILING_BENCH}) and its env.json has no data-sheet peaks for its device."
                 ]
             )
             continue
