@@ -4,12 +4,13 @@
     .venv/bin/python scripts/screenshots.py                 # two quick CPU runs made here
     .venv/bin/python scripts/screenshots.py RUN_A RUN_B     # runs made before (e.g. on a GPU)
 
-Without runs it makes two with `cudastack bench --profile quick` on this machine, the second
-with one CPU thread (`--threads 1`) so that the comparison has real changes to show (a few
-minutes on two cores), writes their report with `cudastack report`, and captures the whole page
-1200 px wide in headless Chromium (Debian's `chromium`, as tests/test_report.py uses it). The
-terminal picture is `cudastack show` of the first run in a pseudo-terminal TERMINAL_COLUMNS wide,
-its colours kept, saved as SVG by rich.
+Without runs it makes two with `cudastack run --profile quick` in this Python environment (not
+in the matrix's containers, even where Docker runs), the second with one CPU thread
+(`--threads 1`) so that the comparison has real changes to show (a minute on two cores), writes
+their report with `cudastack report`, and captures the whole page 1200 px wide in headless
+Chromium (Debian's `chromium`, as tests/test_report.py uses it). The terminal picture is
+`cudastack show` of the first run in a pseudo-terminal TERMINAL_COLUMNS wide, its colours kept,
+saved as SVG by rich.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def make_runs(folder: Path, benches: str) -> list[Path]:
     runs = []
     for name, extra in (("all-threads", []), ("one-thread", ["--threads", "1"])):
         out = folder / name
-        cudastack("bench", "--profile", "quick", "--bench", benches, "--out", str(out), *extra)
+        cudastack("run", "--profile", "quick", "--bench", benches, "--out", str(out), *extra)
         runs.append(out)
     return runs
 
