@@ -14,8 +14,9 @@ import pytest
 from conftest import cli
 
 from cudastack.contract.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from cudastack.contract.runfolder import RECORDS
+from cudastack.contract.runfolder import RECORDS, TABLE
 from cudastack.host.analysis import results
+from cudastack.host.run import state
 
 # A bench whose cases end as ``outcome`` says: ok, skipped or failed (a two-line error).
 BENCH = '''"""A bench that ends as it is told."""
@@ -63,6 +64,8 @@ def test_a_run_exits_by_how_its_cases_ended(make_bench, tmp_path, outcomes, extr
     # Whatever the code, every case has its row in the table.
     table = results.load_table(out)
     assert sorted(table["status"].unique()) == sorted(set(outcomes))
+    # A run that ran to its end says so, however its cases ended.
+    assert state.read(out)["state"] == "complete"
 
 
 @pytest.mark.parametrize(
@@ -108,6 +111,45 @@ def test_an_interrupted_run_exits_130_and_keeps_what_finished(make_bench, tmp_pa
     ok = table[table["status"] == "ok"]
     assert set(ok["case"]) == {"ends[outcome=ok]"}
     assert "interrupted by the user" in set(table["reason"])
+    assert (state.read(out)["state"], state.read(out)["reason"]) == (
+        "interrupted",
+        "interrupted by the user",
+    )
+    shown = cli("show", str(out))
+    assert "state: interrupted: interrupted by the user" in shown.stdout, shown.stderr
+
+
+def test_a_killed_run_says_it_did_not_finish_and_shows_what_it_recorded(make_bench, tmp_path):
+    folder = make_bench("ends", BENCH.format(outcomes=["ok", "slow"]))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cudastack", "run", "--bench-dir", str(folder), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    records = out / "local" / RECORDS
+    deadline = time.monotonic() + 240
+    while not (records.exists() and b'"ok"' in records.read_bytes()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the first case never ended"
+        time.sleep(0.2)
+    assert state.read(out)["state"] == "running"
+    os.killpg(proc.pid, signal.SIGKILL)  # the host and its worker, as the OOM killer might
+    proc.wait(timeout=60)
+    shown = cli("show", str(out))
+    assert shown.returncode == EXIT_OK, shown.stderr
+    assert f"state: did not finish: its process ({proc.pid}) is gone" in shown.stdout
+    # No table was stored: the case that finished is read from the records.
+    assert "ends (kernel) · outcome=ok" in shown.stdout, shown.stdout
+    # Nothing written into a folder whose owner may still be at work.
+    assert not (out / TABLE).exists()
+
+
+def test_show_says_how_a_complete_run_went(make_bench, tmp_path):
+    proc, out = run_bench(make_bench, tmp_path, ["ok", "skipped"])
+    assert proc.returncode == EXIT_OK, proc.stderr
+    shown = cli("show", str(out))
+    assert "state: complete: 1 cell: 1 ok; 2 cases: 1 ok, 1 skipped" in shown.stdout
 
 
 def test_show_finds_a_run_by_its_id_as_compare_does(make_bench, tmp_path):

@@ -1,5 +1,7 @@
 """The run folder's layout, written once: every file name, atomic writes, reads with a check.
 
+    <run>/run.json                       how the run went: running, complete, interrupted,
+                                         failed, with the reason (host)
     <run>/results.parquet, results.csv   the run's table (host, from every cell's records)
     <run>/report.html                    the run's report (host)
     <run>/<cell>/records.jsonl           one JSON record per line (worker, appended)
@@ -25,6 +27,7 @@ from typing import Any, Callable
 
 from cudastack.contract.errors import CudastackError
 
+STATE = "run.json"
 TABLE = "results.parquet"
 CSV = "results.csv"
 REPORT = "report.html"

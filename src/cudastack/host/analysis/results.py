@@ -204,10 +204,16 @@ def ingest_run(run_dir: Path) -> pd.DataFrame:
     """Gather every cell's records under a run folder into one table and store it. A run
     ingests after every cell: a cell's records unchanged since (same size and mtime) are not
     read again."""
-    parts = [_cell_records(p) for p in sorted(run_dir.glob(f"*/{RECORDS}"))]
-    df = pd.concat(parts, ignore_index=True) if parts else to_frame([])
+    df = read_run(run_dir)
     write_tables(df, run_dir)
     return df
+
+
+def read_run(run_dir: Path) -> pd.DataFrame:
+    """Every cell's records under a run folder as one table, writing nothing: what a run in
+    progress, or one killed before it stored its table, holds."""
+    parts = [_cell_records(p) for p in sorted(run_dir.glob(f"*/{RECORDS}"))]
+    return pd.concat(parts, ignore_index=True) if parts else to_frame([])
 
 
 # records.jsonl path -> ((size, mtime_ns) when read, its table): the cells a run has finished.

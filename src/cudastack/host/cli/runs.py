@@ -24,7 +24,7 @@ from cudastack.host.cli.app import (
     with_run_options,
 )
 from cudastack.host.console import console, echo
-from cudastack.host.run import loop, pipeline
+from cudastack.host.run import loop, pipeline, state
 from cudastack.host.run.container import ContainerOptions
 from cudastack.host.run.local import LocalLauncher
 from cudastack.host.run.suite_args import SuiteArgs
@@ -155,14 +155,22 @@ def show(
     results_dir: Path = ResultsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Print the summary of a finished run: a table per bench, what did not run under them."""
+    """Print the summary of a run: how it went, a table per bench, what did not run under them."""
     run_dir = run_folder(run, results_dir)
-    df = results.load_table(run_dir)
-    view = results_view(
-        results.case_table(df),
-        f"run {run_dir.name}",
-        verbose,
-        results.bench_kinds(df),
-        f"cudastack show {run} --verbose lists them",
-    )
-    console.print(view)
+    recorded = state.read(run_dir)
+    # A run not known complete (running, killed, interrupted) may hold records its table
+    # lacks: they are read, and nothing is written into a folder another process may own.
+    finished = recorded is None or recorded.get("state") == "complete"
+    df = results.load_table(run_dir) if finished else results.read_run(run_dir)
+    if len(df):
+        view = results_view(
+            results.case_table(df),
+            f"run {run_dir.name}",
+            verbose,
+            results.bench_kinds(df),
+            f"cudastack show {run} --verbose lists them",
+        )
+        console.print(view)
+    else:
+        echo(f"run {run_dir.name}: no records")
+    echo(state.describe(recorded))

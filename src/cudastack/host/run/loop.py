@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import pandas as pd
 from rich.markup import escape
 
 from cudastack.contract import runfolder
@@ -18,13 +19,16 @@ from cudastack.host.analysis import compare, explain, report, results
 from cudastack.host.analysis.display import results_view
 from cudastack.host.cells import doctor
 from cudastack.host.console import console, echo, err
-from cudastack.host.run import pipeline
+from cudastack.host.run import pipeline, state
 from cudastack.host.run.launcher import CellPlan, CellResult, Launcher
 from cudastack.host.run.local import LocalLauncher, WorkerRefused
+from cudastack.host.run.state import INTERRUPTED
 from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 
 def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
+    """The new run's folder, created, saying this process runs it (run.json). Raises UserError
+    when it exists already or cannot be made."""
     run_dir = out or results_dir / run_id
     if run_dir.exists():
         raise UserError(
@@ -34,6 +38,7 @@ def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
         run_dir.mkdir(parents=True)
     except OSError as exc:
         raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
+    state.started(run_dir, run_id)
     return run_dir
 
 
@@ -51,7 +56,7 @@ def finish(
     run_dir: Path, run_id: str, outcomes: list[CellResult], verbose: bool = False
 ) -> RunOutcome:
     """Ingest the run's records into its table, print the summary (each case that did not run
-    named when ``verbose``), write the report."""
+    named when ``verbose``), write the report, then record how the run ended (run.json)."""
     df = results.ingest_run(run_dir)
     if len(df):
         console.print(
@@ -73,20 +78,38 @@ def finish(
         f"results: {run_dir / runfolder.TABLE}, {runfolder.CSV} and report.html", highlight=False
     )
     statuses = {o.status for o in outcomes} | set(df["status"])
-    return RunOutcome(
+    outcome = RunOutcome(
         run_dir,
         failed="failed" in statuses,
         skipped="skipped" in statuses,
         interrupted=any(o.reason == INTERRUPTED for o in outcomes),
     )
+    if outcome.interrupted:
+        state.ended(run_dir, "interrupted", INTERRUPTED)
+    else:
+        state.ended(run_dir, "complete", _counts(outcomes, df))
+    return outcome
+
+
+def _counts(outcomes: list[CellResult], df: pd.DataFrame) -> str:
+    """'2 cells: 1 ok, 1 skipped; 14 cases: 12 ok, 2 skipped': how a finished run's cells and
+    cases ended."""
+    cells = pd.Series([o.status for o in outcomes], dtype=object).value_counts()
+    cases = df[df["bench"] != "harness"].drop_duplicates(["cell", "case"])["status"].value_counts()
+
+    def line(what: str, counts: pd.Series) -> str:
+        total = int(counts.sum())
+        parts = ", ".join(
+            f"{int(counts[s])} {s}" for s in ("ok", "failed", "skipped") if s in counts
+        )
+        return f"{total} {what}{'s' if total != 1 else ''}" + (f": {parts}" if parts else "")
+
+    return f"{line('cell', cells)}; {line('case', cases)}"
 
 
 def check_timeout(timeout: float) -> None:
     if not timeout > 0:
         raise UserError(f"--timeout {timeout:g}: give a time limit in seconds above 0")
-
-
-INTERRUPTED = "interrupted by the user"
 
 
 def run_cells(launcher: Launcher, repeat: int, run_dir: Path, run_id: str) -> list[CellResult]:
@@ -151,8 +174,9 @@ def run_here(
     run_id = runfolder.new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
-    outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run_dir, run_id)
-    return finish(run_dir, run_id, outcomes, verbose)
+    with state.recorded(run_dir):
+        outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run_dir, run_id)
+        return finish(run_dir, run_id, outcomes, verbose)
 
 
 @dataclass(frozen=True)
@@ -209,14 +233,15 @@ def run_matrix(
     run_id = runfolder.new_run_id()
     run_dir = new_run_dir(out, results_dir, run_id)
     console.print(f"run {run_id}: {what} -> {run_dir}", highlight=False)
-    outcomes = run_cells(launcher, repeat, run_dir, run_id)
-    if fallback is not None and all(o.status == "skipped" for o in outcomes):
-        console.print(
-            "cudastack bench: no cell of the matrix could run here (see the reasons "
-            "above): running the suite locally in this Python environment as well"
-        )
-        outcomes += run_cells(fallback, repeat, run_dir, run_id)
-    return finish(run_dir, run_id, outcomes, verbose)
+    with state.recorded(run_dir):
+        outcomes = run_cells(launcher, repeat, run_dir, run_id)
+        if fallback is not None and all(o.status == "skipped" for o in outcomes):
+            console.print(
+                "cudastack bench: no cell of the matrix could run here (see the reasons "
+                "above): running the suite locally in this Python environment as well"
+            )
+            outcomes += run_cells(fallback, repeat, run_dir, run_id)
+        return finish(run_dir, run_id, outcomes, verbose)
 
 
 def _report_cell(run_dir: Path, res: CellResult) -> None:

@@ -1,0 +1,97 @@
+"""How a run folder says how its run went: running, complete, interrupted or failed (run.json).
+
+The host writes ``running`` with its pid and host name when it creates the folder and the end
+when the run ends. A run killed outright (SIGKILL, the OOM killer, a reboot) never writes its
+end: its folder still says ``running``, and a reader on the same host finds the pid gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from cudastack.contract import runfolder
+
+STATES = ("running", "complete", "interrupted", "failed")
+INTERRUPTED = "interrupted by the user"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def started(run_dir: Path, run_id: str) -> None:
+    """Record that this process runs ``run_dir`` from now on."""
+    runfolder.write_json(
+        run_dir / runfolder.STATE,
+        {
+            "run_id": run_id,
+            "state": "running",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": _now(),
+        },
+    )
+
+
+def ended(run_dir: Path, state: str, reason: str) -> None:
+    """Record how the run ended: one of STATES but ``running``, and why in one line."""
+    path = run_dir / runfolder.STATE
+    data = read(run_dir) or {}
+    data.update(state=state, reason=reason, ended_at=_now())
+    runfolder.write_json(path, data)
+
+
+def read(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's run.json, or None for a folder without one (written by an older cudastack)."""
+    path = run_dir / runfolder.STATE
+    return runfolder.read_json(path) if path.is_file() else None
+
+
+@contextmanager
+def recorded(run_dir: Path) -> Iterator[None]:
+    """Whatever stops the run before it records its end (an error, Ctrl-C outside a cell, a
+    full disk) is recorded as its end, then raised on; a folder removed meanwhile (the worker
+    refused its input: nothing to keep) is left alone."""
+    try:
+        yield
+    except BaseException as exc:
+        if run_dir.is_dir():
+            if isinstance(exc, KeyboardInterrupt):
+                ended(run_dir, "interrupted", INTERRUPTED)
+            else:
+                reason = str(exc).strip().splitlines()
+                ended(run_dir, "failed", reason[0] if reason else type(exc).__name__)
+        raise
+
+
+def describe(data: Optional[dict[str, Any]]) -> str:
+    """One line on how a run went, from its run.json (``read``)."""
+    if data is None:
+        return "state: not recorded (a run folder of an older cudastack)"
+    state, reason = data.get("state", ""), data.get("reason", "")
+    if state != "running":
+        return f"state: {state}" + (f": {reason}" if reason else "")
+    pid, host = data.get("pid"), data.get("host", "")
+    since = f"since {data.get('started_at', '?')}"
+    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        return (
+            f"state: did not finish: its process ({pid}) is gone, killed or the machine "
+            f"restarted ({since}); the cases it recorded are kept"
+        )
+    return f"state: running (pid {pid} on {host}, {since})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
