@@ -84,15 +84,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_bench, tmp_path
     assert not out.exists()
 
 
-def test_an_interrupted_run_exits_130_and_keeps_what_finished(make_bench, tmp_path):
+def started_past_its_first_case(make_bench, out) -> subprocess.Popen:
+    """A run of an ok case then a slow one, in its own process group (as a terminal's Ctrl-C
+    reaches the command and its workers), once its first case is recorded."""
     folder = make_bench("ends", BENCH.format(outcomes=["ok", "slow"]))
-    out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cudastack", "run", "--bench-dir", str(folder), "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Its own process group, as a terminal's Ctrl-C reaches the command and its workers.
         start_new_session=True,
         # As from a terminal: a shell's background job (how CI may start pytest) ignores
         # SIGINT, and Python keeps an ignored SIGINT ignored.
@@ -103,6 +103,12 @@ def test_an_interrupted_run_exits_130_and_keeps_what_finished(make_bench, tmp_pa
     while not (records.exists() and b'"ok"' in records.read_bytes()):
         assert proc.poll() is None and time.monotonic() < deadline, "the first case never ended"
         time.sleep(0.2)
+    return proc
+
+
+def test_an_interrupted_run_exits_130_and_keeps_what_finished(make_bench, tmp_path):
+    out = tmp_path / "run"
+    proc = started_past_its_first_case(make_bench, out)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, stdout[-2000:] + stderr
@@ -120,22 +126,11 @@ def test_an_interrupted_run_exits_130_and_keeps_what_finished(make_bench, tmp_pa
 
 
 def test_a_killed_run_says_it_did_not_finish_and_shows_what_it_recorded(make_bench, tmp_path):
-    folder = make_bench("ends", BENCH.format(outcomes=["ok", "slow"]))
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cudastack", "run", "--bench-dir", str(folder), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    records = out / "local" / RECORDS
-    deadline = time.monotonic() + 240
-    while not (records.exists() and b'"ok"' in records.read_bytes()):
-        assert proc.poll() is None and time.monotonic() < deadline, "the first case never ended"
-        time.sleep(0.2)
+    proc = started_past_its_first_case(make_bench, out)
     assert state.read(out)["state"] == "running"
     os.killpg(proc.pid, signal.SIGKILL)  # the host and its worker, as the OOM killer might
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)
     shown = cli("show", str(out))
     assert shown.returncode == EXIT_OK, shown.stderr
     assert f"state: did not finish: its process ({proc.pid}) is gone" in shown.stdout
