@@ -23,6 +23,7 @@ from scipy.stats import binom, mannwhitneyu, norm, ttest_ind
 from cudastack.contract.errors import CudastackError
 from cudastack.contract.schema import CEILING_BENCH
 from cudastack.contract.stats import NOISY_REL_IQR
+from cudastack.host.analysis import clocks
 from cudastack.host.analysis.results import PERCENT_COLUMNS, bench_kinds, headline_rank
 
 VERDICTS = ("faster", "slower", "same", "inconclusive")
@@ -270,28 +271,25 @@ def clock_reasons(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     slowdown clock reason (NVML telemetry: ``throttled``, ``throttled_pct``); the clocks differ
     when the median ``sm_clock_mhz`` of the two sides is more than CLOCK_TOLERANCE apart. Rows
     without telemetry (a CPU, a GPU without NVML) get ''."""
-    telemetry = df[
-        (df["status"] == "ok") & df["metric"].isin(("throttled_pct", "sm_clock_mhz"))
-    ].assign(side=label_sides(df))
+    telemetry = clocks.per_case(df.assign(side=label_sides(df)))
     if telemetry.empty:
         return [""] * len(table)
-    # Worst window for throttling (one throttled window is enough to move a median), median
-    # window for the clock.
-    stats = telemetry.groupby(["side", "case", "metric"])["value"].agg(["max", "median"])
+    # Worst window for throttling, median window for the clock (clocks.per_case).
+    stats = telemetry.set_index(["side", "case"])
 
-    def stat(side: str, case: str, metric: str, how: str) -> float:
-        key = (side, case, metric)
-        return float(stats.at[key, how]) if key in stats.index else math.nan
+    def stat(side: str, case: str, metric: str) -> float:
+        key = (side, case)
+        return float(stats.at[key, metric]) if key in stats.index else math.nan
 
     reasons = []
     for base, side, case in zip(table["baseline"], table["side"], table["case"]):
         parts = [
             f"{name} throttled in {pct:.0f} % of a window"
             for name in (base, side)
-            if (pct := stat(name, case, "throttled_pct", "max")) > 0
+            if (pct := stat(name, case, "throttled_pct")) > 0
         ]
-        clock_base = stat(base, case, "sm_clock_mhz", "median")
-        clock_side = stat(side, case, "sm_clock_mhz", "median")
+        clock_base = stat(base, case, "sm_clock_mhz")
+        clock_side = stat(side, case, "sm_clock_mhz")
         # Only clocks that were read: no NVML value is NaN, a zero is no clock either.
         read = clock_base > 0 and clock_side > 0
         if read and abs(clock_side / clock_base - 1) > CLOCK_TOLERANCE:
