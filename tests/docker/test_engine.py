@@ -257,6 +257,7 @@ def test_gpu_request_without_gpu_runtime_says_how_to_fix_it(
     assert "docker engine:" in doctor.stdout
     assert "gpu runtime: none: install the NVIDIA Container Toolkit" in doctor.stdout
     assert "test-cpu: CPU build: runs anywhere" in doctor.stdout
+    assert "disk for images: " in doctor.stdout  # the images to build against the free disk
 
 
 def test_a_cell_past_its_time_limit_is_stopped_and_recorded(

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from cudastack.contract import redact
+
 # A reason is a table cell (records.jsonl, CSV, HTML) and a console line: long enough for a
 # message, its place and a hint, short enough to read in one go. The full text goes to a log.
 REASON_LIMIT = 320
@@ -136,8 +138,9 @@ def _strip(text: str) -> str:
 def clean(text: str, limit: int = REASON_LIMIT) -> str:
     """``text`` as one readable line of at most ``limit`` characters: ANSI escapes and control
     characters removed, whitespace runs (line breaks included) made one space, and a longer text
-    cut at the end, the cut marked with an ellipsis."""
-    line = " ".join(_strip(text).split())
+    cut at the end, the cut marked with an ellipsis. Every recorded reason passes here: URL
+    credentials and secret-looking NAME=value pairs in it are redacted (``redact.text``)."""
+    line = " ".join(redact.text(_strip(text)).split())
     if len(line) <= limit:
         return line
     return line[: max(0, limit - len(ELLIPSIS))].rstrip() + ELLIPSIS

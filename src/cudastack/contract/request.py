@@ -124,6 +124,15 @@ class SuiteRequest:
             convert=int,
         ),
     )
+    resume: bool = field(
+        default=False,
+        metadata=_meta(
+            "--resume",
+            "finish an interrupted attempt of this process: keep the cases --out's records "
+            "hold for it (ok or skipped), run the rest",
+            form=SWITCH,
+        ),
+    )
     image_digest: str = field(
         default="",
         metadata=_meta("--image-digest", "the cell image's digest, recorded in every row"),

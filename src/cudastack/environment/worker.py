@@ -6,6 +6,7 @@ Standard library and torch only, so it runs on the bare Python inside a cell ima
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import importlib.util
@@ -22,11 +23,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, Optional
 
-from cudastack.contract import runfolder
+from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import EXIT_BAD_INPUT
 from cudastack.contract.failures import exception_reason, output_reason
 from cudastack.contract.request import SuiteRequest
-from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION, SECRET_NAME
+from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION
 from cudastack.contract.stats import summarize
 from cudastack.environment import (
     ceilings,
@@ -36,6 +37,7 @@ from cudastack.environment import (
     hostalloc,
     isolation,
     precision,
+    resume,
     suite,
 )
 from cudastack.environment import world as worldmod
@@ -45,6 +47,7 @@ from cudastack.environment.telemetry import Nvml
 
 # An exception under torchrun may leave the ranks at different collectives: nothing after it
 # would be measured in step, so the run ends there (torchrun then stops the other ranks).
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
 
 
@@ -283,8 +286,21 @@ def headline(metrics: list[Metric], name: str) -> str:
     return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
 
 
+def _die_with_parent() -> None:
+    """End this worker when the process that started it ends, however that one ends (Linux;
+    elsewhere nothing): a worker left running by a killed host would go on appending to the
+    run folder that ``--resume`` then writes. The host, torchrun and a parent worker start
+    their workers from their main thread, whose end is what the kernel watches."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no libc by that name, or no prctl (not Linux)
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    _die_with_parent()
     world = worldmod.from_env()
     try:
         specs = suite.discover(_bench_dir(args))
@@ -307,12 +323,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cases = suite.plan(
             specs, profile.name, benches, selection, overrides, data_parallel=world.distributed
         )
+        recorded = _recorded(args)
+        if recorded.cases and args.group is None:
+            print(f"resuming: {len(recorded.cases)} cases of this process recorded", flush=True)
+        cases = [c for c in cases if c.id not in recorded.cases]
         cores = envinfo.usable_cores()
         if world.distributed and device.type == "cpu" and world.size > cores:
             raise suite.SuiteError(
                 f"--nproc {world.size} asks for more CPU processes than the {cores} cores here"
             )
-        if world.is_main and args.process == 0 and args.group is None:
+        if world.is_main and args.process == 0 and args.group is None and not args.resume:
             _out_dir_ready(args.out)
     except suite.SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -326,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     worldmod.init(torch, world, device, wait_s=max(1800.0, 2 * profile.case_timeout_s))
     finished = False
     try:
-        code = _run_suite(args, torch, device, profile, cases, threads, world, specs)
+        code = _run_suite(args, torch, device, profile, cases, threads, world, specs, recorded)
         # Code 1 ends an out-of-step run: a peer may sit in another collective, so no barrier.
         finished = code == 0
         return code
@@ -343,6 +363,7 @@ def _run_suite(
     threads: int,
     world: worldmod.World,
     specs: dict[str, suite.BenchSpec],
+    recorded: resume.Recorded,
 ) -> int:
     # Before the first case, on every rank: each case sees the same host allocator state.
     allocator = hostalloc.fix_thresholds()
@@ -379,13 +400,10 @@ def _run_suite(
         fp["cpu"]["peaks"] = cpu.record()
     passed = [k for k in os.environ.get(PASSED_ENV, "").split(",") if k]
     # env.json travels (export, results/reference): a token passed with --env must not.
-    fp["env_passed"] = {
-        k: "(redacted)" if SECRET_NAME.search(k) else os.environ[k]
-        for k in passed
-        if k in os.environ
-    }
-    # A repeat runs in the same environment: the first one records it (not its process groups).
-    if args.process == 0 and args.group is None:
+    fp["env_passed"] = redact.environment({k: os.environ[k] for k in passed if k in os.environ})
+    # A repeat runs in the same environment: the first one records it (not its process groups);
+    # a resumed first process keeps the one it recorded before it was killed.
+    if args.process == 0 and args.group is None and not (args.out / runfolder.ENV).is_file():
         runfolder.write_json(args.out / runfolder.ENV, fp)
     base = {
         "schema_version": SCHEMA_VERSION,
@@ -413,7 +431,9 @@ def _run_suite(
     if cpu is not None and cpu.values is None and args.group is None:
         print(f"no % of peak: {cpu.reason}", flush=True)
     started = time.perf_counter()  # the suite's time includes the ceilings its cases need
-    achievable = _ceilings(args, torch, device, profile, world, nvml, specs, cases, base)
+    achievable = _ceilings(
+        args, torch, device, profile, world, nvml, specs, cases, base, recorded.ceilings
+    )
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     # Torchrun starts the ranks once for the suite: data-parallel benches never ISOLATE.
     groups = [cases] if world.distributed else suite.process_groups(specs, cases)
@@ -432,7 +452,7 @@ def _run_suite(
         # The groups rerun this request; their rows are one run's, so each gets its run id.
         request = dataclasses.replace(args, run_id=run_id)
         # The ceilings reach the groups' processes measured: once a run, not once a group.
-        handed = {ceilings.ENV: ceilings.encode(achievable)}
+        handed = {ceilings.ENV: ceilings.encode(achievable), resume.ENV: resume.encode(recorded)}
         counts = isolation.run_groups(request, groups, args.out / runfolder.RECORDS, failed, handed)
     with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
         for i, case in order:
@@ -445,8 +465,10 @@ def _run_suite(
             fields = {**base, **declared(spec), "started_at": at}
             rows = list(case_rows(fields, case, status, reason, metrics))
             status = rows[0]["status"]
-            records.writelines(json.dumps(r) + "\n" for r in rows)
-            records.flush()  # a crash later still leaves every finished case on disk
+            # One write a case, flushed: a crash later still leaves every finished case on disk,
+            # and a kill now tears at most this case's rows, which a resume runs again.
+            records.write("".join(json.dumps(r) + "\n" for r in rows))
+            records.flush()
             counts[status] += 1
             detail = headline(metrics, spec.headline) if status == "ok" else rows[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
@@ -472,7 +494,7 @@ def _cell_skipped(args: SuiteRequest, base: dict[str, Any], stage: str, reason: 
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = case_rows({**base, "started_at": at}, cell, "skipped", reason, [])
     with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
-        records.writelines(json.dumps(r) + "\n" for r in rows)
+        records.write("".join(json.dumps(r) + "\n" for r in rows))
     done = {"suite_s": 0.0, "process": args.process, "ok": 0, "skipped": 1, "failed": 0}
     runfolder.write_json(args.out / runfolder.DONE, {**done, "cell_skipped": reason})
     print(f"cell skipped: {reason}", flush=True)
@@ -516,10 +538,12 @@ def _ceilings(
     specs: dict[str, suite.BenchSpec],
     cases: list[suite.Case],
     base: dict[str, Any],
+    recorded: dict[str, float],
 ) -> dict[str, float]:
     """The achievable ceilings (peak name -> value) the planned kernel cases name, measured
     here before them and recorded as rows of the bench ``ceiling``; none when no kernel case
-    names one. A process group's child reads its parent's instead of measuring again."""
+    names one. A process group's child reads its parent's instead of measuring again, and a
+    resumed process reuses those it ``recorded`` (case id -> value) before it was killed."""
     if args.group is not None:
         return ceilings.decode(os.environ.get(ceilings.ENV, ""))
     if world.distributed:
@@ -527,7 +551,8 @@ def _ceilings(
         # name no ceiling anyway.
         return {}
     todo = ceilings.cases(suite.ceilings_named(specs, cases), device.type)
-    found: dict[str, float] = {}
+    found = {ceilings.peak_of(c): recorded[c.id] for c in todo if c.id in recorded}
+    todo = [c for c in todo if c.id not in recorded]
     if not todo:
         return found
     module = _Builtin(ceilings)
@@ -539,7 +564,7 @@ def _ceilings(
             status, reason, metrics = run_case(ctx, module, case)
             fields = {**base, **ceilings.declared(case), "started_at": at}
             rows = list(case_rows(fields, case, status, reason, metrics))
-            records.writelines(json.dumps(r) + "\n" for r in rows)
+            records.write("".join(json.dumps(r) + "\n" for r in rows))
             records.flush()
             status = rows[0]["status"]
             detail = rows[0]["reason"]
@@ -550,6 +575,17 @@ def _ceilings(
             print(f"[ceiling] {case.id:<48} {status:<7} {detail}", flush=True)
     print(f"ceilings measured in {time.perf_counter() - started:.1f} s", flush=True)
     return found
+
+
+def _recorded(args: SuiteRequest) -> resume.Recorded:
+    """What an earlier attempt of this process recorded (--resume): read from the records by
+    the process itself and every data-parallel rank alike (rank 0 appends only after a case
+    all ranks ran), handed down to process-group children, nothing when not resuming."""
+    if not args.resume:
+        return resume.Recorded()
+    if args.group is not None:
+        return resume.handed()
+    return resume.read(args.out / runfolder.RECORDS, args.process)
 
 
 def _follow(

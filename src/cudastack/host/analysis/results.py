@@ -13,7 +13,15 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from cudastack.contract.errors import CudastackError
-from cudastack.contract.runfolder import CSV, DONE, ENV, RECORDS, TABLE, atomic_write  # noqa: F401
+from cudastack.contract.runfolder import (  # noqa: F401
+    CSV,
+    DONE,
+    ENV,
+    RECORDS,
+    TABLE,
+    atomic_write,
+    writing,
+)
 from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
 from cudastack.contract.stats import NOISY_REL_IQR
 
@@ -304,9 +312,16 @@ def case_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def harness_row(
-    run_id: str, cell: str, stage: str, status: str, reason: str, image_digest: str = ""
+    run_id: str,
+    cell: str,
+    stage: str,
+    status: str,
+    reason: str,
+    image_digest: str = "",
+    process: int = 0,
 ) -> dict:
-    """A row for what happened to a whole cell (skipped by the doctor, failed build or run)."""
+    """A row for what happened to a whole cell (skipped by the doctor, failed build or run), or
+    to its worker process ``process`` (--repeat)."""
     # Every column its type's empty value (0, null, ''): pyarrow then reads the file column-wise.
     row: dict = {c: {int: 0, float: None}.get(kind, "") for c, kind in COLUMNS.items()}
     row.update(
@@ -317,6 +332,7 @@ def harness_row(
         case=f"harness[stage={stage}]",
         params=json.dumps({"stage": stage}),
         rep=0,
+        process=process,
         value=None,
         status=status,
         reason=reason,
@@ -327,6 +343,9 @@ def harness_row(
 
 
 def append_records(cell_dir: Path, rows: Iterable[dict]) -> None:
+    """Append ``rows`` to the cell's records.jsonl: an append, never a rewrite, so a full disk
+    cuts at most the last line, which ``read_records`` drops."""
     cell_dir.mkdir(parents=True, exist_ok=True)
-    with open(cell_dir / RECORDS, "a", encoding="utf-8") as f:
+    path = cell_dir / RECORDS
+    with writing(path), open(path, "a", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -17,6 +17,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from cudastack.contract import redact
 from cudastack.host.cells import stacks
 from cudastack.host.cells.lock import PYPI_URL, requirements
 from cudastack.host.cells.matrix import Cell
@@ -261,10 +262,13 @@ def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> 
     if proc.returncode == 0:
         pairs = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", proc.stdout, re.MULTILINE)
         return Resolution(tuple(sorted((canonicalize_name(n), v) for n, v in pairs)), "", "")
-    down = _unreachable(proc.stderr)
+    # What uv says reaches build.log and a failed build's reason: a proxy URL it names (with
+    # the password the environment gave it) must not.
+    stderr = redact.text(proc.stderr, redact.secret_values(os.environ))
+    down = _unreachable(stderr)
     if down:
         return Resolution((), "", down)
-    return Resolution((), conflict(proc.stderr, cell, source), "")
+    return Resolution((), conflict(stderr, cell, source), "")
 
 
 _CACHE: dict = {}

@@ -11,7 +11,6 @@ from cudastack.environment import nvml
 from cudastack.host.cells import stacks
 from cudastack.host.cells.matrix import Cell
 
-MIN_FREE_DISK_GB = 30  # a CUDA cell image with torch is 8-15 GB
 MIN_SHM_GB = 1.0  # below this, DataLoader workers die with "Bus error"
 
 
@@ -22,6 +21,15 @@ class Check:
     name: str
     status: str  # ok | warn | fail
     detail: str
+
+
+class EngineDisk(NamedTuple):
+    """The Docker engine's data root (DockerRootDir), where its images' layers go, and the
+    space free there."""
+
+    root: str  # '' when the engine did not say
+    free_gb: Optional[float]  # None when it cannot be known from here
+    why: str  # why it cannot, when free_gb is None
 
 
 @dataclass
@@ -35,6 +43,7 @@ class HostReport:
     cuda: str = ""  # the highest CUDA the driver supports, e.g. '12.8'
     brand: str = ""  # GPU 0's brand as image requirements name it, e.g. 'tesla'
     arch: str = ""  # GPU 0's compute capability, e.g. '9.0'
+    disk: EngineDisk = field(default_factory=lambda: EngineDisk("", None, "no Docker engine"))
 
     def runtime_properties(self) -> dict:
         """What the NVIDIA container runtime checks an image's NVIDIA_REQUIRE_* against."""
@@ -180,18 +189,8 @@ def inspect(client: Optional[Any]) -> HostReport:
                 "configure --runtime=docker`, then restart dockerd",
             )
         )
-        root = info.get("DockerRootDir", "")
-        if root and os.path.isdir(root):
-            free = shutil.disk_usage(root).free / 1e9
-            add(
-                Check(
-                    "disk for images",
-                    "ok" if free >= MIN_FREE_DISK_GB else "warn",
-                    f"{free:.0f} GB free under {root}",
-                )
-            )
-        else:
-            add(Check("disk for images", "warn", f"cannot see the engine's root {root!r} here"))
+        # Whether that is enough depends on the images still to build: image_disk says.
+        report.disk = engine_disk(info)
     if os.path.isdir("/dev/shm"):
         st = os.statvfs("/dev/shm")
         shm = st.f_frsize * st.f_blocks / 2**30
@@ -203,6 +202,62 @@ def inspect(client: Optional[Any]) -> HostReport:
             )
         )
     return report
+
+
+def engine_disk(info: dict) -> EngineDisk:
+    """Where the engine of ``docker info`` keeps its images, and the space free there when that
+    disk is this machine's: an engine on another host (DOCKER_HOST tcp:// or ssh://), or in a
+    VM whose data root is not a folder here, has free space this machine cannot see."""
+    root = str(info.get("DockerRootDir") or "")
+    if not root:
+        return EngineDisk("", None, "the engine does not say where it keeps images")
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        return EngineDisk(root, None, f"the engine ({host}) is on another machine")
+    if not os.path.isdir(root):
+        return EngineDisk(root, None, f"its data root {root} is not a folder on this machine")
+    return EngineDisk(root, shutil.disk_usage(root).free / 1e9, "")
+
+
+# The disk one cell's image takes on the engine, in GB: an estimate, made here alone. A CUDA
+# cell is an nvidia/cuda cuDNN runtime base (a few GB unpacked) plus a CUDA build of torch and
+# the nvidia-* wheels it brings (about 6.5 GB installed: README, "Plan for disk"), about 10 GB
+# in all; a CPU cell's image measured about 1.1 GB in the Docker tests (README), 2 GB with
+# room for the packages a matrix adds. Cells that share a base image share its layers, so a
+# matrix needs somewhat less than the sum: the estimate errs on the side of the warning.
+CUDA_IMAGE_GB = 10.0
+CPU_IMAGE_GB = 2.0
+
+
+def image_gb(cell: Cell) -> float:
+    """The disk a build of ``cell``'s image takes, estimated (CUDA_IMAGE_GB, CPU_IMAGE_GB)."""
+    return CUDA_IMAGE_GB if cell.torch_cuda else CPU_IMAGE_GB
+
+
+def image_disk(to_build: list[Cell], disk: EngineDisk) -> Check:
+    """The "disk for images" check: whether the images of ``to_build`` (the cells that will run
+    and have no image yet) fit in the space free under the engine's data root. A warning, never
+    a failure: the estimate is rough, and a build that fills the disk fails that cell's build."""
+    needed = sum(image_gb(c) for c in to_build)
+    if len(to_build) == 1:
+        need = f"the 1 cell image to build needs about {needed:.0f} GB"
+    else:
+        need = f"the {len(to_build)} cell images to build need about {needed:.0f} GB"
+    if disk.free_gb is None:
+        if not to_build:
+            return Check("disk for images", "ok", f"no image to build ({disk.why})")
+        return Check(
+            "disk for images", "warn", f"{need}; the space free cannot be known here: {disk.why}"
+        )
+    free = f"{disk.free_gb:.0f} GB free under {disk.root}"
+    if needed > disk.free_gb:
+        return Check(
+            "disk for images",
+            "warn",
+            f"{need}, more than the {free}: free some space (docker image prune), or build "
+            "fewer cells (--cell)",
+        )
+    return Check("disk for images", "ok", f"{free}; {need if to_build else 'no image to build'}")
 
 
 def cell_verdict(

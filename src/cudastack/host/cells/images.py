@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cudastack.contract import redact
 from cudastack.contract.failures import log_reason, recognise
 from cudastack.host.cells.matrix import Cell
 
@@ -164,6 +165,10 @@ def make_context(
     lock = cell.lock_path(locks_dir)
     (inputs / "lock.txt").write_bytes(lock.read_bytes() if lock.is_file() else b"")
     (inputs / "ca.crt").write_bytes(ca_file.read_bytes() if ca_file else b"")
+    # COPY keeps a file's mode: under a run's umask (0077) the lock the image keeps would be
+    # root's alone, unreadable by the uid a cell runs as, and the image would differ by umask.
+    # (The context folder itself stays mkdtemp's 0700 on this host.)
+    (inputs / "lock.txt").chmod(0o644)
     return ctx
 
 
@@ -180,6 +185,9 @@ def build(
 
     args = {**cell.build_args(), "INPUTS_HASH": inputs_hash}
     args.update({k: os.environ[k] for k in PROXY_ARGS if k in os.environ})
+    # Every line goes to build.log, the console and a failure's reason: pip, apt and the engine
+    # may print a proxy URL with its password, or a token a variable here holds.
+    secrets = redact.secret_values(os.environ)
     recent: deque = deque(maxlen=REASON_WINDOW)
     image_id = ""
     try:
@@ -196,10 +204,11 @@ def build(
             text = chunk.get("stream") or chunk.get("status") or ""
             for line in text.splitlines():
                 if line.strip():
+                    line = redact.text(line, secrets)
                     recent.append(line)
                     on_line(line)
             if "error" in chunk:
-                error = str(chunk["error"]).strip()
+                error = redact.text(str(chunk["error"]).strip(), secrets)
                 at_from = bool(recent) and " : FROM " in recent[-1]  # failed pulling the base
                 recent.append(error)
                 on_line(error)
@@ -213,7 +222,7 @@ def build(
                 raise _failed(cell, recent)
             image_id = chunk.get("aux", {}).get("ID", image_id)
     except APIError as exc:
-        recent.append(str(exc.explanation or exc))
+        recent.append(redact.text(str(exc.explanation or exc), secrets))
         raise _failed(cell, recent) from None
     finally:
         # The builder stage (wheels, CA, lock) stays behind as untagged images, after a

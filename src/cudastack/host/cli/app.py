@@ -6,13 +6,17 @@ import functools
 import inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional, get_type_hints
+from typing import Any, Callable, Optional, get_args, get_type_hints
 
+import pandas as pd
 import typer
 
+from cudastack.contract import redact
 from cudastack.contract.errors import UserError, shown
 from cudastack.environment import suite
+from cudastack.host.analysis import results
 from cudastack.host.cells import matrix
+from cudastack.host.run import state
 from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 BenchOpt = typer.Option("", "--bench", help="Comma-separated bench names (default: all).")
@@ -37,6 +41,18 @@ MinorCompatOpt = typer.Option(
     "(NVIDIA_DISABLE_REQUIRE=true in the container); minor-version compatibility then decides.",
 )
 IpcHostOpt = typer.Option(False, "--ipc-host", help="Share the host's IPC namespace.")
+NetworkOpt = typer.Option(
+    "bridge",
+    "--network",
+    help="Containers' network: bridge (Docker's default) | none | host (the host's own, only "
+    "when asked for).",
+)
+SharedOpt = typer.Option(
+    False,
+    "--shared",
+    help="Make the run folder readable by your group (0750, files 0640); by default only you "
+    "can read it (0700, files 0600).",
+)
 ShmOpt = typer.Option("16g", help="Container /dev/shm size (when not --ipc-host).")
 SetOpt = typer.Option(
     None, "--set", help="key=value: replace a parameter's values, e.g. batch=128, weights=DIR."
@@ -78,6 +94,19 @@ EnvOpt = typer.Option(
     "Recorded in env.json (env_passed).",
 )
 
+ResumeOpt = typer.Option(
+    None,
+    "--resume",
+    metavar="RUN",
+    help="Finish an interrupted run (a run id or folder): run only what it lacks, with the "
+    "options it was started with, into its folder.",
+)
+# What may differ when a run is resumed: where it is found, how it is shown and judged, and its
+# time limit (a cell that ran out of time may get more); never what it measures.
+RESUME_MAY_CHANGE = frozenset(
+    {"resume", "out", "results_dir", "verbose", "fail_on_skip", "timeout"}
+)
+
 
 def _opt(option: Any) -> Any:
     """A RunOptions field whose command-line form is ``option`` (its default is the option's)."""
@@ -104,6 +133,8 @@ class RunOptions:
     ca_file: Optional[Path] = _opt(CaFileOpt)
     gpus: str = _opt(GpusOpt)
     ipc_host: bool = _opt(IpcHostOpt)
+    network: str = _opt(NetworkOpt)
+    shared: bool = _opt(SharedOpt)
     shm_size: str = _opt(ShmOpt)
     timeout: float = _opt(TimeoutOpt)
     overrides: Optional[list[str]] = _opt(SetOpt)
@@ -115,6 +146,7 @@ class RunOptions:
     fail_on_skip: bool = _opt(FailOnSkipOpt)
     # How the summary is printed, not what runs: no SuiteArgs field.
     verbose: bool = _opt(VerboseOpt)
+    resume: Optional[str] = _opt(ResumeOpt)
 
     def suite(self, extra_work: float = 0.0) -> SuiteArgs:
         """What every cell's worker processes run."""
@@ -131,7 +163,91 @@ class RunOptions:
             nproc=self.nproc,
             repeat=self.repeat,
             env=list(self.env or []),
+            resume=self.resume is not None,
         )
+
+    def recorded(self) -> dict[str, Any]:
+        """The options a resumed run must keep, as run.json records them (paths as text)."""
+        found = {
+            f.name: str(v) if isinstance(v, Path) else v
+            for f in fields(self)
+            if f.name not in RESUME_MAY_CHANGE
+            for v in [getattr(self, f.name)]
+        }
+        # run.json travels with the results: a token given with --env must not.
+        found["env"] = [redact.assignment(item) for item in self.env or []] or None
+        return found
+
+    def resumed(self, recorded: dict[str, Any]) -> RunOptions:
+        """These options for resuming a run that ``recorded`` them (``recorded()``): the run's,
+        but for what may change on resume. Raises UserError on an option given here that
+        contradicts the run's."""
+        kinds = get_type_hints(RunOptions)
+        values = {}
+        for f in fields(self):
+            given = values[f.name] = getattr(self, f.name)
+            if f.name in RESUME_MAY_CHANGE or f.name not in recorded:
+                continue
+            was = recorded[f.name]
+            if f.name == "env":
+                values[f.name] = _resumed_env(given, was)
+                continue
+            if was is not None and Path in (kinds[f.name], *get_args(kinds[f.name])):
+                was = Path(was)
+            check_resumed(flag(f.name, f.metadata["option"]), given, f.default, was)
+            values[f.name] = was
+        return RunOptions(**values)
+
+
+def _resumed_env(given: Optional[list[str]], recorded: Optional[list[str]]) -> Optional[list[str]]:
+    """--env for a resumed run: the run's items, of which run.json keeps secret values
+    redacted, so those must be given again; what is given must be the run's items."""
+    if given:
+        if [redact.assignment(item) for item in given] != (recorded or []):
+            shown = " ".join(f"--env {redact.assignment(item)}" for item in given)
+            raise UserError(
+                f"--resume: {shown} contradicts the run's --env items "
+                f"({', '.join(recorded or []) or 'none'}); give exactly the run's, or none"
+            )
+        return given
+    hidden = [item.partition("=")[0] for item in recorded or [] if _redacted(item)]
+    if hidden:
+        raise UserError(
+            f"--resume: the run was given --env {', '.join(hidden)} with a secret value, which "
+            "run.json does not keep: give the run's --env items again"
+        )
+    return recorded
+
+
+def _redacted(item: str) -> bool:
+    return redact.REDACTED in item or redact.HIDDEN in item
+
+
+def flag(name: str, option: Any) -> str:
+    """The command-line flag of a parameter ``name`` declared with typer's ``option``."""
+    return next(
+        (d for d in option.param_decls if d.startswith("--")), "--" + name.replace("_", "-")
+    )
+
+
+def check_resumed(flag: str, given: Any, default: Any, was: Any) -> None:
+    """Raise UserError when an option given to --resume (not left at its ``default``) differs
+    from the value ``was`` the run was started with."""
+    if given != default and given != was:
+        started = _given(flag, was) if was not in (None, "", [], False) else f"no {flag}"
+        raise UserError(
+            f"--resume: {_given(flag, given)} contradicts the run, started with {started}; "
+            "leave it out: a resumed run keeps the options it was started with"
+        )
+
+
+def _given(flag: str, value: Any) -> str:
+    """How ``value`` of ``flag`` reads on a command line: --profile quick, --trace."""
+    if value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{flag} {v}" for v in value)
+    return f"{flag} {value}"
 
 
 def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -165,6 +281,16 @@ def run_folder(ref: str, results_dir: Path) -> Path:
             f"no run {shown(ref)}: neither a run folder nor a run id under {results_dir}"
         )
     return run_dir
+
+
+def run_rows(run_dir: Path) -> pd.DataFrame:
+    """A run's rows: its stored table once it is complete, else (running, killed, interrupted)
+    read from its records, which may hold cases its table lacks; writing nothing into a folder
+    another process may own. Raises ResultsError on a folder with neither."""
+    recorded = state.read(run_dir)
+    if recorded is None or recorded.get("state") == "complete":
+        return results.load_table(run_dir)
+    return results.read_run(run_dir)
 
 
 def names(text: str) -> list[str]:

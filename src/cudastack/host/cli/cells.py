@@ -142,15 +142,21 @@ def doctor_cmd(
     inputs = pipeline.BuildInputs.for_matrix(matrix_file)
     plan = pipeline.plan_cells(cells, report, gpus, client, inputs, minor_version_compat)
     failed = any(ch.status == "fail" for ch in report.checks)
+    to_build = pipeline.cells_to_build(client, plan, inputs) if client is not None else []
     for c, ok, why in plan:
         verdict, colour_of = ("runs", "green") if ok else ("skip", "yellow")
         # What bench does before building a cell it has no image of: a conflict fails it.
-        if ok and client is not None and not images.exists(client, inputs.tag(c)):
+        if c in to_build:
             found = pipeline.check_before_build(c, inputs)
             if found.problems:
                 verdict, colour_of, why = "fail", "red", f"check: {'; '.join(found.problems)}"
                 failed = True
         console.print(f"[{colour_of}]{verdict:>4}[/]  {escape(c.name)}: {escape(why)}")
+    if client is not None:  # the disk the images bench builds take, against the engine's
+        check = doctor.image_disk(to_build, report.disk)
+        console.print(
+            f"[{colour[check.status]}]{check.status:>4}[/]  {check.name}: {escape(check.detail)}"
+        )
     if deep:
         smoke = loop.run_smoke(bench_dir, results_dir)
         status = "fail" if smoke.failed or not smoke.ok else "ok"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -183,7 +184,7 @@ def push_cmd(
     ref = handoff.push(client, tag, registry)
     record = handoff.pushed_record(matrix_file.parent / "locks", c)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(ref + "\n")
+    runfolder.atomic_write(record, lambda p: p.write_text(ref + "\n", encoding="utf-8"))
     console.print(f"{escape(c.name)}: pushed {ref} (recorded in {record})", highlight=False)
 
 
@@ -279,7 +280,9 @@ def shell_cmd(
         "-i",
         "--user",
         invoking_user(),
-        *(a for k, v in variables.items() for a in ("-e", f"{k}={v}")),
+        # Names only: docker takes each value from its own environment, so that no value (a
+        # token given with --env) is on a command line every user of this host can read.
+        *(a for k in variables for a in ("-e", k)),
         *(a for host, m in harness_volume().items() for a in ("-v", f"{host}:{m['bind']}:ro")),
         "-v",
         f"{Path.cwd()}:/work",
@@ -295,4 +298,4 @@ def shell_cmd(
     elif gpus == "auto" and pipeline.doctor.inspect(client).gpu_runtime:
         argv += ["--gpus", "all"]
     argv += [tag, *(ctx.args or ["bash"])]
-    sys.exit(subprocess.call(argv))
+    sys.exit(subprocess.call(argv, env={**os.environ, **variables}))

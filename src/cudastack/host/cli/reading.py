@@ -12,8 +12,8 @@ import typer
 from rich.markup import escape
 
 from cudastack.contract.errors import EXIT_FAILED, UserError, shown
-from cudastack.host.analysis import compare, explain, report, results
-from cudastack.host.cli.app import ResultsOpt, names, run_folder
+from cudastack.host.analysis import compare, explain, report
+from cudastack.host.cli.app import ResultsOpt, names, run_folder, run_rows
 from cudastack.host.console import console, err
 
 FORMATS = ("table", "md", "csv", "json")
@@ -35,7 +35,7 @@ def load_runs(runs: list[str], results_dir: Path) -> LoadedRuns:
     frames, dirs = [], {}
     for ref in runs:
         run_dir = run_folder(ref, results_dir)
-        df = results.load_table(run_dir)
+        df = run_rows(run_dir)
         frames.append(df)
         for run_id in df["run_id"].unique():
             dirs[run_id] = run_dir

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
@@ -19,13 +19,15 @@ from cudastack.host.cli.app import (
     ResultsOpt,
     RunOptions,
     VerboseOpt,
+    check_resumed,
     names,
     run_folder,
+    run_rows,
     with_run_options,
 )
 from cudastack.host.console import console, echo
-from cudastack.host.run import loop, pipeline, state
-from cudastack.host.run.container import ContainerOptions
+from cudastack.host.run import loop, permissions, pipeline, state
+from cudastack.host.run.container import ContainerOptions, remove_run_containers
 from cudastack.host.run.local import LocalLauncher
 from cudastack.host.run.suite_args import SuiteArgs
 
@@ -38,18 +40,56 @@ def run(
     ),
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
-    args = opts.suite(extra_work)
+    opts, dest, own = _destination(opts, "run", extra_work=(extra_work, 0.0))
+    args = opts.suite(own["extra_work"])
     if not opts.cell:
-        outcome = loop.run_here(args, opts.out, opts.results_dir, opts.timeout, opts.verbose)
+        outcome = loop.run_here(args, dest, opts.timeout, opts.verbose)
         _exit_for(outcome, opts.fail_on_skip)
         return
     try:
-        outcome = _run_cells_of_matrix(args, opts)
+        outcome = _run_cells_of_matrix(args, opts, dest)
     except images.EngineUnavailable as exc:
         raise UserError(
             f"{exc}; --cell needs a Docker engine (run without --cell to run here)"
         ) from None
     _exit_for(outcome, opts.fail_on_skip)
+
+
+def _destination(
+    opts: RunOptions, command: str, **own: tuple[Any, Any]
+) -> tuple[RunOptions, loop.Destination, dict[str, Any]]:
+    """The options a run goes with and where it writes: as given, into a new folder; or, with
+    --resume RUN, RUN's folder and the options it was started with. ``own`` are the command's
+    own options, name -> (given, default). Raises UserError on a RUN started by another command
+    or without recorded options, and on an option that contradicts RUN's."""
+    given = {name: value for name, (value, _) in own.items()}
+    if opts.resume is None:
+        # Before anything of the run is written (a build's log, run.json): its files are the
+        # invoking user's alone, or their group's too with --shared.
+        permissions.apply(opts.shared)
+        options = {"command": command, **given, **opts.recorded()}
+        return opts, loop.Destination(opts.results_dir, opts.out, None, options), given
+    if opts.out is not None:
+        raise UserError("--out with --resume: a resumed run writes into its own folder")
+    run_dir = run_folder(opts.resume, opts.results_dir)
+    recorded = state.read(run_dir) or {}
+    record: dict[str, Any] = recorded.get("options") or {}
+    if not record:
+        raise UserError(
+            f"--resume {run_dir}: its run.json records no options (a run of an older cudastack "
+            "or not a run folder); start a new run"
+        )
+    if record.get("command") != command:
+        raise UserError(
+            f"--resume {run_dir}: it was started by cudastack {record.get('command')}; resume it "
+            f"with cudastack {record.get('command')} --resume {opts.resume}"
+        )
+    for name, (value, default) in own.items():
+        check_resumed(f"--{name.replace('_', '-')}", value, default, record.get(name, default))
+    resumed = opts.resumed(record)
+    permissions.apply(resumed.shared)
+    mine = {name: record.get(name, default) for name, (_, default) in own.items()}
+    return resumed, loop.Destination(opts.results_dir, None, run_dir, record), mine
 
 
 def _exit_for(outcome: loop.RunOutcome, fail_on_skip: bool) -> None:
@@ -67,6 +107,8 @@ def bench(
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
+    opts, dest, own = _destination(opts, "bench", local=(local, False))
+    local = own["local"]
     args = opts.suite()
     args.validate()
     matrix.select(matrix.load(opts.matrix_file), names(opts.cell))  # a bad matrix or cell first
@@ -82,18 +124,20 @@ def bench(
             # Every cell gets its row, a skipped one with the reason `doctor` gives; when no
             # cell can run, the suite runs here as well, in the same run folder.
             _exit_for(
-                _run_cells_of_matrix(args, opts, client, fallback_local=True), opts.fail_on_skip
+                _run_cells_of_matrix(args, opts, dest, client, fallback_local=True),
+                opts.fail_on_skip,
             )
             return
     else:
         console.print("cudastack bench: --local: running the suite in this Python environment")
-    outcome = loop.run_here(args, opts.out, opts.results_dir, opts.timeout, opts.verbose)
+    outcome = loop.run_here(args, dest, opts.timeout, opts.verbose)
     _exit_for(outcome, opts.fail_on_skip)
 
 
 def _run_cells_of_matrix(
     args: SuiteArgs,
     opts: RunOptions,
+    dest: loop.Destination,
     client: Optional[object] = None,
     fallback_local: bool = False,
 ) -> loop.RunOutcome:
@@ -110,16 +154,20 @@ def _run_cells_of_matrix(
         opts.ipc_host,
         opts.timeout,
         opts.minor_version_compat,
+        network=opts.network,
     )
     launcher = pipeline.ContainerLauncher(
         client, cells, inputs, args, container, report, opts.gpus, echo, loop.build_logger
     )
     # bench falls back to the suite here, as the cell local, when no cell can run.
     fallback = LocalLauncher(args, opts.timeout, echo) if fallback_local else None
+    if dest.resume is not None:
+        # A host killed outright leaves its containers running, writing into the run folder.
+        removed = remove_run_containers(client, (state.read(dest.resume) or {})["run_id"])
+        if removed:
+            echo(f"removed {removed} container(s) the interrupted run left running")
     what = f"{len(cells)} cells"
-    return loop.run_matrix(
-        launcher, what, args.repeat, opts.out, opts.results_dir, fallback, opts.verbose
-    )
+    return loop.run_matrix(launcher, what, args.repeat, dest, fallback, opts.verbose)
 
 
 def list_(
@@ -157,11 +205,7 @@ def show(
 ) -> None:
     """Print the summary of a run: how it went, a table per bench, what did not run under them."""
     run_dir = run_folder(run, results_dir)
-    recorded = state.read(run_dir)
-    # A run not known complete (running, killed, interrupted) may hold records its table
-    # lacks: they are read, and nothing is written into a folder another process may own.
-    finished = recorded is None or recorded.get("state") == "complete"
-    df = results.load_table(run_dir) if finished else results.read_run(run_dir)
+    df = run_rows(run_dir)
     if len(df):
         view = results_view(
             results.case_table(df),
@@ -173,4 +217,4 @@ def show(
         console.print(view)
     else:
         echo(f"run {run_dir.name}: no records")
-    echo(state.describe(recorded))
+    echo(state.describe(state.read(run_dir)))

@@ -1,4 +1,4 @@
-"""Run a cell's worker in its container: mounts, user, GPUs, limits, logs, time limit, cleanup."""
+"""Run a cell's worker in its container: mounts, user, GPUs, network, limits, logs, cleanup."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cudastack.contract import runfolder
+from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import UserError
 from cudastack.contract.failures import log_reason
 from cudastack.environment.suite import PATH_PARAMS
 from cudastack.host.cells.stacks import DISABLE_REQUIRE
+from cudastack.host.run.launcher import CellLog
 from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 # The cudastack package this process runs, mounted into cells by itself (not the folder holding
@@ -24,6 +25,9 @@ from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 HARNESS_PACKAGE = Path(__file__).resolve().parents[2]
 IN_SRC, IN_BENCH, IN_RESULTS = "/harness/src", "/harness/bench", "/results"
 IN_INPUTS = "/inputs"
+RUN_LABEL = "dev.cudastack.run"  # on every container: which run it belongs to
+# --network: Docker's default bridge, no network at all, or the host's (asked for, never implied).
+NETWORKS = ("bridge", "none", "host")
 NO_GPU_RUNTIME = (
     "the Docker engine has no GPU runtime: install the NVIDIA Container Toolkit, run "
     "`sudo nvidia-ctk runtime configure --runtime=docker` and restart dockerd (or set up CDI); "
@@ -44,11 +48,14 @@ class ContainerOptions:
     minor_version_compat: bool = False
     # uid:gid the worker runs as; empty: the invoking user's, so the results are theirs.
     user: str = ""
+    network: str = "bridge"  # one of NETWORKS
 
     def __post_init__(self) -> None:
         """Checked before a run folder is made or a container started: Docker would refuse a
-        bad size only when the first cell starts (a traceback and a half-made run)."""
+        bad size or network only when the first cell starts (a traceback and a half-made run)."""
         check_shm_size(self.shm_size)
+        if self.network not in NETWORKS:
+            raise UserError(f"--network {self.network!r}: give one of {', '.join(NETWORKS)}")
 
 
 def check_shm_size(size: str) -> None:
@@ -130,7 +137,11 @@ def container_kwargs(
 ) -> dict:
     """Everything ``containers.create`` gets: harness read-only, results read-write, the invoking
     user's uid:gid, GPUs, shared memory and the memlock / stack limits NCCL and DataLoader need;
-    the environment is ``base_environment()`` with ``args.environment()`` over it."""
+    the environment is ``base_environment()`` with ``args.environment()`` over it.
+
+    Never privileged, no added capabilities, no host PID namespace; the host's network only
+    with --network host, its IPC namespace only with --ipc-host: a benchmark needs none of them
+    (GPUs come as device requests), and a cell image is code from package indexes."""
     from docker.types import Ulimit
 
     args, inputs = _inputs_in_container(args)
@@ -160,7 +171,8 @@ def container_kwargs(
             Ulimit(name="memlock", soft=-1, hard=-1),
             Ulimit(name="stack", soft=67108864, hard=67108864),
         ],
-        "labels": {"dev.cudastack.run": run_id, "dev.cudastack.cell": cell},
+        "labels": {RUN_LABEL: run_id, "dev.cudastack.cell": cell},
+        "network_mode": opts.network,
     }
     if opts.ipc_host:
         kwargs["ipc_mode"] = "host"
@@ -190,10 +202,13 @@ def run_container(
     from requests.exceptions import ReadTimeout
 
     tail: deque = deque(maxlen=15)
+    # log.txt, the console and a failure's reason never hold what the worker was given as a
+    # secret (--env HF_TOKEN=..., a proxy password) or what the host's environment holds.
+    secrets = redact.secret_values(os.environ, kwargs.get("environment") or {})
     try:
         container = _start(client, kwargs, cell_dir, on_line)
     except APIError as exc:
-        text = str(exc.explanation or exc)
+        text = redact.text(str(exc.explanation or exc), secrets)
         if "could not select device driver" in text:
             return Outcome(False, NO_GPU_RUNTIME)
         if "unsatisfied condition" in text:  # the image's NVIDIA_REQUIRE_* against the driver
@@ -204,7 +219,9 @@ def run_container(
             )
         return Outcome(False, f"container did not start: {text}")
     log_thread = threading.Thread(
-        target=_follow_logs, args=(container, cell_dir / runfolder.LOG, tail, on_line), daemon=True
+        target=_follow_logs,
+        args=(container, cell_dir / runfolder.LOG, tail, on_line, secrets),
+        daemon=True,
     )
     log_thread.start()
     try:
@@ -257,25 +274,40 @@ def _start(
 
 
 def _follow_logs(
-    container: Any, path: Path, tail: deque, on_line: Optional[Callable[[str], None]]
+    container: Any,
+    path: Path,
+    tail: deque,
+    on_line: Optional[Callable[[str], None]],
+    secrets: frozenset[str] = frozenset(),
 ) -> None:
-    with open(path, "a", encoding="utf-8") as log:
+    with CellLog(path) as log:
         buffer = b""
         for chunk in container.logs(stream=True, follow=True):
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for raw in lines:
-                line = raw.decode("utf-8", "replace")
+                line = redact.text(raw.decode("utf-8", "replace"), secrets)
                 log.write(line + "\n")
-                log.flush()
                 tail.append(line)
                 if on_line:
                     on_line(line)
         if buffer:
-            log.write(buffer.decode("utf-8", "replace") + "\n")
-            tail.append(buffer.decode("utf-8", "replace"))
+            line = redact.text(buffer.decode("utf-8", "replace"), secrets)
+            log.write(line + "\n")
+            tail.append(line)
 
 
 def _tail(lines: deque) -> str:
     """What the log's last lines say, as one bounded line (the whole log is the cell's)."""
     return f"; last log lines: {log_reason(lines)}" if lines else ""
+
+
+def remove_run_containers(client: Any, run_id: str) -> int:
+    """Remove every container of run ``run_id`` (by its label), running or not; how many.
+
+    Only for a run whose folder this process holds the lock of: its containers then belong to
+    a host process that died without removing them."""
+    found = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+    for container in found:
+        container.remove(force=True)
+    return len(found)

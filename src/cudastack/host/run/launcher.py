@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Optional, Protocol
 
 from cudastack.contract import runfolder
 
@@ -69,3 +69,38 @@ def finished_cell(name: str, cell_dir: Path, build_s: float, run_s: float) -> Ce
     if done.get("cell_skipped"):
         return CellResult(name, "skipped", str(done["cell_skipped"]), build_s, run_s)
     return CellResult(name, "ok", "", build_s, run_s, float(done["suite_s"]))
+
+
+class CellLog:
+    """A cell's log.txt, appended a line at a time by the thread that follows the worker's
+    output. A write that fails (a full disk) ends the writing, never the reading: the output
+    still reaches the terminal and the worker never blocks on a full pipe. The error is raised
+    when the log is closed, once the worker has ended, naming the log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by __exit__)
+        self._error: Optional[OSError] = None
+
+    def write(self, line: str) -> None:
+        if self._error is not None:
+            return
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as exc:
+            self._error = exc
+        except ValueError:  # closed under a process that escaped the kill: nothing to keep
+            pass
+
+    def __enter__(self) -> CellLog:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        with runfolder.writing(self.path):
+            try:
+                self._file.close()
+            except OSError as error:
+                self._error = self._error or error
+            if self._error is not None and kind is None:
+                raise self._error

@@ -19,10 +19,10 @@ from typing import Callable, Optional
 
 import psutil
 
-from cudastack.contract import runfolder
+from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import EXIT_BAD_INPUT, CudastackError
 from cudastack.host.analysis import results
-from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
+from cudastack.host.run.launcher import CellLog, CellPlan, CellResult, finished_cell
 from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 LOCAL = "local"  # the cell name of this Python environment
@@ -54,7 +54,7 @@ class LocalLauncher:
 
     def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
         cell_dir = run_dir / cell
-        cell_dir.mkdir(parents=True, exist_ok=process > 0)
+        cell_dir.mkdir(parents=True, exist_ok=process > 0 or self.args.resume)
         argv = [
             sys.executable,
             *self.args.launcher(),
@@ -69,7 +69,8 @@ class LocalLauncher:
         if timed_out:
             reason = time_limit_reason(self.timeout_s)
             results.append_records(
-                cell_dir, [results.harness_row(run_id, cell, "run", "failed", reason)]
+                cell_dir,
+                [results.harness_row(run_id, cell, "run", "failed", reason, process=process)],
             )
             return CellResult(cell, "failed", reason, run_s=run_s)
         if code == EXIT_BAD_INPUT and not (cell_dir / runfolder.RECORDS).exists():
@@ -88,7 +89,9 @@ def _run_worker(
 ) -> tuple[int, bool]:
     """(exit code, timed out). The worker leads a session of its own, so that it and whatever
     it starts (torchrun's ranks, DataLoader workers) can be found and killed as one."""
-    with open(log_path, "a", encoding="utf-8") as log:
+    # log.txt and the terminal never show a secret the worker was given or prints (a token).
+    secrets = redact.secret_values(os.environ, env or {})
+    with CellLog(log_path) as log:
         proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -101,13 +104,11 @@ def _run_worker(
 
         def pump() -> None:
             assert proc.stdout is not None
-            # ValueError: the log was closed under a process that escaped the kill.
-            with contextlib.suppress(ValueError):
-                for line in proc.stdout:
-                    log.write(line)
-                    log.flush()
-                    if on_line:
-                        on_line(line.rstrip("\n"))
+            for raw in proc.stdout:
+                line = redact.text(raw.rstrip("\n"), secrets)
+                log.write(line + "\n")
+                if on_line:
+                    on_line(line)
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 from rich.markup import escape
@@ -19,16 +22,16 @@ from cudastack.host.analysis import compare, explain, report, results
 from cudastack.host.analysis.display import results_view
 from cudastack.host.cells import doctor
 from cudastack.host.console import console, echo, err
-from cudastack.host.run import pipeline, state
-from cudastack.host.run.launcher import CellPlan, CellResult, Launcher
+from cudastack.host.run import permissions, pipeline, resume, state, writer
+from cudastack.host.run.launcher import CellPlan, CellResult, Launcher, finished_cell
 from cudastack.host.run.local import LocalLauncher, WorkerRefused
 from cudastack.host.run.state import INTERRUPTED
 from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
 
 
 def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
-    """The new run's folder, created, saying this process runs it (run.json). Raises UserError
-    when it exists already or cannot be made."""
+    """The new run's folder, created. Raises UserError when it exists already or cannot be
+    made."""
     run_dir = out or results_dir / run_id
     if run_dir.exists():
         raise UserError(
@@ -36,10 +39,56 @@ def new_run_dir(out: Optional[Path], results_dir: Path, run_id: str) -> Path:
         )
     try:
         run_dir.mkdir(parents=True)
+        # Whatever the umask: a run folder is never readable by other users (permissions.py).
+        os.chmod(run_dir, permissions.folder_mode())
     except OSError as exc:
         raise UserError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
-    state.started(run_dir, run_id)
     return run_dir
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a run writes: a new folder (``out``, else a new run id under ``results_dir``), or,
+    with ``resume``, the folder of the interrupted run it finishes. ``options`` are the
+    command's options, recorded in run.json for a later --resume."""
+
+    results_dir: Path = Path("results")
+    out: Optional[Path] = None
+    resume: Optional[Path] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Writing:
+    """A run folder this process writes, holding its lock: the run's id and, when resumed,
+    how many worker processes of each cell had finished."""
+
+    run_dir: Path
+    run_id: str
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def writing(dest: Destination, repeat: int) -> Iterator[Writing]:
+    """Create the run's folder (or take the resumed one), hold its lock for the block, and
+    record that this process runs it (run.json), then how the block ended. Raises UserError
+    when another process writes the folder."""
+    if dest.resume is None:
+        run_id = runfolder.new_run_id()
+        run_dir = new_run_dir(dest.out, dest.results_dir, run_id)
+    else:
+        run_dir = dest.resume
+        run_id = (state.read(run_dir) or {}).get("run_id") or run_dir.name
+    with writer.held(run_dir):
+        finished = resume.prepare(run_dir, repeat) if dest.resume is not None else {}
+        try:
+            state.started(run_dir, run_id, dest.options)
+        except OSError:
+            if dest.resume is None:  # a new folder holding nothing yet: leave none behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        with state.recorded(run_dir):
+            yield Writing(run_dir, run_id, finished)
 
 
 @dataclass(frozen=True)
@@ -112,21 +161,25 @@ def check_timeout(timeout: float) -> None:
         raise UserError(f"--timeout {timeout:g}: give a time limit in seconds above 0")
 
 
-def run_cells(launcher: Launcher, repeat: int, run_dir: Path, run_id: str) -> list[CellResult]:
-    """The one run loop: every cell the launcher offers, ``repeat`` worker processes each. A cell
-    it cannot run here gets a skipped row with the reason; a process that fails ends its cell's
-    repeats; Ctrl-C (or SIGTERM) ends the loop with a failed row for the cell it stopped.
-    Raises UserError when the worker refused its input (the folder is removed if it holds
-    nothing else)."""
+def run_cells(launcher: Launcher, repeat: int, run: Writing) -> list[CellResult]:
+    """The one run loop: every cell the launcher offers, ``repeat`` worker processes each, but
+    those a resumed run had finished. A cell it cannot run here gets a skipped row with the
+    reason; a process that fails ends its cell's repeats; Ctrl-C (or SIGTERM) ends the loop with
+    a failed row for the cell it stopped. Raises UserError when the worker refused its input
+    (the folder is removed if it holds nothing else)."""
+    run_dir, run_id = run.run_dir, run.run_id
     plans = launcher.plan()
     outcomes: dict[str, CellResult] = {}
-    current = ""
+    current, process = "", 0
     try:
         # With --repeat N the cells take turns (a, b, a, b, ...): a drift of the machine over
         # the run then touches every cell alike instead of whichever ran last.
         for process in range(repeat):
             for plan in plans:
                 current = plan.cell
+                if process < run.finished.get(plan.cell, 0):
+                    outcomes[plan.cell] = finished_cell(plan.cell, run_dir / plan.cell, 0.0, 0.0)
+                    continue
                 if process == 0 and not plan.runnable:
                     outcomes[plan.cell] = skip_cell(run_dir, run_id, plan)
                 if not plan.runnable or (process > 0 and outcomes[plan.cell].status != "ok"):
@@ -138,7 +191,7 @@ def run_cells(launcher: Launcher, repeat: int, run_dir: Path, run_id: str) -> li
                 _report_cell(run_dir, outcomes[plan.cell])
     except KeyboardInterrupt:
         err.print(f"interrupted: {launcher.interrupted_note}")
-        row = results.harness_row(run_id, current, "run", "failed", INTERRUPTED)
+        row = results.harness_row(run_id, current, "run", "failed", INTERRUPTED, process=process)
         results.append_records(run_dir / current, [row])
         outcomes[current] = CellResult(current, "failed", INTERRUPTED)
     except WorkerRefused:
@@ -158,25 +211,24 @@ def skip_cell(run_dir: Path, run_id: str, plan: CellPlan) -> CellResult:
 
 def run_here(
     args: SuiteArgs,
-    out: Optional[Path],
-    results_dir: Path,
+    dest: Destination,
     timeout: float = DEFAULT_TIMEOUT_S,
     verbose: bool = False,
 ) -> RunOutcome:
-    """The suite in this Python environment, as the cell ``local``; ``verbose``: the summary
-    names each case that did not run."""
+    """The suite in this Python environment, as the cell ``local``, into ``dest``; ``verbose``:
+    the summary names each case that did not run."""
     cases = args.validate()
     check_timeout(timeout)
     if importlib.util.find_spec("torch") is None:
         raise UserError(
             f"torch is not installed in {sys.executable}; run `make setup` or pip install torch"
         )
-    run_id = runfolder.new_run_id()
-    run_dir = new_run_dir(out, results_dir, run_id)
-    console.print(f"run {run_id}: up to {cases} cases -> {run_dir}", highlight=False)
-    with state.recorded(run_dir):
-        outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run_dir, run_id)
-        return finish(run_dir, run_id, outcomes, verbose)
+    with writing(dest, args.repeat) as run:
+        console.print(
+            f"run {run.run_id}: {_doing(run)}up to {cases} cases -> {run.run_dir}", highlight=False
+        )
+        outcomes = run_cells(LocalLauncher(args, timeout, echo), args.repeat, run)
+        return finish(run.run_dir, run.run_id, outcomes, verbose)
 
 
 @dataclass(frozen=True)
@@ -194,7 +246,8 @@ def run_smoke(bench_dir: Path, results_dir: Path) -> SmokeCounts:
     ``results_dir``, and count its cases by status. A worker that exited with an error counts as
     at least one failed case, since the cases it never reached have no rows."""
     run_dir = results_dir / f"smoke-{runfolder.new_run_id()}"
-    died = run_here(SuiteArgs(profile="smoke", bench_dir=bench_dir), run_dir, results_dir).failed
+    smoke = SuiteArgs(profile="smoke", bench_dir=bench_dir)
+    died = run_here(smoke, Destination(results_dir, run_dir)).failed
     statuses = results.load_table(run_dir).drop_duplicates(["cell", "case"])["status"]
     ok, skipped, failed = ((statuses == s).sum() for s in ("ok", "skipped", "failed"))
     return SmokeCounts(run_dir, int(ok), int(skipped), max(int(failed), int(died)))
@@ -221,27 +274,32 @@ def run_matrix(
     launcher: Launcher,
     what: str,
     repeat: int,
-    out: Optional[Path],
-    results_dir: Path,
+    dest: Destination,
     fallback: Optional[Launcher] = None,
     verbose: bool = False,
 ) -> RunOutcome:
     """Run the cells ``launcher`` offers (``what`` says which, e.g. "3 cells"), ``repeat``
-    processes each, into a new run folder; when none could run, the ``fallback`` launcher's as
+    processes each, into ``dest``; when none could run, the ``fallback`` launcher's as
     well (bench: something useful on any host). ``verbose``: the summary names each case that
     did not run."""
-    run_id = runfolder.new_run_id()
-    run_dir = new_run_dir(out, results_dir, run_id)
-    console.print(f"run {run_id}: {what} -> {run_dir}", highlight=False)
-    with state.recorded(run_dir):
-        outcomes = run_cells(launcher, repeat, run_dir, run_id)
+    with writing(dest, repeat) as run:
+        console.print(f"run {run.run_id}: {_doing(run)}{what} -> {run.run_dir}", highlight=False)
+        outcomes = run_cells(launcher, repeat, run)
         if fallback is not None and all(o.status == "skipped" for o in outcomes):
             console.print(
                 "cudastack bench: no cell of the matrix could run here (see the reasons "
                 "above): running the suite locally in this Python environment as well"
             )
-            outcomes += run_cells(fallback, repeat, run_dir, run_id)
-        return finish(run_dir, run_id, outcomes, verbose)
+            outcomes += run_cells(fallback, repeat, run)
+        return finish(run.run_dir, run.run_id, outcomes, verbose)
+
+
+def _doing(run: Writing) -> str:
+    """'resuming (1 of 2 cells finished): ' for a resumed run, else nothing."""
+    if not run.finished:
+        return ""
+    done = sum(1 for n in run.finished.values() if n)
+    return f"resuming ({done} of {len(run.finished)} cells finished): "
 
 
 def _report_cell(run_dir: Path, res: CellResult) -> None:

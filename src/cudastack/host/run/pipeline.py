@@ -114,7 +114,7 @@ def run_cell(
     """Build (if needed) and run one cell; any failure becomes a harness row, never an exception.
     ``process`` above 0 is a repeat (--repeat): the cell's folder exists and is added to."""
     cell_dir = run_dir / cell.name
-    cell_dir.mkdir(parents=True, exist_ok=process > 0)
+    cell_dir.mkdir(parents=True, exist_ok=process > 0 or args.resume)
     started = time.perf_counter()
     try:
         with open(cell_dir / runfolder.BUILD_LOG, "a", encoding="utf-8") as build_log:
@@ -128,13 +128,15 @@ def run_cell(
         # Like a missing GPU, a base that cannot be had here is a fact about this host. A base
         # tag that does not exist (BaseGone) is not: the matrix is wrong, and the cell fails.
         results.append_records(
-            cell_dir, [results.harness_row(run_id, cell.name, "build", "skipped", str(exc))]
+            cell_dir,
+            [results.harness_row(run_id, cell.name, "build", "skipped", str(exc), process=process)],
         )
         return CellResult(cell.name, "skipped", str(exc), time.perf_counter() - started)
     except images.BuildFailed as exc:
         reason = exc.headline  # the log's decisive lines; all of it is in the cell's build.log
         results.append_records(
-            cell_dir, [results.harness_row(run_id, cell.name, "build", "failed", reason)]
+            cell_dir,
+            [results.harness_row(run_id, cell.name, "build", "failed", reason, process=process)],
         )
         return CellResult(cell.name, "failed", reason, time.perf_counter() - started)
     build_s = time.perf_counter() - started
@@ -156,7 +158,8 @@ def run_cell(
     run_s = time.perf_counter() - started
     if not outcome.ok:
         results.append_records(
-            cell_dir, [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref)]
+            cell_dir,
+            [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref, process)],
         )
         return CellResult(cell.name, "failed", outcome.reason, build_s, run_s)
     return finished_cell(cell.name, cell_dir, build_s, run_s)
@@ -203,6 +206,12 @@ def plan_cells(
     return plan
 
 
+def cells_to_build(client: Any, verdicts: list[CellVerdict], inputs: BuildInputs) -> list[Cell]:
+    """The cells of ``verdicts`` that will run and have no image on the engine yet: what a run
+    builds first, and what ``doctor.image_disk`` weighs against the engine's free disk."""
+    return [c for c, ok, _ in verdicts if ok and not images.exists(client, inputs.tag(c))]
+
+
 @dataclass
 class ContainerLauncher:
     """Cells of a matrix, each in its image on the Docker engine: built when missing (after
@@ -220,6 +229,8 @@ class ContainerLauncher:
     interrupted_note: str = "containers removed, keeping the cells that finished"
 
     def plan(self) -> list[CellPlan]:
+        """A verdict for every cell (``plan_cells``), and a warning before the builds begin
+        when the images they make may not fit in the engine's free disk."""
         by_name = plan_cells(
             self.cells,
             self.report,
@@ -228,6 +239,10 @@ class ContainerLauncher:
             self.inputs,
             self.opts.minor_version_compat,
         )
+        to_build = cells_to_build(self.client, by_name, self.inputs)
+        disk = doctor.image_disk(to_build, self.report.disk)
+        if to_build and disk.status != "ok":
+            self.say(f"warning: {disk.detail}")
         return [CellPlan(c.name, ok, why) for c, ok, why in by_name]
 
     def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:

@@ -7,6 +7,7 @@ end: its folder still says ``running``, and a reader on the same host finds the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from cudastack.contract import runfolder
+from cudastack.contract import redact, runfolder
 
 STATES = ("running", "complete", "interrupted", "failed")
 INTERRUPTED = "interrupted by the user"
@@ -25,18 +26,23 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def started(run_dir: Path, run_id: str) -> None:
-    """Record that this process runs ``run_dir`` from now on."""
-    runfolder.write_json(
-        run_dir / runfolder.STATE,
-        {
-            "run_id": run_id,
-            "state": "running",
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started_at": _now(),
-        },
-    )
+def started(run_dir: Path, run_id: str, options: Optional[dict[str, Any]] = None) -> None:
+    """Record that this process runs ``run_dir`` from now on, started with ``options`` (the
+    command and its options, what --resume runs again). A resumed run keeps when it first
+    started and adds when it resumed."""
+    now = _now()
+    before = read(run_dir) or {}
+    data = {
+        "run_id": run_id,
+        "state": "running",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": before.get("started_at", now),
+        "options": options or {},
+    }
+    if before:
+        data["resumed_at"] = [*before.get("resumed_at", []), now]
+    runfolder.write_json(run_dir / runfolder.STATE, data)
 
 
 def ended(run_dir: Path, state: str, reason: str) -> None:
@@ -62,11 +68,14 @@ def recorded(run_dir: Path) -> Iterator[None]:
         yield
     except BaseException as exc:
         if run_dir.is_dir():
-            if isinstance(exc, KeyboardInterrupt):
-                ended(run_dir, "interrupted", INTERRUPTED)
-            else:
-                reason = str(exc).strip().splitlines()
-                ended(run_dir, "failed", reason[0] if reason else type(exc).__name__)
+            # On a full disk this write fails too: run.json then keeps "running", and the
+            # error the user sees is the one that stopped the run.
+            with contextlib.suppress(OSError):
+                if isinstance(exc, KeyboardInterrupt):
+                    ended(run_dir, "interrupted", INTERRUPTED)
+                else:
+                    reason = redact.text(str(exc)).strip().splitlines()
+                    ended(run_dir, "failed", reason[0] if reason else type(exc).__name__)
         raise
 
 

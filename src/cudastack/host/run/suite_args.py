@@ -104,6 +104,8 @@ class SuiteArgs:
     # its samples differ from each other.
     repeat: int = 1
     env: list[str] = field(default_factory=list)  # --env KEY=VALUE
+    # --resume: each worker process keeps the cases an earlier attempt of it recorded.
+    resume: bool = False
 
     def environment(self) -> dict[str, str]:
         """The variables the cell's worker gets beyond its defaults (see ``cell_env``)."""
@@ -174,6 +176,7 @@ class SuiteArgs:
             overrides=tuple(self.overrides),
             trace=self.trace,
             process=process,
+            resume=self.resume,
             image_digest=image_digest,
         ).to_argv()
 
