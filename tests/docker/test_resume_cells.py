@@ -1,5 +1,5 @@
-"""--resume across cells in containers: a container killed outright and a host killed outright,
-then a resume that removes what the dead host left running and runs only what is missing."""
+"""--resume across cells in containers: one OOM-killed, one killed outright and a host killed
+outright; then a resume that removes what the dead host left running and runs what is missing."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def run(ctx, n):
     from cudastack.environment.context import Metric
 
     while n == 3 and not (Path(__file__).parent / "open").exists():
+        if Path("grow").exists():  # put in the cell's folder (the working directory) to OOM it
+            hog = []
+            while True:
+                hog.append(b"x" * (64 << 20))
         time.sleep(0.05)
     return [Metric("latency", "ms", "lower", [random.random() for _ in range(3)])]
 '''
@@ -66,14 +70,28 @@ def ok_lines(cell_dir: Path) -> list[bytes]:
     return [line for line in data.splitlines() if b'"status": "ok"' in line]
 
 
-def test_a_killed_container_and_a_killed_host_resume_to_every_case(
+def container_of(engine, run_id: str, cell: str):
+    (found,) = engine.containers.list(
+        filters={"label": [f"{RUN_LABEL}={run_id}", f"dev.cudastack.cell={cell}"]}
+    )
+    return found
+
+
+def harness_reason(cell_dir: Path) -> str:
+    rows = results.read_records(cell_dir / RECORDS)
+    (why,) = rows[rows["bench"] == "harness"]["reason"]
+    return str(why)
+
+
+def test_an_oom_killed_a_killed_container_and_a_killed_host_resume_to_every_case(
     engine, base_image, wheelhouse, make_bench, tmp_path
 ):
     bench = make_bench("gated", BENCH)
-    # Two cells of one image content but their names: the second build is all cache hits.
-    m = write_matrix(tmp_path / "m", cpu_cell("test-cpu"), cpu_cell("test-cpu-b"))
+    # Cells of one image content but their names: builds after the first are all cache hits.
+    names = ("test-cpu", "test-cpu-b", "test-cpu-c")
+    m = write_matrix(tmp_path / "m", *(cpu_cell(name) for name in names))
     out = tmp_path / "run"
-    argv = ["run", "--cell", "test-cpu,test-cpu-b", "--matrix", str(m), "--wheelhouse"]
+    argv = ["run", "--cell", ",".join(names), "--matrix", str(m), "--wheelhouse"]
     argv += [str(wheelhouse), "--bench-dir", str(bench), "--profile", "smoke", "--out", str(out)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cudastack", *argv],
@@ -81,22 +99,26 @@ def test_a_killed_container_and_a_killed_host_resume_to_every_case(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    a, b = out / "test-cpu", out / "test-cpu-b"
+    a, b, c = (out / name for name in names)
     wait_for(lambda: at_gate(a), proc, "cell test-cpu reached its gate")
     run_id = json.loads((out / "run.json").read_text())["run_id"]
-    (container,) = engine.containers.list(
-        filters={"label": [f"{RUN_LABEL}={run_id}", "dev.cudastack.cell=test-cpu"]}
-    )
-    container.kill()  # SIGKILL, as the OOM killer would
+    # The kernel's OOM killer: a memory limit a little above what the worker holds, then
+    # the case allocates past it.
+    oom = container_of(engine, run_id, "test-cpu")
+    held = int(oom.stats(stream=False)["memory_stats"]["usage"])
+    oom.update(mem_limit=held + (128 << 20), memswap_limit=held + (128 << 20))
+    (a / "grow").touch()
+    wait_for(lambda: b.exists(), proc, "cell test-cpu-b started")
+    (a / "grow").unlink()
+    assert harness_reason(a).startswith("container was OOM-killed (exit 137)"), harness_reason(a)
     wait_for(lambda: at_gate(b), proc, "cell test-cpu-b reached its gate")
-    failed = results.read_records(a / RECORDS)
-    (why,) = failed[failed["bench"] == "harness"]["reason"]
-    assert why.startswith("container exited with code 137"), why
-    os.kill(proc.pid, signal.SIGKILL)  # the host, leaving test-cpu-b's container running
+    container_of(engine, run_id, "test-cpu-b").kill()  # SIGKILL
+    wait_for(lambda: at_gate(c), proc, "cell test-cpu-c reached its gate")
+    assert harness_reason(b).startswith("container exited with code 137"), harness_reason(b)
+    os.kill(proc.pid, signal.SIGKILL)  # the host, leaving test-cpu-c's container running
     proc.communicate(timeout=60)
-    left = engine.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"})
-    assert len(left) == 1
-    kept = {cell: ok_lines(cell) for cell in (a, b)}
+    assert len(engine.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"})) == 1
+    kept = {cell: ok_lines(cell) for cell in (a, b, c)}
     assert all(len(lines) >= 9 for lines in kept.values())  # n=0..2, 3 samples each
 
     (bench / "open").touch()
@@ -105,7 +127,7 @@ def test_a_killed_container_and_a_killed_host_resume_to_every_case(
     assert "removed 1 container(s) the interrupted run left running" in resumed.stdout
     assert not engine.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
     table = results.load_table(out)
-    assert set(table["status"]) == {"ok"}  # the failed and torn attempts' rows are gone
+    assert set(table["status"]) == {"ok"}  # the failed and killed attempts' rows are gone
     for cell, lines in kept.items():
         ran = table[(table["cell"] == cell.name) & (table["bench"] == "gated")]
         assert sorted(ran["case"].unique()) == CASES
