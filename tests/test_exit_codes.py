@@ -133,7 +133,8 @@ def test_a_killed_run_says_it_did_not_finish_and_shows_what_it_recorded(make_ben
     proc.communicate(timeout=60)
     shown = cli("show", str(out))
     assert shown.returncode == EXIT_OK, shown.stderr
-    assert f"state: did not finish: its process ({proc.pid}) is gone" in shown.stdout
+    assert f"state: did not finish: its process ({proc.pid} on " in shown.stdout
+    assert f"cudastack run --resume {out} finishes it" in shown.stdout
     # No table was stored: the case that finished is read from the records.
     assert "ends (kernel) · outcome=ok" in shown.stdout, shown.stdout
     # Nothing written into a folder whose owner may still be at work.

@@ -16,7 +16,7 @@ import pytest
 from conftest import cli
 
 from cudastack.contract.errors import EXIT_BAD_INPUT, EXIT_OK
-from cudastack.contract.runfolder import RECORDS, TABLE
+from cudastack.contract.runfolder import RECORDS, TABLE, RunFolderError
 from cudastack.host.analysis import results
 from cudastack.host.run import resume, state
 
@@ -222,7 +222,7 @@ def test_a_resume_keeps_finished_processes_and_what_later_ones_recorded_ok():
         row("b", 1, "skipped"),
         row("c", 1, "failed"),  # runs again
         row("harness[stage=run]", 1, "failed", "harness"),  # the host says again how it went
-        b"not json",
+        b"",
         row("d", 1),
         row("e", 1),
         row("e", 1),
@@ -230,6 +230,9 @@ def test_a_resume_keeps_finished_processes_and_what_later_ones_recorded_ok():
     data = b"\n".join(lines) + b'\n{"case": "e", "proc'  # killed while writing e's rows
     kept = resume.kept_lines(data, finished=1)
     assert kept == [line + b"\n" for line in [*lines[:4], lines[7]]]
+    # A line elsewhere that is no record was not written by a worker: refused, as reading is.
+    with pytest.raises(RunFolderError, match=r"records.jsonl:2: not a record"):
+        resume.kept_lines(lines[0] + b"\nnot json\n" + lines[2] + b"\n", finished=1)
     # Without a tear every ok row stays, the last case's too.
     whole = resume.kept_lines(b"\n".join(lines) + b"\n", finished=1)
     assert whole[-2:] == [lines[8] + b"\n", lines[9] + b"\n"]
@@ -251,3 +254,88 @@ def test_a_secret_given_with_env_is_not_recorded_and_must_be_given_again(make_be
     assert other.returncode == EXIT_BAD_INPUT and "contradicts the run's --env" in other.stderr
     again = cli("run", "--resume", str(out), "--env", token)
     assert again.returncode == EXIT_OK, again.stderr
+
+
+def test_data_parallel_workers_end_with_their_killed_host(make_bench, tmp_path):
+    # torchrun and its ranks as well: the ranks wait at the gate, the host is killed.
+    folder = make_bench("gated", BENCH.replace("PARAMS =", "DATA_PARALLEL = True\nPARAMS ="))
+    out = tmp_path / "run"
+    proc = start(folder, out, "--nproc", "2")
+    assert any("torch.distributed.run" in " ".join(p.cmdline()) for p in _processes())
+    kill_host(proc, out)
+
+
+def test_a_secret_an_exception_quotes_is_redacted_everywhere(make_bench, tmp_path):
+    folder = make_bench(
+        "leaky",
+        '''"""A case whose error quotes a token."""
+
+KIND = "kernel"
+HEADLINE = "latency"
+PARAMS = {"n": [0]}
+
+
+def run(ctx, n):
+    import os
+
+    raise RuntimeError(f"bad token {os.environ['HF_TOKEN']} for the hub")
+''',
+    )
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_TOKEN": "hf_abcdefgh12345678"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cudastack", "run", "--bench-dir", str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    (reason,) = results.load_table(out)["reason"]
+    assert "bad token (redacted) for the hub" in reason
+    assert "hf_abcdefgh12345678" not in proc.stdout + proc.stderr
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"hf_abcdefgh12345678" not in path.read_bytes(), path
+
+
+def _set_option(out: Path, **options) -> None:
+    data = json.loads((out / "run.json").read_text())
+    data["options"].update(options)
+    (out / "run.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda out: (out / "run.lock").unlink() or (out / "run.lock").mkdir(), "cannot lock"),
+        (lambda out: _set_option(out, repeat="three"), "records repeat as 'three'"),
+        (lambda out: _set_option(out, select=[1]), "records select as [1]"),
+        (lambda out: _set_option(out, command=None), "records no options"),
+        (
+            lambda out: (out / "local" / "done.json").write_text('{"process": "x"}'),
+            "done.json is not what a worker writes",
+        ),
+        (
+            lambda out: (
+                (out / "local" / "done.json").unlink()
+                or (out / "local" / RECORDS).write_bytes(
+                    b"garbage\n" + (out / "local" / RECORDS).read_bytes()
+                )
+            ),
+            "records.jsonl:1: not a record",
+        ),
+    ],
+    ids=["lock-is-a-folder", "wrong-type", "list-of-numbers", "no-command", "done", "garbage"],
+)
+def test_a_damaged_run_folder_is_one_line_not_a_traceback(make_bench, tmp_path, damage, message):
+    folder = make_bench("gated", BENCH)
+    (folder / "open").touch()
+    out = tmp_path / "run"
+    done = cli("run", "--bench-dir", str(folder), "--out", str(out), "--profile", "smoke")
+    assert done.returncode == EXIT_OK, done.stderr
+    damage(out)
+    proc = cli("run", "--resume", str(out))
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout[-2000:] + proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr, proc.stderr

@@ -139,8 +139,10 @@ def clean(text: str, limit: int = REASON_LIMIT) -> str:
     """``text`` as one readable line of at most ``limit`` characters: ANSI escapes and control
     characters removed, whitespace runs (line breaks included) made one space, and a longer text
     cut at the end, the cut marked with an ellipsis. Every recorded reason passes here: URL
-    credentials and secret-looking NAME=value pairs in it are redacted (``redact.text``)."""
-    line = " ".join(redact.text(_strip(text)).split())
+    credentials, secret-looking NAME=value pairs and the values of this process's secret-looking
+    variables (a token an exception message quotes) are redacted (``redact.text``)."""
+    secrets = redact.secret_values(os.environ)
+    line = " ".join(redact.text(_strip(text), secrets).split())
     if len(line) <= limit:
         return line
     return line[: max(0, limit - len(ELLIPSIS))].rstrip() + ELLIPSIS

@@ -324,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             specs, profile.name, benches, selection, overrides, data_parallel=world.distributed
         )
         recorded = _recorded(args)
-        if recorded.cases and args.group is None:
+        if recorded.cases and args.group is None and world.is_main:
             print(f"resuming: {len(recorded.cases)} cases of this process recorded", flush=True)
         cases = [c for c in cases if c.id not in recorded.cases]
         cores = envinfo.usable_cores()

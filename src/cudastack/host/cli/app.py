@@ -102,10 +102,10 @@ ResumeOpt = typer.Option(
     "options it was started with, into its folder.",
 )
 # What may differ when a run is resumed: where it is found, how it is shown and judged, and its
-# time limit (a cell that ran out of time may get more); never what it measures.
-RESUME_MAY_CHANGE = frozenset(
-    {"resume", "out", "results_dir", "verbose", "fail_on_skip", "timeout"}
-)
+# time limit (a cell that ran out of time may get more); never what it measures. What is not
+# recorded is as given; what may change is the run's unless given.
+NOT_RECORDED = frozenset({"resume", "out", "results_dir", "verbose"})
+RESUME_MAY_CHANGE = frozenset({"fail_on_skip", "timeout"})
 
 
 def _opt(option: Any) -> Any:
@@ -167,11 +167,12 @@ class RunOptions:
         )
 
     def recorded(self) -> dict[str, Any]:
-        """The options a resumed run must keep, as run.json records them (paths as text)."""
+        """The options as run.json records them for a resume: paths resolved (a resume may
+        start elsewhere) and as text, secret --env values redacted."""
         found = {
-            f.name: str(v) if isinstance(v, Path) else v
+            f.name: str(v.resolve()) if isinstance(v, Path) else v
             for f in fields(self)
-            if f.name not in RESUME_MAY_CHANGE
+            if f.name not in NOT_RECORDED
             for v in [getattr(self, f.name)]
         }
         # run.json travels with the results: a token given with --env must not.
@@ -180,34 +181,62 @@ class RunOptions:
 
     def resumed(self, recorded: dict[str, Any]) -> RunOptions:
         """These options for resuming a run that ``recorded`` them (``recorded()``): the run's,
-        but for what may change on resume. Raises UserError on an option given here that
-        contradicts the run's."""
+        but those of RESUME_MAY_CHANGE given here. Raises UserError on an option given here that
+        contradicts the run's, and on recorded options that are not what cudastack writes."""
         kinds = get_type_hints(RunOptions)
         values = {}
         for f in fields(self):
             given = values[f.name] = getattr(self, f.name)
-            if f.name in RESUME_MAY_CHANGE or f.name not in recorded:
+            if f.name in NOT_RECORDED or f.name not in recorded:
                 continue
             was = recorded[f.name]
+            if not _fits(was, kinds[f.name]):
+                raise UserError(
+                    f"--resume: run.json records {f.name} as {was!r}, which no cudastack "
+                    "writes; the folder was changed by hand: start a new run"
+                )
             if f.name == "env":
                 values[f.name] = _resumed_env(given, was)
                 continue
-            if was is not None and Path in (kinds[f.name], *get_args(kinds[f.name])):
+            is_path = Path in (kinds[f.name], *get_args(kinds[f.name]))
+            if was is not None and is_path:
                 was = Path(was)
-            check_resumed(flag(f.name, f.metadata["option"]), given, f.default, was)
+            if f.name in RESUME_MAY_CHANGE:
+                values[f.name] = given if given != f.default else was
+                continue
+            shown_given = given.resolve() if is_path and given is not None else given
+            check_resumed(flag(f.name, f.metadata["option"]), shown_given, f.default, was)
             values[f.name] = was
         return RunOptions(**values)
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a JSON ``value`` is what recorded() writes for a field of type ``kind``."""
+    kinds = get_args(kind) or (kind,)
+    if value is None:
+        return type(None) in kinds
+    if isinstance(value, list):
+        return any(getattr(k, "__origin__", None) is list for k in kinds) and all(
+            isinstance(v, str) for v in value
+        )
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    if isinstance(value, float):
+        return float in kinds
+    return isinstance(value, str) and (str in kinds or Path in kinds)
 
 
 def _resumed_env(given: Optional[list[str]], recorded: Optional[list[str]]) -> Optional[list[str]]:
     """--env for a resumed run: the run's items, of which run.json keeps secret values
     redacted, so those must be given again; what is given must be the run's items."""
     if given:
-        if [redact.assignment(item) for item in given] != (recorded or []):
+        if sorted(redact.assignment(item) for item in given) != sorted(recorded or []):
             shown = " ".join(f"--env {redact.assignment(item)}" for item in given)
             raise UserError(
                 f"--resume: {shown} contradicts the run's --env items "
-                f"({', '.join(recorded or []) or 'none'}); give exactly the run's, or none"
+                f"({', '.join(recorded or []) or 'none'}); give the run's items (in any order)"
             )
         return given
     hidden = [item.partition("=")[0] for item in recorded or [] if _redacted(item)]

@@ -59,6 +59,7 @@ def main() -> None:
     full disk is one ``error:`` line too, and exit code 1: what was written before it is kept
     (whole-file writes are atomic, records are appended a line at a time)."""
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # a closed terminal or ssh session: the same
     threading.excepthook = _thread_died
     try:
         # Not standalone: the parser's errors come back here instead of its multi-line box.

@@ -72,9 +72,8 @@ def _destination(
     if opts.out is not None:
         raise UserError("--out with --resume: a resumed run writes into its own folder")
     run_dir = run_folder(opts.resume, opts.results_dir)
-    recorded = state.read(run_dir) or {}
-    record: dict[str, Any] = recorded.get("options") or {}
-    if not record:
+    record = (state.read(run_dir) or {}).get("options")
+    if not isinstance(record, dict) or record.get("command") not in ("run", "bench"):
         raise UserError(
             f"--resume {run_dir}: its run.json records no options (a run of an older cudastack "
             "or not a run folder); start a new run"
@@ -85,7 +84,10 @@ def _destination(
             f"with cudastack {record.get('command')} --resume {opts.resume}"
         )
     for name, (value, default) in own.items():
-        check_resumed(f"--{name.replace('_', '-')}", value, default, record.get(name, default))
+        was = record.get(name, default)
+        if type(was) is not type(default) and not isinstance(default, float):
+            raise UserError(f"--resume: run.json records {name} as {was!r}: start a new run")
+        check_resumed(f"--{name.replace('_', '-')}", value, default, was)
     resumed = opts.resumed(record)
     permissions.apply(resumed.shared)
     mine = {name: record.get(name, default) for name, (_, default) in own.items()}
@@ -217,4 +219,4 @@ def show(
         console.print(view)
     else:
         echo(f"run {run_dir.name}: no records")
-    echo(state.describe(state.read(run_dir)))
+    echo(state.describe(run_dir))

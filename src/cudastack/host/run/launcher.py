@@ -68,7 +68,7 @@ def finished_cell(name: str, cell_dir: Path, build_s: float, run_s: float) -> Ce
     done = runfolder.read_json(done_file)
     if done.get("cell_skipped"):
         return CellResult(name, "skipped", str(done["cell_skipped"]), build_s, run_s)
-    return CellResult(name, "ok", "", build_s, run_s, float(done["suite_s"]))
+    return CellResult(name, "ok", "", build_s, run_s, float(done.get("suite_s", 0.0)))
 
 
 class CellLog:

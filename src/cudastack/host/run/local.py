@@ -7,6 +7,7 @@ kernel (a segfault, an abort in a CUDA library) leaves the cases that finished o
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -76,7 +77,13 @@ class LocalLauncher:
         if code == EXIT_BAD_INPUT and not (cell_dir / runfolder.RECORDS).exists():
             raise WorkerRefused("the worker refused its input (see the error above)")
         if code != 0:
-            return CellResult(cell, "failed", f"the worker exited with code {code}", run_s=run_s)
+            how = f"signal {-code}" if code < 0 else f"code {code}"
+            reason = f"the worker exited with {how}; its log is {runfolder.LOG}"
+            results.append_records(
+                cell_dir,
+                [results.harness_row(run_id, cell, "run", "failed", reason, process=process)],
+            )
+            return CellResult(cell, "failed", reason, run_s=run_s)
         return finished_cell(cell, cell_dir, 0.0, run_s)
 
 
@@ -100,6 +107,8 @@ def _run_worker(
             bufsize=1,
             start_new_session=True,
             env=env,
+            # torchrun dies with this process as the worker does (its ranks then die with it).
+            preexec_fn=die_with_parent,
         )
 
         def pump() -> None:
@@ -132,6 +141,13 @@ def _run_worker(
                 proc.wait(timeout=10)
             kill_tree(proc.pid)
             raise
+
+
+def die_with_parent() -> None:
+    """In a child before it runs its program: the kernel kills it when this process ends,
+    however that ends (Linux; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def kill_tree(pid: int) -> None:

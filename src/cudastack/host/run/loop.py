@@ -79,16 +79,18 @@ def writing(dest: Destination, repeat: int) -> Iterator[Writing]:
     else:
         run_dir = dest.resume
         run_id = (state.read(run_dir) or {}).get("run_id") or run_dir.name
-    with writer.held(run_dir):
-        finished = resume.prepare(run_dir, repeat) if dest.resume is not None else {}
-        try:
+    begun = False
+    try:
+        with writer.held(run_dir):
+            finished = resume.prepare(run_dir, repeat) if dest.resume is not None else {}
             state.started(run_dir, run_id, dest.options)
-        except OSError:
-            if dest.resume is None:  # a new folder holding nothing yet: leave none behind
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        with state.recorded(run_dir):
-            yield Writing(run_dir, run_id, finished)
+            begun = True
+            with state.recorded(run_dir):
+                yield Writing(run_dir, run_id, finished)
+    except OSError:
+        if dest.resume is None and not begun:  # a new folder holding nothing: leave none behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -295,11 +297,11 @@ def run_matrix(
 
 
 def _doing(run: Writing) -> str:
-    """'resuming (1 of 2 cells finished): ' for a resumed run, else nothing."""
+    """'resuming (3 worker processes finished before): ' for a resumed run, else nothing."""
     if not run.finished:
         return ""
-    done = sum(1 for n in run.finished.values() if n)
-    return f"resuming ({done} of {len(run.finished)} cells finished): "
+    done = sum(run.finished.values())
+    return f"resuming ({done} worker process{'es' if done != 1 else ''} finished before): "
 
 
 def _report_cell(run_dir: Path, res: CellResult) -> None:

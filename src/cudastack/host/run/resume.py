@@ -26,7 +26,12 @@ def finished_processes(cell_dir: Path, repeat: int) -> int:
     done = runfolder.read_json(done_file)
     if done.get("cell_skipped"):
         return repeat
-    return min(repeat, int(done.get("process", 0)) + 1)
+    process = done.get("process", 0)
+    if not isinstance(process, int) or "suite_s" not in done:
+        raise runfolder.RunFolderError(
+            f"{done_file} is not what a worker writes; delete it to run the cell again"
+        )
+    return min(repeat, process + 1)
 
 
 def prepare(run_dir: Path, repeat: int) -> dict[str, int]:
@@ -37,18 +42,28 @@ def prepare(run_dir: Path, repeat: int) -> dict[str, int]:
         finished[cell_dir.name] = n = finished_processes(cell_dir, repeat)
         records = cell_dir / runfolder.RECORDS
         if n < repeat and records.is_file():
-            runfolder.write_bytes(records, b"".join(kept_lines(records.read_bytes(), n)))
+            data = records.read_bytes()
+            kept = b"".join(kept_lines(data, n, records))
+            if kept != data:  # rewritten only when it changes: a full disk has no room for it
+                runfolder.write_bytes(records, kept)
     return finished
 
 
-def kept_lines(data: bytes, finished: int) -> list[bytes]:
+def kept_lines(data: bytes, finished: int, path: Path = Path(runfolder.RECORDS)) -> list[bytes]:
     """The lines of a records.jsonl's ``data`` that a resume keeps, when its cell's first
     ``finished`` processes finished: all of theirs, and the ok or skipped case rows of the
     later ones. A line torn by a kill is dropped with the rest of its case's rows before it:
-    a case's rows are written together, so that case may be incomplete and runs again."""
+    a case's rows are written together, so that case may be incomplete and runs again.
+    Raises RunFolderError on a line elsewhere that is no record (the file at ``path`` was
+    changed by hand), as reading the records does."""
     lines = data.splitlines(keepends=True)
     torn = bool(lines) and not lines[-1].endswith(b"\n")
     rows = [(line, runfolder.record(line)) for line in (lines[:-1] if torn else lines)]
+    for number, (line, row) in enumerate(rows, 1):
+        if line.strip() and (row is None or not isinstance(row.get("process", 0), int)):
+            raise runfolder.RunFolderError(
+                f"{path}:{number}: not a record cudastack writes; remove that line to resume"
+            )
     if torn and rows and rows[-1][1] is not None:
         last = _key(rows[-1][1])
         while rows and rows[-1][1] is not None and _key(rows[-1][1]) == last:

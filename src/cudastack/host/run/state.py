@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cudastack.contract import redact, runfolder
+from cudastack.host.run import writer
 
 STATES = ("running", "complete", "interrupted", "failed")
 INTERRUPTED = "interrupted by the user"
@@ -79,21 +80,33 @@ def recorded(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def describe(data: Optional[dict[str, Any]]) -> str:
-    """One line on how a run went, from its run.json (``read``)."""
+def describe(run_dir: Path) -> str:
+    """One line on how the run in ``run_dir`` went, from its run.json (``read``) and its lock
+    (held: its writer is at work, on whichever host), with the command that finishes it."""
+    data = read(run_dir)
     if data is None:
         return "state: not recorded (a run folder of an older cudastack)"
     state, reason = data.get("state", ""), data.get("reason", "")
-    if state != "running":
-        return f"state: {state}" + (f": {reason}" if reason else "")
+    options = data.get("options")
+    command = options.get("command", "run") if isinstance(options, dict) else "run"
+    finish = f"; cudastack {command} --resume {run_dir} finishes it"
+    if state not in ("running", "complete"):
+        return f"state: {state}" + (f": {reason}" if reason else "") + finish
+    if state == "complete":
+        return "state: complete" + (f": {reason}" if reason else "")
+    at_work = writer.holder(run_dir)
+    if at_work is not None:
+        return f"state: running ({at_work})"
     pid, host = data.get("pid"), data.get("host", "")
-    since = f"since {data.get('started_at', '?')}"
-    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+    if (run_dir / runfolder.LOCK).exists() or (
+        host == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+    ):
         return (
-            f"state: did not finish: its process ({pid}) is gone, killed or the machine "
-            f"restarted ({since}); the cases it recorded are kept"
+            f"state: did not finish: its process ({pid} on {host}) is gone, killed or the "
+            f"machine restarted (since {data.get('started_at', '?')}); the cases it recorded "
+            f"are kept{finish}"
         )
-    return f"state: running (pid {pid} on {host}, {since})"
+    return f"state: running (pid {pid} on {host}, since {data.get('started_at', '?')})"
 
 
 def _alive(pid: int) -> bool:
