@@ -91,18 +91,19 @@ def kill_host(proc: subprocess.Popen, out: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     deadline = time.monotonic() + 20
-    while any(str(out) in " ".join(p.cmdline()) for p in _processes()):
+    while any(str(out) in command for command in _commands()):
         assert time.monotonic() < deadline, "the worker outlived its killed host"
         time.sleep(0.1)
 
 
-def _processes() -> list[psutil.Process]:
+def _commands() -> list[str]:
+    """The command lines of the live processes (a zombie is dead, only not yet reaped)."""
     found = []
     for p in psutil.process_iter():
         try:
-            p.cmdline()
-            found.append(p)
-        except psutil.Error:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                found.append(" ".join(p.cmdline()))
+        except psutil.Error:  # gone, or a zombie, meanwhile
             pass
     return found
 
@@ -261,7 +262,7 @@ def test_data_parallel_workers_end_with_their_killed_host(make_bench, tmp_path):
     folder = make_bench("gated", BENCH.replace("PARAMS =", "DATA_PARALLEL = True\nPARAMS ="))
     out = tmp_path / "run"
     proc = start(folder, out, "--nproc", "2")
-    assert any("torch.distributed.run" in " ".join(p.cmdline()) for p in _processes())
+    assert any("torch.distributed.run" in command for command in _commands())
     kill_host(proc, out)
 
 
