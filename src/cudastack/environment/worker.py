@@ -6,7 +6,6 @@ Standard library and torch only, so it runs on the bare Python inside a cell ima
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import gc
 import importlib.util
@@ -23,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple, Optional
 
-from cudastack.contract import redact, runfolder
+from cudastack.contract import lifetime, redact, runfolder
 from cudastack.contract.errors import EXIT_BAD_INPUT
 from cudastack.contract.failures import exception_reason, output_reason
 from cudastack.contract.request import SuiteRequest
@@ -47,7 +46,6 @@ from cudastack.environment.telemetry import Nvml
 
 # An exception under torchrun may leave the ranks at different collectives: nothing after it
 # would be measured in step, so the run ends there (torchrun then stops the other ranks).
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 OUT_OF_STEP = "; the data-parallel processes are out of step: the run stops here"
 
 
@@ -286,21 +284,9 @@ def headline(metrics: list[Metric], name: str) -> str:
     return f"{s.median:.4g} {m.unit} (n={s.n}, rel IQR {100 * s.rel_iqr:.1f}%{noisy})"
 
 
-def _die_with_parent() -> None:
-    """End this worker when the process that started it ends, however that one ends (Linux;
-    elsewhere nothing): a worker left running by a killed host would go on appending to the
-    run folder that ``--resume`` then writes. The host, torchrun and a parent worker start
-    their workers from their main thread, whose end is what the kernel watches."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # no libc by that name, or no prctl (not Linux)
-        pass
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    _die_with_parent()
+    lifetime.die_with_parent()
     world = worldmod.from_env()
     try:
         specs = suite.discover(_bench_dir(args))

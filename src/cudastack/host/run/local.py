@@ -7,7 +7,6 @@ kernel (a segfault, an abort in a CUDA library) leaves the cases that finished o
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from typing import Callable, Optional
 
 import psutil
 
-from cudastack.contract import redact, runfolder
+from cudastack.contract import lifetime, redact, runfolder
 from cudastack.contract.errors import EXIT_BAD_INPUT, CudastackError
 from cudastack.host.analysis import results
 from cudastack.host.run.launcher import CellLog, CellPlan, CellResult, finished_cell
@@ -108,7 +107,7 @@ def _run_worker(
             start_new_session=True,
             env=env,
             # torchrun dies with this process as the worker does (its ranks then die with it).
-            preexec_fn=die_with_parent,
+            preexec_fn=lifetime.die_with_parent,
         )
 
         def pump() -> None:
@@ -141,13 +140,6 @@ def _run_worker(
                 proc.wait(timeout=10)
             kill_tree(proc.pid)
             raise
-
-
-def die_with_parent() -> None:
-    """In a child before it runs its program: the kernel kills it when this process ends,
-    however that ends (Linux; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def kill_tree(pid: int) -> None:
