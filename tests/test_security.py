@@ -131,7 +131,7 @@ def test_build_lines_and_failure_reason_are_redacted(monkeypatch, tmp_path):
 
         class images:
             @staticmethod
-            def prune(filters):
+            def remove(image):
                 pass
 
     (cell,) = matrix.load(matrix.DEFAULT_MATRIX)[:1]

@@ -22,6 +22,9 @@ PROXY_ARGS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_prox
 LOG_TAIL = 15  # lines of a failed build kept with its error (BuildFailed.tail)
 REASON_WINDOW = 200  # lines of a failed build its reason is picked from
 OPERATION_TIMEOUT_S = 3600
+# The classic builder's log names each stage's start and each step's resulting image.
+STAGE_START = re.compile(r"^Step \d+/\d+ : FROM \S+(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+STEP_IMAGE = re.compile(r"^ ?---> ([0-9a-f]{12,64})$")
 
 
 class EngineUnavailable(RuntimeError):
@@ -190,6 +193,7 @@ def build(
     secrets = redact.secret_values(os.environ)
     recent: deque = deque(maxlen=REASON_WINDOW)
     image_id = ""
+    stage, builder_image = "", ""
     try:
         stream = client.api.build(
             path=str(context),
@@ -204,6 +208,10 @@ def build(
             text = chunk.get("stream") or chunk.get("status") or ""
             for line in text.splitlines():
                 if line.strip():
+                    if started := STAGE_START.match(line):
+                        stage = started.group(1) or ""
+                    elif (step := STEP_IMAGE.match(line)) and stage == "builder":
+                        builder_image = step.group(1)
                     line = redact.text(line, secrets)
                     recent.append(line)
                     on_line(line)
@@ -225,11 +233,13 @@ def build(
         recent.append(redact.text(str(exc.explanation or exc), secrets))
         raise _failed(cell, recent) from None
     finally:
-        # The builder stage (wheels, CA, lock) stays behind as untagged images, after a
-        # success and after a failure alike: remove them.
-        # Best effort: another build on the same engine may be pruning at this very moment.
-        with contextlib.suppress(APIError):
-            client.images.prune(filters={"dangling": True, "label": "dev.cudastack.stage=builder"})
+        # The builder stage (wheels, CA, lock) stays behind as an untagged image, after a
+        # success and after a failure alike: remove this build's, by the ID its log named (its
+        # untagged parents go with it). Not a prune by label: that would take the builder stage
+        # of another build running on the same engine before its final stage copies from it.
+        if builder_image:
+            with contextlib.suppress(APIError):  # best effort: gone already, or in use
+                client.images.remove(builder_image)
     return image_id or str(client.images.get(tag).id)
 
 
