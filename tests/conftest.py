@@ -12,6 +12,7 @@ import pytest
 from docker_env import (  # noqa: F401 (fixtures)
     base_image,
     clean_engine,
+    cuda_wheelhouse,
     engine,
     good_matrix,
     images_made_here,

@@ -20,11 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from cudastack.host.cells import images
+from cudastack.host.cells import images, stacks
 
 BASE_IMAGE = "cudastack-test-base:bookworm"
 MIRROR = os.environ.get("CUDASTACK_TEST_MIRROR", "http://deb.debian.org/debian")
 TORCH = "2.13.0"  # a CPU build of it for Python 3.11, the Python of Debian bookworm
+# Another cuDNN 9 for CUDA 13 than the 9.20.0.48 torch 2.13.0 pins, and not older in its minor
+# (torch refuses a cuDNN older than the one it was built with), and another NCCL than its 2.29.7.
+CUDNN_PIN = "9.21.1.3"
+NCCL_PIN = "2.30.3"
 
 
 @pytest.fixture(scope="session")
@@ -94,28 +98,56 @@ def images_made_here(engine):
             engine.images.remove(image.id, force=True)
 
 
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("wheelhouse")
+def _platform_args() -> list[str]:
+    """pip's --platform list for the test base image on this host: every manylinux tag its
+    glibc accepts (pip fills in none between two values; nvidia wheels use several)."""
+    tags = stacks.pip_platforms(BASE_IMAGE, os.uname().machine)
+    return [arg for tag in tags for arg in ("--platform", tag)]
+
+
+def _download(folder: Path, *requirements: str, isolated: bool = False) -> None:
     subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "download",
+            *(["--isolated"] if isolated else []),
             "--quiet",
             "--dest",
             str(folder),
             "--only-binary=:all:",
             "--python-version",
             "3.11",
-            "--platform",
-            "manylinux_2_28_x86_64",
-            f"torch=={TORCH}",
+            *_platform_args(),
+            *requirements,
         ],
         check=True,
         capture_output=True,
     )
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    _download(folder, f"torch=={TORCH}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cuda_wheelhouse(tmp_path_factory):
+    """PyPI's default torch (a CUDA 13 build) for Python 3.11 with every dependency, plus the
+    pinned cuDNN and NCCL wheels: about 3 GiB, downloaded once per session from pypi.org.
+
+    --isolated: pip's configuration and environment may point at local CPU wheels, which
+    would win. CUDASTACK_TEST_CUDA_WHEELHOUSE names a folder to keep the wheels in between
+    sessions (pip downloads only what it lacks)."""
+    kept = os.environ.get("CUDASTACK_TEST_CUDA_WHEELHOUSE")
+    folder = Path(kept) if kept else tmp_path_factory.mktemp("cuda-wheelhouse")
+    folder.mkdir(parents=True, exist_ok=True)
+    _download(folder, f"torch=={TORCH}", isolated=True)
+    pins = (f"nvidia-cudnn-cu13=={CUDNN_PIN}", f"nvidia-nccl-cu13=={NCCL_PIN}")
+    _download(folder, "--no-deps", *pins, isolated=True)
     return folder
 
 
@@ -135,6 +167,21 @@ def cpu_cell(name: str, torch: str = TORCH) -> str:
     torch = "{torch}"
     index = "cpu"
     python = "3.11"
+    """
+
+
+def cuda_cell(name: str, cudnn: str = "", nccl: str = "", base: str = BASE_IMAGE) -> str:
+    """A cell of PyPI's CUDA 13 build of torch on the test base, with optional library pins."""
+    TEST_CELLS.add(name)
+    pins = "".join(f'\n    {k} = "{v}"' for k, v in (("cudnn", cudnn), ("nccl", nccl)) if v)
+    return f"""
+    [[cell]]
+    name = "{name}"
+    base_image = "{base}"
+    cuda = "13.0"
+    torch = "{TORCH}"
+    index = "cu130"
+    python = "3.11"{pins}
     """
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
+from packaging.version import Version
 
 from cudastack.host.cells import images, matrix
 
 DEFAULTS = [p for p in matrix.load(matrix.DEFAULT_MATRIX)[-1].packages]  # the shared packages
-JAMMY_118 = "nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04"
-JAMMY_121 = "nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04"
+JAMMY_118 = "nvidia/cuda:11.8.0-runtime-ubuntu22.04"
+JAMMY_121 = "nvidia/cuda:12.1.1-runtime-ubuntu22.04"
 
 
 def _matrix(folder: Path, body: str, packages: list = DEFAULTS) -> Path:
@@ -198,3 +199,93 @@ def test_a_locked_cell_is_judged_by_its_locks_pins_without_asking_an_index(tmp_p
     assert [p.split(" needs ")[0] for p in found.problems] == ["transformers==5.24.0"]
     lock.write_text("torch==2.5.1+cu121 \\\n    --hash=sha256:00\ntransformers==4.57.6\n")
     assert check.check_cell(cell, lock=lock).problems == ()
+
+
+def _fake_wheel(folder: Path, name: str, version: str, requires: tuple = ()) -> None:
+    """A wheel uv accepts from a folder: METADATA (with ``requires``), WHEEL and RECORD."""
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    needs = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{needs}",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+        f"{dist}/RECORD": "",
+    }
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+
+
+def test_a_library_pin_is_checked_on_its_own_and_replaces_torchs(tmp_path):
+    from cudastack.host.cells import check
+    from cudastack.host.cells.matrix import Cell
+
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    _fake_wheel(house, "torch", "2.13.0", ("nvidia-cudnn-cu13==9.20.0.48",))
+    _fake_wheel(house, "nvidia_cudnn_cu13", "9.20.0.48")
+    # Its cuBLAS is not here: installed over torch's with --no-deps, the pin brings nothing.
+    _fake_wheel(house, "nvidia_cudnn_cu13", "9.21.1.3", ("nvidia-cublas",))
+    fields = {"base_image": "debian:bookworm", "torch": "2.13.0", "index": "cu130"}
+    cell = Cell(name="c", python="3.11", cuda="13.0", cudnn="9.21.1.3", **fields)
+    found = check.check_cell(cell, house)
+    assert found.ok and not found.unreachable, found
+    assert dict(found.resolved)["nvidia-cudnn-cu13"] == "9.21.1.3"  # the pin, not torch's
+    missing = check.check_cell(
+        Cell(name="d", python="3.11", cuda="13.0", cudnn="9.99.0.1", **fields), house
+    )
+    assert missing.problems == (
+        f"nvidia-cudnn-cu13 has no version 9.99.0.1 in wheelhouse {house}; versions: "
+        "9.21.1.3, 9.20.0.48 (the cell's cudnn)",
+    )
+
+
+def test_a_library_pin_pypi_lacks_is_named_with_the_versions_there(tmp_path):
+    path = tmp_path / "matrix.toml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            [[cell]]
+            base_image = "nvidia/cuda:13.0.1-runtime-ubuntu24.04"
+            cuda = "13.0"
+            cudnn = "9.99.0.1"
+            torch = "2.9.1"
+            index = "cu130"
+            python = "3.12"
+            """
+        )
+    )
+    proc = _check("--matrix", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith(
+        "cu13.0-torch2.9.1-cudnn9.99.0.1-py3.12: nvidia-cudnn-cu13 has no version 9.99.0.1 "
+        "on PyPI; versions: "
+    ), line
+    shown = line.split("versions: ")[1].removesuffix(" (the cell's cudnn)").split(", ")
+    assert shown[-1] == "..." and len(shown) == 13, line  # the 12 newest releases
+    releases = [Version(v) for v in shown[:-1]]
+    assert releases == sorted(releases, reverse=True) and all(v.release[0] == 9 for v in releases)
+    assert not any(v.is_prerelease for v in releases)
+
+
+def test_a_lock_without_the_cells_library_pin_is_named(tmp_path):
+    from cudastack.host.cells import check
+    from cudastack.host.cells.matrix import Cell
+
+    fields = {"base_image": "debian:bookworm", "torch": "2.13.0", "index": "cu130"}
+    cell = Cell(name="c", python="3.11", cuda="13.0", cudnn="9.21.1.3", **fields)
+    lock = tmp_path / "c.txt"
+    lock.write_text(
+        "torch==2.13.0 --hash=sha256:00\nnvidia-cudnn-cu13==9.20.0.48 --hash=sha256:01\n"
+    )
+    assert check.check_cell(cell, lock=lock).problems == (
+        "lock c.txt holds nvidia-cudnn-cu13 9.20.0.48 but the cell pins 9.21.1.3; run cudastack "
+        "lock --cell c again",
+    )
+    lock.write_text(
+        "torch==2.13.0 --hash=sha256:00\nnvidia-cudnn-cu13==9.21.1.3 --hash=sha256:01\n"
+    )
+    assert check.check_cell(cell, lock=lock).ok

@@ -237,6 +237,11 @@ SAMPLES = {
     "hash": [
         "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.",
     ],
+    "apt-version": [
+        "E: Version '2.10-9' for 'hello' was not found",
+        "E: Version '3.11.2-6+deb12u1' for 'python3.11' was not found\n"
+        "E: Version '4:12.2.0-3' for 'gcc' was not found",
+    ],
     "manifest": [
         "manifest for nvidia/cuda:11.8.0-runtime-ubuntu20.04 not found: manifest unknown: "
         "manifest unknown",
@@ -260,6 +265,7 @@ NEAR_MISSES = [
     "requirements.",
     "pull access denied for nowhere/base, repository does not exist or may require 'docker login'",
     "unknown flag: --shm-sizes",
+    "E: Unable to locate package hello",
     "ERROR: No matching distribution found for torch==2.12.0",
 ]
 

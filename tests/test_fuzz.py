@@ -84,9 +84,9 @@ word = st.text(st.sampled_from("abcxyz019_-. ="), min_size=1, max_size=8)
 
 # A valid cell; the examples start from it, so that a change reaches the checks behind the first.
 VALID_CELL = {
-    "base_image": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
+    "base_image": "nvidia/cuda:12.8.1-runtime-ubuntu24.04",
     "cuda": "12.8",
-    "cudnn": "9",
+    "cudnn": "9.10.2.21",
     "torch": "2.9.1",
     "torchvision": "0.24.1",
     "index": "cu128",

@@ -26,20 +26,23 @@ def _cell(**fields: object) -> Cell:
     return Cell(**{**base, **fields})  # type: ignore[arg-type]
 
 
-def _wheel(folder: Path, name: str, version: str) -> Path:
-    """A minimal pure-Python wheel pip accepts: METADATA, WHEEL and RECORD, no code."""
+def _wheel(
+    folder: Path, name: str, version: str, requires: tuple = (), tag: str = "py3-none-any"
+) -> Path:
+    """A minimal wheel pip accepts: METADATA (with ``requires``), WHEEL and RECORD, no code."""
     dist = f"{name}-{version}.dist-info"
+    needs = "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{needs}",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
+        f"Tag: {tag}\n",
     }
     record = []
     for path, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
         record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
     files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
-    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    wheel = folder / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         for path, text in files.items():
             zf.writestr(zipfile.ZipInfo(path, (2020, 1, 1, 0, 0, 0)), text)
@@ -98,6 +101,60 @@ def test_resolve_names_the_cell_and_pips_reason_when_a_package_is_missing(tmp_pa
     assert message.startswith("cell cu12.8-torch2.9.1-py3.12: cannot resolve its packages: ")
     # pip's own last line follows: its error, not a stand-in text.
     assert message.split(": cannot resolve its packages: ")[1].startswith("ERROR: ")
+
+
+def _sha(wheel: Path) -> str:
+    return hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+def test_a_wheel_published_for_one_manylinux_tag_between_others_is_locked(tmp_path):
+    # cuDNN 9.20 for CUDA 13 is published for manylinux_2_27 alone; pip matches --platform
+    # values exactly, so the list must hold every tag down from the base's glibc.
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    tag = f"py3-none-manylinux_2_27_{os.uname().machine}"
+    cudnn = _wheel(house, "nvidia_cudnn_cu13", "9.20.0.48", tag=tag)
+    torch = _wheel(house, "torch", "2.13.0", requires=("nvidia-cudnn-cu13==9.20.0.48",))
+    cell = _cell(base_image="debian:bookworm", torch="2.13.0", index="cu130", cuda="13.0")
+    assert f"manylinux_2_27_{os.uname().machine}" in lock.platforms(cell)
+    assert lock.resolve(cell, house, None) == [
+        f"nvidia-cudnn-cu13==9.20.0.48 --hash=sha256:{_sha(cudnn)}",
+        f"torch==2.13.0 --hash=sha256:{_sha(torch)}",
+    ]
+
+
+def test_a_cudnn_and_nccl_pin_replace_torchs_own_in_the_lock(tmp_path):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    own = ("nvidia-cudnn-cu13==9.20.0.48", "nvidia-nccl-cu13==2.29.7")
+    torch = _wheel(house, "torch", "2.13.0", requires=own)
+    for name, version in (("nvidia_cudnn_cu13", "9.20.0.48"), ("nvidia_nccl_cu13", "2.29.7")):
+        _wheel(house, name, version)
+    # The pinned cuDNN needs cuBLAS: installed over torch's with --no-deps, it brings nothing.
+    cudnn = _wheel(house, "nvidia_cudnn_cu13", "9.21.1.3", requires=("nvidia-cublas==99",))
+    nccl = _wheel(house, "nvidia_nccl_cu13", "2.30.3")
+    cell = _cell(torch="2.13.0", index="cu130", cuda="13.0", cudnn="9.21.1.3", nccl="2.30.3")
+    lines = lock.resolve(cell, house, None)
+    assert lines == [
+        f"nvidia-cudnn-cu13==9.21.1.3 --hash=sha256:{_sha(cudnn)}",
+        f"nvidia-nccl-cu13==2.30.3 --hash=sha256:{_sha(nccl)}",
+        f"torch==2.13.0 --hash=sha256:{_sha(torch)}",
+    ]
+    out = tmp_path / "locks" / "c.txt"
+    lock.write_lock(out, cell, lines)
+    assert (
+        "nvidia-cudnn-cu13==9.21.1.3 (the cell's pin, over torch's own)"
+        in (out.read_text().splitlines()[0])
+    )
+
+
+def test_a_pin_the_wheelhouse_lacks_is_named_by_the_lock(tmp_path):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    _wheel(house, "torch", "2.13.0")
+    cell = _cell(torch="2.13.0", index="cu130", cuda="13.0", cudnn="9.99.0.1")
+    with pytest.raises(lock.LockError, match=r"nvidia-cudnn-cu13==9\.99\.0\.1"):
+        lock.resolve(cell, house, None)
 
 
 @pytest.fixture

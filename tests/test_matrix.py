@@ -4,6 +4,8 @@ import dataclasses
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import textwrap
 from dataclasses import replace
 
@@ -16,9 +18,8 @@ DOCKERFILE = matrix.DEFAULT_MATRIX.parent / "Dockerfile"
 
 CELL = """
 [[cell]]
-base_image = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+base_image = "nvidia/cuda:12.8.1-runtime-ubuntu24.04"
 cuda = "12.8"
-cudnn = "9"
 torch = "2.9.1"
 torchvision = "0.24.1"
 index = "cu128"
@@ -67,9 +68,18 @@ def test_names_are_derived_and_defaults_apply(tmp_path):
         (('torchvision = "0.24.1"', 'torchvision = "0.23.0"'), "0.23.0 does not match torch 2.9.1"),
         (('cuda = "12.8"', 'cuda = "12.6"'), "field 'cuda' must be 12.8 to match index cu128"),
         (('python = "3.12"', 'python = "3.10"'), "3.10 is not packaged for ubuntu24.04"),
-        (('cudnn = "9"', 'cudnn = "8"'), "field 'cudnn' is 8 but the base image has cuDNN 9"),
-        (("12.8.1-cudnn-runtime", "12.6.3-cudnn-runtime"), "is CUDA 12.6 but the cell is 12.8"),
-        (("12.8.1-cudnn-runtime-ubuntu24.04", "latest"), "is not an nvidia/cuda tag"),
+        (('cuda = "12.8"', 'cuda = "12.8"\ncudnn = "9"'), "field 'cudnn' is '9': it is the exact"),
+        (('cuda = "12.8"', 'cuda = "12.8"\ncudnn = "9.1"'), "field 'cudnn' has an invalid value"),
+        (('cuda = "12.8"', 'cuda = "12.8"\nnccl = "2.27.7.1.0"'), "field 'nccl' has an invalid"),
+        (('cuda = "12.8"', 'cuda = "12.8"\nnccl = "2.27.x"'), "field 'nccl' has an invalid value"),
+        (
+            ("12.8.1-runtime", "12.8.1-cudnn-runtime"),
+            "is nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04, which carries a cuDNN torch does "
+            "not load; use "
+            "nvidia/cuda:12.8.1-runtime-ubuntu24.04",
+        ),
+        (("12.8.1-runtime", "12.6.3-runtime"), "is CUDA 12.6 but the cell is 12.8"),
+        (("12.8.1-runtime-ubuntu24.04", "latest"), "is not an nvidia/cuda tag"),
         (('torch = "2.9.1"', 'torch = "2.9.1; rm -rf /"'), "field 'torch' has an invalid value"),
         (("nvidia/cuda:", "nvidia/cuda:$(id)"), "field 'base_image' has an invalid value"),
         (('python = "3.12"', 'python = "3.12"\nname = "a b"'), "field 'name' has an invalid value"),
@@ -107,6 +117,11 @@ def test_cpu_cells_on_any_base(tmp_path):
     assert cell.name == "cpu-torch2.13.0-py3.11" and cell.torch_cuda == ""
     with pytest.raises(MatrixError, match="must be empty for the cpu index"):
         matrix.load(write(tmp_path, text + 'cuda = "12.8"\n'))
+    for library, version in (("cudnn", "9.19.1.2"), ("nccl", "2.27.7")):
+        with pytest.raises(
+            MatrixError, match=f"field '{library}' pins a CUDA library, but index cpu is a CPU"
+        ):
+            matrix.load(write(tmp_path, text + f'{library} = "{version}"\n'))
 
 
 def test_select_cells(tmp_path):
@@ -144,12 +159,14 @@ def test_tag_is_stable_and_changes_with_every_input(tmp_path):
     assert cell.image_tag(dockerfile, locks) not in (tag, changed)
 
 
-# A change to every field of a cell that reaches the image. cuda and cudnn reach no build
-# argument: they state what index and base_image already fix (the loader checks them against
-# those), so they change the image only through those two fields.
+# A change to every field of a cell that reaches the image. cuda reaches no build argument: it
+# states what index already fixes (the loader checks it against index), so it changes the image
+# only through that field.
 FIELD_CHANGES = {
     "name": "mine",
-    "base_image": "nvidia/cuda:12.8.0-cudnn-runtime-ubuntu24.04",
+    "base_image": "nvidia/cuda:12.8.0-runtime-ubuntu24.04",
+    "cudnn": "9.19.1.2",
+    "nccl": "2.27.7",
     "torch": "2.9.0",
     "torchvision": "0.24.0",
     "index": "cu126",
@@ -159,7 +176,7 @@ FIELD_CHANGES = {
 
 
 def test_every_field_that_reaches_the_image_changes_the_tag(tmp_path):
-    assert set(FIELD_CHANGES) == set(matrix.KEYS) - {"cuda", "cudnn"}
+    assert set(FIELD_CHANGES) == set(matrix.KEYS) - {"cuda"}
     (cell,) = matrix.load(write(tmp_path, CELL))
     tag = cell.image_tag(DOCKERFILE, tmp_path)
     tags = {field: replace(cell, **{field: value}).image_tag(DOCKERFILE, tmp_path)
@@ -279,7 +296,7 @@ def test_the_inputs_hash_follows_its_recipe_so_anyone_can_recompute_a_tag(tmp_pa
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_bytes(b"FROM scratch\n")
     args = {
-        "BASE_IMAGE": "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04",
+        "BASE_IMAGE": "nvidia/cuda:12.8.1-runtime-ubuntu24.04",
         "CELL_NAME": "cu12.8-torch2.9.1-py3.12",
         "EXTRA_PACKAGES": "",
         "PYTHON_VERSION": "3.12",
@@ -323,3 +340,138 @@ def test_a_recorded_cell_is_held_to_the_matrix_checks_before_reproduce_uses_it()
         reproduce.checked_record({**record, "tag": "a b"}, "cell.json")
     with pytest.raises(reproduce.ReproduceError, match=r"the recorded lock is missing or not text"):
         reproduce.checked_record({**record, "lock": None}, "cell.json")
+
+
+def test_a_run_recorded_before_cudnn_pins_rebuilds_as_the_cell_it_was():
+    # Its cudnn was the base image's generation ("8"), a label no build arg carried: the cell
+    # comes back without it, with the build args (hence the tag) that run recorded.
+    old_args = {
+        "BASE_IMAGE": "nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04",
+        "PYTHON_VERSION": "3.11",
+        "TORCH_VERSION": "2.5.1",
+        "TORCHVISION_VERSION": "",
+        "TORCH_INDEX": "cu121",
+        "TORCH_CUDA": "12.1",
+        "EXTRA_PACKAGES": "",
+        "CELL_NAME": "old",
+    }
+    cell = {
+        "name": "old",
+        "base_image": old_args["BASE_IMAGE"],
+        "torch": "2.5.1",
+        "index": "cu121",
+        "python": "3.11",
+        "cuda": "12.1",
+        "cudnn": "8",
+        "torchvision": "",
+        "packages": [],
+    }
+    record = {"cell": cell, "tag": "cudastack/old:0123abcd", "dockerfile": "FROM x\n", "lock": ""}
+    rebuilt = reproduce.cell_from(reproduce.checked_record(record, "cell.json"))
+    assert rebuilt.cudnn == "" and rebuilt.build_args() == old_args
+
+
+def test_library_pins_name_the_wheel_of_the_cells_cuda_major_and_reach_the_build_args(tmp_path):
+    text = CELL.replace('cuda = "12.8"', 'cuda = "12.8"\ncudnn = "9.19.1.2"\nnccl = "2.27.7"')
+    (cell,) = matrix.load(write(tmp_path, text))
+    assert cell.library_pins() == ["nvidia-cudnn-cu12==9.19.1.2", "nvidia-nccl-cu12==2.27.7"]
+    assert (cell.build_args()["CUDNN_VERSION"], cell.build_args()["NCCL_VERSION"]) == (
+        "9.19.1.2",
+        "2.27.7",
+    )
+    # A pinned cell never takes the name of its pair that keeps torch's own libraries.
+    assert cell.name == "cu12.8-torch2.9.1-cudnn9.19.1.2-nccl2.27.7-py3.12"
+    (plain,) = matrix.load(write(tmp_path, CELL, "plain.toml"))
+    assert plain.library_pins() == [] and plain.name == "cu12.8-torch2.9.1-py3.12"
+    assert stacks.library_wheel("cudnn", "11.8") == "nvidia-cudnn-cu11"
+    assert stacks.library_wheel("nccl", "13.0") == "nvidia-nccl-cu13"
+
+
+def test_the_default_matrix_pins_libraries_exactly_and_pairs_cells_that_differ_in_cudnn_alone():
+    cells = matrix.load(matrix.DEFAULT_MATRIX)
+    for c in cells:
+        assert "cudnn" not in c.base_image.split(":")[1], c.name  # no cuDNN that nothing loads
+        for version in (c.cudnn, c.nccl):
+            assert version == "" or re.fullmatch(r"\d+(\.\d+){2,3}", version), c.name
+    fields = [dataclasses.asdict(c) for c in cells]
+    pairs = [
+        (a["name"], b["name"])
+        for a in fields
+        for b in fields
+        if a["cudnn"] != b["cudnn"]
+        and {k: v for k, v in a.items() if k not in ("name", "cudnn")}
+        == {k: v for k, v in b.items() if k not in ("name", "cudnn")}
+    ]
+    assert pairs, "no two default cells differ only in cudnn"
+
+
+def test_the_platform_list_names_every_manylinux_tag_the_bases_glibc_accepts():
+    # pip matches each --platform value exactly: a wheel tagged only manylinux_2_27 (cuDNN 9.20
+    # for CUDA 13) installs on glibc 2.36 only if manylinux_2_27 is listed.
+    tags = stacks.pip_platforms("cudastack-test-base:bookworm", "x86_64")
+    assert tags[0] == "manylinux_2_36_x86_64" and tags[-1] == "linux_x86_64"
+    assert [f"manylinux_2_{n}_x86_64" for n in range(36, 16, -1)] == tags[:20]
+    assert {"manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"} <= set(tags)
+    noble = stacks.pip_platforms("nvidia/cuda:13.0.1-runtime-ubuntu24.04", "aarch64")
+    assert noble[0] == "manylinux_2_39_aarch64" and "manylinux_2_27_aarch64" in noble
+    assert "manylinux1_aarch64" not in noble  # the legacy tags before 2014 were x86 only
+    assert stacks.glibc("ubuntu:22.04") == (2, 35)
+    assert stacks.glibc("debian:12@sha256:" + "0" * 64) == (2, 36)
+    assert stacks.glibc("debian:bookworm-slim") == stacks.glibc("debian:12-slim") == (2, 36)
+    assert stacks.glibc("example/base:1") == stacks.DEFAULT_GLIBC
+    assert stacks.glibc("127.0.0.1:5000/image") == stacks.DEFAULT_GLIBC
+    assert stacks.uv_platform("nvidia/cuda:12.8.1-runtime-ubuntu22.04", "x86_64") == (
+        "x86_64-manylinux_2_35"
+    )
+
+
+FAKE_TORCH = '''"""torch as the Dockerfile's library check reads it, versions from the environment:
+cuDNN from torch, NCCL from the libnccl.so.2 it loaded (ncclGetVersion's integer code)."""
+import ctypes
+import os
+from types import SimpleNamespace
+
+backends = SimpleNamespace(cudnn=SimpleNamespace(version=lambda: int(os.environ["CUDNN"])))
+
+
+class LoadedNccl:
+    def __init__(self, name, mode=0):
+        assert name == "libnccl.so.2" and mode & os.RTLD_NOLOAD  # the one torch loaded
+
+    def ncclGetVersion(self, pointer):
+        pointer._obj.value = int(os.environ["NCCL"])
+        return 0
+
+
+ctypes.CDLL = LoadedNccl
+'''
+
+
+def _library_check(tmp_path, loaded_cudnn: int, loaded_nccl: int, *pins: str):
+    """The Dockerfile's build-time library check, run as the build runs it, on a fake torch."""
+    text = DOCKERFILE.read_text().replace("\\\n", "")  # the lines as the builder joins them
+    (code,) = re.findall(r'python -c "(import sys, [^"]*cudnn\.version\(\)[^"]*)"', text)
+    (tmp_path / "torch.py").write_text(FAKE_TORCH)
+    env = {"PYTHONPATH": str(tmp_path), "CUDNN": str(loaded_cudnn), "NCCL": str(loaded_nccl)}
+    return subprocess.run(
+        [sys.executable, "-c", code, *pins], capture_output=True, text=True, env=env
+    )
+
+
+def test_the_build_fails_when_torch_loads_another_cudnn_or_nccl_than_the_pin(tmp_path):
+    # ncclGetVersion's code is 23003 for 2.30.3 (NCCL >= 2.9), 2708 for 2.7.8.
+    ok = _library_check(tmp_path, 92101, 23003, "9.21.1.3", "2.30.3")
+    assert ok.returncode == 0, ok.stderr
+    assert "cuDNN 92101 loaded (cell pin: 9.21.1.3), NCCL 2.30.3 (cell pin: 2.30.3)" in ok.stdout
+    # cuDNN 8 encodes its version in thousands: 8.9.2 is 8902; so does NCCL before 2.9.
+    assert _library_check(tmp_path, 8902, 2708, "8.9.2.26", "2.7.8").returncode == 0
+    # torch's own cuDNN (the pin's wheel not installed) is a failed build, naming both.
+    cudnn = _library_check(tmp_path, 92000, 22907, "9.21.1.3", "")
+    assert cudnn.returncode == 1
+    assert cudnn.stderr.strip() == (
+        "wrong library: torch loads cuDNN 92000 (cudnn.version()) but the cell pins 9.21.1.3 "
+        "(92101)"
+    )
+    nccl = _library_check(tmp_path, 92101, 22907, "9.21.1.3", "2.30.3")
+    assert nccl.returncode == 1
+    assert nccl.stderr.strip() == "wrong library: torch loads NCCL 2.29.7 but the cell pins 2.30.3"

@@ -85,6 +85,15 @@ KNOWN: tuple[Known, ...] = (
         "re-run `cudastack lock --cell CELL`",
     ),
     Known(
+        "apt-version",
+        # apt-get install NAME=VERSION, when the archive no longer serves VERSION (a rebuild
+        # with the OS package versions a past build recorded)
+        _re(r"Version '[^'\n]+' for '[^'\n]+' was not found"),
+        "the archive no longer has a recorded OS package version",
+        "rebuild from its snapshot with --apt-snapshot TIME (snapshot.debian.org, "
+        "snapshot.ubuntu.com)",
+    ),
+    Known(
         "manifest",
         _re(r"manifest unknown"),
         "the base image's tag is not in its registry (retired)",

@@ -100,6 +100,55 @@ def lock_info() -> dict[str, str]:
     return {"text": text, "hash": digest}
 
 
+# dpkg's database: what a Debian or Ubuntu system holds (absent on other bases).
+DPKG_STATUS = Path("/var/lib/dpkg/status")
+# The Dockerfile's apt steps append the packages each one installed or changed, `name=version`.
+APT_INSTALLED = Path("/opt/cudastack/apt-installed.txt")
+
+
+def parse_dpkg_status(text: str) -> dict[str, str]:
+    """OS packages dpkg holds as installed, name -> version, from the text of its status file
+    (deb822 paragraphs; see dpkg-query(1)). A package installed for a second architecture is
+    keyed ``name:arch``; removed packages whose configuration remains are left out."""
+    found: dict[str, str] = {}
+    for paragraph in re.split(r"\n\s*\n", text):
+        fields = {}
+        for line in paragraph.splitlines():
+            if line[:1] not in ("", " ", "\t") and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+        name, version = fields.get("package", ""), fields.get("version", "")
+        if not name or not version or fields.get("status", "").split()[-1:] != ["installed"]:
+            continue
+        key = name if name not in found else f"{name}:{fields.get('architecture', '')}"
+        found[key] = version
+    return dict(sorted(found.items()))
+
+
+def os_packages(status: Path = DPKG_STATUS) -> dict[str, str]:
+    """OS packages installed here (``parse_dpkg_status``); empty where dpkg is not."""
+    try:
+        return parse_dpkg_status(status.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return {}
+
+
+def build_os_packages(path: Path = APT_INSTALLED) -> dict[str, str]:
+    """The OS packages this image's build installed or changed with apt, name -> version, as
+    the Dockerfile recorded them; a later step's version of a package replaces an earlier one.
+    Empty outside a cell image, or where its build installed nothing."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        name, sep, version = line.strip().partition("=")
+        if sep:
+            found[name] = version
+    return dict(sorted(found.items()))
+
+
 def installed_packages() -> dict[str, str]:
     """Every distribution installed in this Python, name -> version."""
     found = {(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}
@@ -172,15 +221,51 @@ def arch_problem(
     return f"torch {torch_version} was built for {built}; this GPU is {this}: {advice}"
 
 
+def _loaded_nccl() -> str:
+    """The version of the libnccl.so.2 this process loaded (torch loads it at import), from
+    ncclGetVersion, which needs no GPU; '' when none is loaded."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libnccl.so.2", mode=os.RTLD_NOLOAD)  # never load one of our own
+        code = ctypes.c_int(0)
+        if lib.ncclGetVersion(ctypes.byref(code)) != 0:
+            return ""
+    except (OSError, AttributeError):
+        return ""
+    k = code.value  # NCCL_VERSION_CODE: X*10000 + Y*100 + Z since 2.9, X*1000 + Y*100 + Z before
+    parts = (
+        (k // 10000, k // 100 % 100, k % 100) if k >= 10000 else (k // 1000, k // 100 % 10, k % 100)
+    )
+    return ".".join(map(str, parts)) if k else ""
+
+
+def nccl_version(torch: Any) -> str:
+    """The NCCL torch loaded, e.g. '2.27.7', with or without a GPU: asked of the loaded library,
+    else the version of torch's nvidia-nccl-cuNN wheel, else torch.cuda.nccl.version() (the
+    version torch was compiled against, which a pinned wheel may differ from); '' for a build
+    without NCCL."""
+    if not torch.version.cuda:
+        return ""
+    loaded = _loaded_nccl()
+    if loaded:
+        return loaded
+    from importlib import metadata
+
+    try:
+        return metadata.version(f"nvidia-nccl-cu{torch.version.cuda.split('.')[0]}")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        raw = torch.cuda.nccl.version()
+        return ".".join(map(str, raw[:3])) if isinstance(raw, tuple) else str(raw)
+    except (RuntimeError, AttributeError, ImportError):
+        return ""
+
+
 def torch_versions(torch: Any) -> dict[str, str]:
     """The torch build and the CUDA libraries it actually loaded (not the image's labels)."""
-    nccl = ""
-    if torch.cuda.is_available() and hasattr(torch.cuda, "nccl"):
-        try:
-            raw = torch.cuda.nccl.version()
-            nccl = ".".join(map(str, raw)) if isinstance(raw, tuple) else str(raw)
-        except (RuntimeError, AttributeError):
-            nccl = ""
+    nccl = nccl_version(torch)
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "version": torch.__version__,
@@ -236,6 +321,9 @@ def fingerprint(
         "installed": installed,
         "lock": lock_info(),
         "harness_git": _git_rev(here),
+        # What `cudastack reproduce` compares and pins; about 5 KB for a cell's ~200 packages.
+        "os_packages": os_packages(),
+        "os_packages_built": build_os_packages(),
     }
 
 
@@ -263,10 +351,14 @@ def usable_cores() -> int:
 
 
 def stack() -> dict[str, Any]:
-    """What `cudastack reproduce` compares: packages, torch and its CUDA libraries, the lock."""
+    """What `cudastack reproduce` compares: Python, OS and pip packages, torch and its CUDA
+    libraries, the lock. Keys as the fingerprint (env.json) names them, but the lock's hash."""
     import torch
 
     return {
+        "python": {"version": platform.python_version()},
+        "os_packages": os_packages(),
+        "os_packages_built": build_os_packages(),
         "installed": installed_packages(),
         "torch": torch_versions(torch),
         "lock_hash": lock_info()["hash"],

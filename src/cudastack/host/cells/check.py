@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +28,6 @@ from cudastack.host.cells.matrix import Cell
 # The torch x variant table is stacks.py's (REFERENCE.md "PyTorch wheels per CUDA variant").
 VARIANTS_SOURCE = "the PyTorch wheel indexes download.pytorch.org/whl/<variant>"
 
-# glibc of the base image's OS (its libc6 package), so a wheel is judged by the manylinux tag the
-# image's pip will accept; any other base is held to manylinux_2_28, what torch itself targets.
-GLIBC = {
-    "ubuntu20.04": "2_31",
-    "ubuntu22.04": "2_35",
-    "ubuntu24.04": "2_39",
-    "debian12": "2_36",
-    "bookworm": "2_36",
-}
-DEFAULT_GLIBC = "2_28"
 TIMEOUT_S = 120.0  # one resolution; uv answers in 1-3 s with PyPI reachable
 
 
@@ -98,11 +91,7 @@ class CellCheck:
 def platform(cell: Cell) -> str:
     """uv's --python-platform for the cell's base image on this host's architecture (cells
     build and run here), e.g. x86_64-manylinux_2_35 or aarch64-manylinux_2_35 on a GH200."""
-    repo, _, tag = cell.base_image.split("@")[0].rpartition(":")
-    parsed = stacks.parse_nvidia_tag(tag)
-    os_name = parsed["os"] if parsed else f"{repo.rsplit('/', 1)[-1]}{tag}"
-    arch = os.uname().machine
-    return f"{arch}-manylinux_{GLIBC.get(os_name, GLIBC.get(tag, DEFAULT_GLIBC))}"
+    return stacks.uv_platform(cell.base_image, os.uname().machine)
 
 
 def variant_problems(cell: Cell) -> list:
@@ -218,13 +207,11 @@ class Resolution(NamedTuple):
     unreachable: str  # why the index or wheelhouse could not be asked ('' when it could)
 
 
-def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> Resolution:
-    """The cell's packages resolved by uv for its Python and platform, from PyPI or, offline,
-    from ``wheelhouse`` alone."""
-    # The PyTorch index cannot always be reached (and need not be): torch's PyPI build of the
-    # same version stands in for the variant's wheel. Its metadata differs only in which
-    # nvidia-* wheels it pins, which no other package depends on; that the variant exists at
-    # all is variant_problems' job.
+def _compile(
+    cell: Cell, reqs: list[str], wheelhouse: Optional[Path], ca_file: Optional[Path], *flags: str
+) -> subprocess.CompletedProcess:
+    """``uv pip compile`` of ``reqs`` for the cell's Python and platform; raises
+    subprocess.TimeoutExpired after TIMEOUT_S."""
     cmd = [
         _uv(),
         "pip",
@@ -239,6 +226,7 @@ def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> 
         cell.python,
         "--python-platform",
         platform(cell),
+        *flags,
     ]
     if wheelhouse is not None:
         cmd += ["--no-index", "--find-links", str(wheelhouse)]
@@ -247,21 +235,110 @@ def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> 
     env = {**os.environ, "UV_HTTP_RETRIES": "1", "UV_HTTP_TIMEOUT": "30"}
     if ca_file is not None:
         env["SSL_CERT_FILE"] = str(ca_file)  # the --ca-file builds use, for a TLS proxy
+    return subprocess.run(
+        cmd,
+        input="\n".join(reqs) + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT_S,
+    )
+
+
+def _pairs(stdout: str) -> dict:
+    return {
+        canonicalize_name(n): v
+        for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", stdout, re.MULTILINE)
+    }
+
+
+def published_versions(
+    name: str, wheelhouse: Optional[Path], ca_file: Optional[Path]
+) -> Optional[list]:
+    """Released versions of project ``name`` in the wheelhouse (by file name) or on PyPI (its
+    simple API, PEP 691), newest first; None when PyPI cannot be asked."""
+    wanted = canonicalize_name(name)
+    found: set = set()
+    if wheelhouse is not None:
+        for wheel in wheelhouse.glob("*.whl"):
+            project, version = wheel.name.split("-")[:2]
+            if canonicalize_name(project) == wanted:
+                found.add(version)
+    else:
+        request = urllib.request.Request(
+            f"{PYPI_URL}/{wanted}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=context) as answer:
+                found = set(json.load(answer).get("versions", ()))
+        except (OSError, ValueError):
+            return None
+    releases = []
+    for version in found:
+        try:
+            if not Version(version).is_prerelease:  # NVIDIA's .dev uploads pick no pin
+                releases.append(Version(version))
+        except InvalidVersion:
+            continue
+    return [str(v) for v in sorted(releases, reverse=True)]
+
+
+def pin_problem(
+    cell: Cell, pin: str, wheelhouse: Optional[Path], ca_file: Optional[Path]
+) -> tuple[str, str]:
+    """(problem, unreachable) for one library pin (nvidia-cudnn-cu13==9.19.1.2): whether that
+    wheel exists for the cell's Python and platform. It is resolved alone (--no-deps), as the
+    image installs it over torch's own pin."""
     source = f"wheelhouse {wheelhouse}" if wheelhouse is not None else "PyPI"
     try:
-        proc = subprocess.run(
-            cmd,
-            input="\n".join(requirements(cell, True)) + "\n",
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=TIMEOUT_S,
-        )
+        proc = _compile(cell, [pin], wheelhouse, ca_file, "--no-deps")
+    except subprocess.TimeoutExpired:
+        return "", f"the resolution from {source} took over {TIMEOUT_S:g} s"
+    if proc.returncode == 0:
+        return "", ""
+    stderr = redact.text(proc.stderr, redact.secret_values(os.environ))
+    down = _unreachable(stderr)
+    if down:
+        return "", down
+    name, version = pin.split("==")
+    where = f"on {source}" if source == "PyPI" else f"in {source}"
+    versions = published_versions(name, wheelhouse, ca_file)
+    if versions is None:
+        return "", f"PyPI did not answer for {name}'s versions"
+    if version in versions:  # published, but not for this Python or platform
+        return f"{name} {version} has no wheel for {platform(cell)} {where}", ""
+    shown = ", ".join(versions[:12]) + (", ..." if len(versions) > 12 else "")
+    listed = f"; versions: {shown}" if versions else f"; it has no versions {where}"
+    field = "cudnn" if "-cudnn-" in name else "nccl"
+    return f"{name} has no version {version} {where}{listed} (the cell's {field})", ""
+
+
+def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> Resolution:
+    """The cell's packages resolved by uv for its Python and platform, from PyPI or, offline,
+    from ``wheelhouse`` alone; a cuDNN / NCCL pin replaces torch's own in the pins."""
+    # The PyTorch index cannot always be reached (and need not be): torch's PyPI build of the
+    # same version stands in for the variant's wheel. Its metadata differs only in which
+    # nvidia-* wheels it pins, which no other package depends on; that the variant exists at
+    # all is variant_problems' job.
+    source = f"wheelhouse {wheelhouse}" if wheelhouse is not None else "PyPI"
+    try:
+        proc = _compile(cell, requirements(cell, True), wheelhouse, ca_file)
     except subprocess.TimeoutExpired:
         return Resolution((), "", f"the resolution from {source} took over {TIMEOUT_S:g} s")
     if proc.returncode == 0:
-        pairs = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", proc.stdout, re.MULTILINE)
-        return Resolution(tuple(sorted((canonicalize_name(n), v) for n, v in pairs)), "", "")
+        pins = _pairs(proc.stdout)
+        for pin in cell.library_pins():
+            problem, pin_down = pin_problem(cell, pin, wheelhouse, ca_file)
+            if problem or pin_down:
+                return Resolution((), problem, pin_down)
+            name, version = pin.split("==")
+            # PyPI's torch (standing in for the variant) may pin this library for another CUDA
+            # major (nvidia-cudnn-cu12 for a cu13 cell): the pin replaces it whatever its major.
+            library = canonicalize_name(name).rsplit("-", 1)[0] + "-cu"
+            pins = {n: v for n, v in pins.items() if not n.startswith(library)}
+            pins[canonicalize_name(name)] = version
+        return Resolution(tuple(sorted(pins.items())), "", "")
     # What uv says reaches build.log and a failed build's reason: a proxy URL it names (with
     # the password the environment gave it) must not.
     stderr = redact.text(proc.stderr, redact.secret_values(os.environ))
@@ -301,6 +378,13 @@ def check_cell(
         problems = variant_problems(cell)
         pins = lock_pins(lock)
         problems += rule_problems(cell, pins)
+        for pin in cell.library_pins():  # a lock written before the pin installs torch's own
+            name, version = pin.split("==")
+            if pins.get(name) != version:
+                problems.append(
+                    f"lock {lock.name} holds {name} {pins.get(name, '(none)')} but the cell pins "
+                    f"{version}; run cudastack lock --cell {cell.name} again"
+                )
         return CellCheck(
             cell.name, tuple(problems), tuple(sorted(pins.items())), f"lock {lock.name}", "", 0.0
         )
@@ -310,6 +394,7 @@ def check_cell(
         cell.torchvision,
         cell.index,
         cell.packages,
+        tuple(cell.library_pins()),
         platform(cell),
         wheelhouse,
         ca_file,

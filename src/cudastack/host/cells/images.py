@@ -182,11 +182,15 @@ def build(
     inputs_hash: str,
     context: Path,
     on_line: Callable[[str], None],
+    unhashed_args: Optional[dict[str, str]] = None,
 ) -> str:
-    """Build with the classic builder, streaming every log line; returns the image ID."""
+    """Build with the classic builder, streaming every log line; returns the image ID.
+    ``unhashed_args`` are build args outside the cell's inputs hash, so outside its tag: the
+    OS package pins of `reproduce --rebuild` make the same cell as the build they came from
+    (the recorded tag), not a new one."""
     from docker.errors import APIError
 
-    args = {**cell.build_args(), "INPUTS_HASH": inputs_hash}
+    args = {**cell.build_args(), **(unhashed_args or {}), "INPUTS_HASH": inputs_hash}
     args.update({k: os.environ[k] for k in PROXY_ARGS if k in os.environ})
     # Every line goes to build.log, the console and a failure's reason: pip, apt and the engine
     # may print a proxy URL with its password, or a token a variable here holds.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -12,17 +13,11 @@ from typing import Any, Optional
 from cudastack.contract.errors import CudastackError
 from cudastack.contract.failures import log_reason
 from cudastack.contract.runfolder import atomic_write
+from cudastack.host.cells import stacks
 from cudastack.host.cells.matrix import Cell
 
 TORCH_INDEX_URL = "https://download.pytorch.org/whl"
 PYPI_URL = "https://pypi.org/simple"
-# Wheels for the images' platform: x86_64 glibc, newest manylinux tag first.
-PLATFORMS = (
-    "manylinux_2_28_x86_64",
-    "manylinux_2_17_x86_64",
-    "manylinux2014_x86_64",
-    "linux_x86_64",
-)
 
 
 class LockError(CudastackError):
@@ -77,38 +72,68 @@ def _wheel_name_version(filename: str) -> tuple[str, str]:
     return name.replace("_", "-").lower(), version
 
 
+def platforms(cell: Cell) -> list[str]:
+    """pip's --platform list for the cell's image: its base's glibc, this host's architecture
+    (cells build and run here)."""
+    return stacks.pip_platforms(cell.base_image, os.uname().machine)
+
+
+def _download(
+    cell: Cell,
+    reqs: list[str],
+    dest: str,
+    index: list[str],
+    ca_file: Optional[Path],
+    no_deps: bool = False,
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        # Only the index or wheelhouse named here: a pip configuration or PIP_* variable of
+        # this host (an extra --find-links of other wheels) must not change what is locked.
+        "--isolated",
+        "--quiet",
+        "--dest",
+        dest,
+        "--only-binary=:all:",
+        "--python-version",
+        cell.python,
+        *[arg for p in platforms(cell) for arg in ("--platform", p)],
+        *index,
+        *(["--no-deps"] if no_deps else []),
+        *(["--cert", str(ca_file)] if ca_file is not None else []),
+    ]
+    proc = subprocess.run(cmd + reqs, capture_output=True, text=True)
+    if proc.returncode != 0:
+        why = log_reason(proc.stderr.splitlines()) or "pip download failed"
+        raise LockError(f"cell {cell.name}: cannot resolve its packages: {why}")
+
+
 def resolve(cell: Cell, wheelhouse: Optional[Path], ca_file: Optional[Path]) -> list[str]:
     """Lock lines ``name==version --hash=sha256:...``, hashing the files pip resolves itself
-    (the PyTorch index does not always publish hashes, pytorch#164347)."""
-    with tempfile.TemporaryDirectory(prefix="cudastack-lock-") as dest:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--dest",
-            dest,
-            "--only-binary=:all:",
-            "--python-version",
-            cell.python,
-            *[arg for p in PLATFORMS for arg in ("--platform", p)],
-        ]
-        if wheelhouse is not None:
-            cmd += ["--no-index", "--find-links", str(wheelhouse)]
-        else:
-            cmd += ["--index-url", f"{TORCH_INDEX_URL}/{cell.index}", "--extra-index-url", PYPI_URL]
-        if ca_file is not None:
-            cmd += ["--cert", str(ca_file)]
-        proc = subprocess.run(
-            cmd + requirements(cell, wheelhouse is not None), capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            why = log_reason(proc.stderr.splitlines()) or "pip download failed"
-            raise LockError(f"cell {cell.name}: cannot resolve its packages: {why}")
+    (the PyTorch index does not always publish hashes, pytorch#164347).
+
+    A cuDNN / NCCL pin stands in for the wheel torch's metadata pins: no resolver overrides an
+    exact pin, so the pin is downloaded alone (--no-deps, as the image installs it) and replaces
+    torch's wheel of that project."""
+    if wheelhouse is not None:
+        index = ["--no-index", "--find-links", str(wheelhouse)]
+        pin_index = index
+    else:
+        index = ["--index-url", f"{TORCH_INDEX_URL}/{cell.index}", "--extra-index-url", PYPI_URL]
+        pin_index = ["--index-url", PYPI_URL]  # NVIDIA publishes every version there
+    with tempfile.TemporaryDirectory(prefix="cudastack-lock-") as tmp:
+        dest, pinned = Path(tmp) / "all", Path(tmp) / "pins"
+        _download(cell, requirements(cell, wheelhouse is not None), str(dest), index, ca_file)
+        wheels = {_wheel_name_version(w.name)[0]: w for w in dest.iterdir()}
+        if cell.library_pins():
+            _download(cell, cell.library_pins(), str(pinned), pin_index, ca_file, no_deps=True)
+            wheels.update({_wheel_name_version(w.name)[0]: w for w in pinned.iterdir()})
         lines = []
-        for wheel in sorted(Path(dest).iterdir()):
-            name, version = _wheel_name_version(wheel.name)
+        for name, wheel in sorted(wheels.items()):
+            version = _wheel_name_version(wheel.name)[1]
             digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
             lines.append(f"{name}=={version} --hash=sha256:{digest}")
     return lines
@@ -118,8 +143,9 @@ def write_lock(path: Path, cell: Cell, lines: list[str]) -> None:
     # No timestamp: the same resolution must give the same file, hence the same image tag.
     header = (
         f"# cudastack lock for cell {cell.name}: torch {cell.torch} ({cell.index}), "
-        f"Python {cell.python}. Written by `cudastack lock`; installed with "
-        "--require-hashes.\n"
+        f"Python {cell.python}"
+        + "".join(f", {pin} (the cell's pin, over torch's own)" for pin in cell.library_pins())
+        + ". Written by `cudastack lock`; installed with --require-hashes.\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     text = header + "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ KEYS = (
     "base_image",
     "cuda",
     "cudnn",
+    "nccl",
     "torch",
     "torchvision",
     "index",
@@ -42,7 +43,9 @@ _SAFE = {
     "name": re.compile(r"[a-z0-9][a-z0-9._-]{0,99}"),
     "base_image": re.compile(r"[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?"),
     "cuda": re.compile(r"\d+\.\d+"),
-    "cudnn": re.compile(r"\d*"),
+    # The version of the library's nvidia-* wheel (9.19.1.2, 2.27.7), or '' for torch's own.
+    "cudnn": re.compile(r"(\d+(\.\d+){2,3})?"),
+    "nccl": re.compile(r"(\d+(\.\d+){2,3})?"),
     "torch": re.compile(r"2\.\d+\.\d+"),
     "torchvision": re.compile(r"0\.\d+\.\d+"),
     "index": re.compile(r"cpu|cu\d{3}"),
@@ -59,7 +62,10 @@ class MatrixError(CudastackError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One pinned CUDA / cuDNN / PyTorch / Python combination."""
+    """One pinned CUDA / cuDNN / PyTorch / Python combination.
+
+    ``cudnn`` and ``nccl`` are versions of the nvidia-cudnn-cuNN / nvidia-nccl-cuNN wheels
+    installed over torch's own pins ('' keeps the versions this torch ships)."""
 
     name: str
     base_image: str
@@ -68,6 +74,7 @@ class Cell:
     python: str
     cuda: str = ""
     cudnn: str = ""
+    nccl: str = ""
     torchvision: str = ""
     packages: tuple = field(default_factory=tuple)
 
@@ -75,6 +82,16 @@ class Cell:
     def torch_cuda(self) -> str:
         """What torch.version.cuda must say inside the image ('' for a CPU build)."""
         return stacks.variant_cuda(self.index) or ""
+
+    def library_pins(self) -> list[str]:
+        """The cell's library pins as requirements, e.g. ['nvidia-cudnn-cu13==9.19.1.2'],
+        cuDNN first; empty for a cell that keeps torch's own."""
+        pinned = (("cudnn", self.cudnn), ("nccl", self.nccl))
+        return [
+            f"{stacks.library_wheel(lib, self.torch_cuda)}=={version}"
+            for lib, version in pinned
+            if version and self.torch_cuda
+        ]
 
     def build_args(self) -> dict:
         """Every difference between cells, as the Dockerfile's build ARGs."""
@@ -87,6 +104,10 @@ class Cell:
             "TORCH_CUDA": self.torch_cuda,
             "EXTRA_PACKAGES": " ".join(self.packages),
             "CELL_NAME": self.name,
+            # Only when pinned: an unpinned cell's args (hence its tag, and a past run's recorded
+            # tag a rebuild must match) are what they were before pins existed.
+            **({"CUDNN_VERSION": self.cudnn} if self.cudnn else {}),
+            **({"NCCL_VERSION": self.nccl} if self.nccl else {}),
         }
 
     def lock_path(self, locks_dir: Path) -> Path:
@@ -106,10 +127,13 @@ class Cell:
 
 
 def derive_name(fields: dict) -> str:
-    """cu12.8-torch2.9.1-py3.12, or cpu-torch2.9.1-py3.12."""
+    """cu12.8-torch2.9.1-py3.12, or cpu-torch2.9.1-py3.12; a library pin joins it after torch
+    (cu13.0-torch2.9.1-cudnn9.19.1.2-py3.12), so a pinned cell never takes its unpinned
+    pair's name, and a cell without pins keeps the name it had before pins existed."""
     cuda = stacks.variant_cuda(fields["index"])
     stack = f"cu{cuda}" if cuda else "cpu"
-    return f"{stack}-torch{fields['torch']}-py{fields['python']}"
+    pins = "".join(f"-{lib}{fields[lib]}" for lib in ("cudnn", "nccl") if fields.get(lib))
+    return f"{stack}-torch{fields['torch']}{pins}-py{fields['python']}"
 
 
 def _fail(where: str, key: str, message: str) -> MatrixError:
@@ -123,6 +147,14 @@ def _shown(name: object) -> str:
 
 
 def _check_shapes(where: str, fields: dict) -> None:
+    if re.fullmatch(r"\d+", str(fields.get("cudnn", ""))):
+        # The field once named the base image's cuDNN generation; say what it means now.
+        raise _fail(
+            where,
+            "cudnn",
+            f"is {fields['cudnn']!r}: it is the exact version of the nvidia-cudnn wheel torch "
+            "loads (e.g. 9.19.1.2); leave it out to keep this torch's own",
+        )
     for key, pattern in _SAFE.items():
         if key not in fields:
             continue
@@ -150,6 +182,11 @@ def _check_stack(where: str, f: dict, variants: bool = True) -> None:
         raise _fail(where, "cuda", f"must be {want_cuda} to match index {f['index']}")
     if not want_cuda and f.get("cuda"):
         raise _fail(where, "cuda", "must be empty for the cpu index")
+    for library in ("cudnn", "nccl"):
+        if not want_cuda and f.get(library):
+            raise _fail(
+                where, library, f"pins a CUDA library, but index {f['index']} is a CPU build"
+            )
     tv = f.get("torchvision")
     if variants and tv and not tv.startswith(stacks.matching_torchvision(f["torch"]) + "."):
         raise _fail(
@@ -165,15 +202,24 @@ def _check_stack(where: str, f: dict, variants: bool = True) -> None:
             raise _fail(
                 where,
                 "base_image",
-                f"tag {tag!r} is not an nvidia/cuda tag (X.Y.Z-[cudnn-]runtime-ubuntuNN.NN)",
+                f"tag {tag!r} is not an nvidia/cuda tag (X.Y.Z-runtime-ubuntuNN.NN)",
+            )
+        if parsed["cudnn"]:
+            # torch loads the cuDNN of its nvidia-cudnn wheel (or the cell's pin), never the
+            # image's: a second cuDNN is gigabytes that nothing loads, and a matrix reader could
+            # take it for the one measured.
+            plain = f"{tag.split('-')[0]}-{parsed['flavour']}-{parsed['os']}"
+            raise _fail(
+                where,
+                "base_image",
+                f"is nvidia/cuda:{tag}, which carries a cuDNN torch does not load; use "
+                f"nvidia/cuda:{plain} "
+                'and pin the cuDNN torch loads with cudnn = "X.Y.Z.W"',
             )
         if want_cuda and parsed["cuda"] != want_cuda:
             raise _fail(
                 where, "base_image", f"is CUDA {parsed['cuda']} but the cell is {want_cuda}"
             )
-        tag_cudnn = {"cudnn8": "8", "cudnn9": "9", "cudnn": "9"}.get(parsed["cudnn"], "")
-        if f.get("cudnn") and tag_cudnn and f["cudnn"] != tag_cudnn:
-            raise _fail(where, "cudnn", f"is {f['cudnn']} but the base image has cuDNN {tag_cudnn}")
         pythons = stacks.UBUNTU_PYTHONS.get(parsed["os"])
         if pythons and f["python"] not in pythons:
             raise _fail(

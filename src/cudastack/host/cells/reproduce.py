@@ -28,18 +28,47 @@ def record_inputs(
     tag: str,
     image_ref: str,
     inputs_hash: str,
+    base: str = "",
 ) -> None:
-    """Everything needed to rebuild this cell's image: Dockerfile text, build args, lock."""
+    """Everything needed to rebuild this cell's image: Dockerfile text, build args, lock; and
+    the identity of the base image it was built on (``base_identity``; '' where unknown)."""
     data = {
         "cell": dataclasses.asdict(cell),
         "build_args": cell.build_args(),
         "tag": tag,
         "image": image_ref,
+        "base": base,
         "inputs_hash": inputs_hash,
         "dockerfile": dockerfile.read_text(encoding="utf-8"),
         "lock": lock_text,
     }
     runfolder.write_json(cell_dir / runfolder.INPUTS, data)
+
+
+def base_identity(client: Any, base_ref: str, image_tag: str) -> str:
+    """The identity of the base image ``image_tag`` was built on: its image ID, the sha256 of
+    its configuration, the same on every engine that pulled, loaded or imported the same image
+    (a registry's manifest digest is not: a plain `docker load` has none, and a multi-platform
+    tag has one more). '' when ``base_ref`` is not on this engine, or is no longer the image
+    that was built on (its layers are not the first of the image's: the name has moved since)."""
+    from docker.errors import ImageNotFound
+
+    try:
+        base, image = client.images.get(base_ref), client.images.get(image_tag)
+    except ImageNotFound:
+        return ""
+    layers = list((base.attrs.get("RootFS") or {}).get("Layers") or [])
+    built_on = list((image.attrs.get("RootFS") or {}).get("Layers") or [])
+    if not layers or built_on[: len(layers)] != layers:
+        return ""
+    return str(base.id)
+
+
+def is_recorded_image(client: Any, tag: str, recorded: str) -> bool:
+    """Whether the image under ``tag`` is the very one a run recorded (by ID or digest)."""
+    image = client.images.get(tag)
+    digests = {d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d}
+    return bool(recorded) and recorded in {image.id, *digests}
 
 
 # An image tag as record_inputs writes it: what reaches the engine's API as a name.
@@ -70,8 +99,15 @@ def cell_from(record: dict) -> Cell:
 
 def _cell_fields(record: dict) -> dict:
     """The recorded cell's fields as a matrix would give them: a field the matrix left out is
-    recorded as its default (''), which the matrix's checks read as left out again."""
-    return {k: v for k, v in record["cell"].items() if v != ""}
+    recorded as its default (''), which the matrix's checks read as left out again.
+
+    A run recorded before cuDNN pins existed holds ``cudnn`` as the base image's cuDNN
+    generation ("8", "9"): a label that never reached the build, dropped here so the record
+    still rebuilds as the cell it was."""
+    fields = {k: v for k, v in record["cell"].items() if v != ""}
+    if isinstance(fields.get("cudnn"), str) and fields["cudnn"].isdigit():
+        del fields["cudnn"]
+    return fields
 
 
 class RebuildInputs(NamedTuple):
@@ -147,18 +183,166 @@ def probe(client: Any, tag: str) -> dict:
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
-def diff(original: dict, now: dict) -> list[str]:
-    """Differences in installed packages, torch / CUDA runtime / cuDNN / NCCL, and lock."""
-    lines = []
-    for key in ("version", "cuda", "cudnn", "nccl"):
-        a, b = original["torch"].get(key, ""), now["torch"].get(key, "")
+# What apt takes as a pin: Debian policy's package names and version strings (epoch, upstream
+# version, revision). Nothing else reaches the Dockerfile's unquoted $OS_PACKAGES.
+_DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
+_DEB_VERSION = re.compile(r"[0-9A-Za-z.+~:-]+")
+SNAPSHOT_TIMESTAMP = re.compile(r"\d{8}T\d{6}Z")
+
+
+def os_pins(env: dict, where: str) -> str:
+    """The OS packages a run's image's build installed (env.json's ``os_packages_built``) as
+    the Dockerfile's OS_PACKAGES: ``name=version`` pins, space-separated; '' when none were
+    recorded. Raises ReproduceError naming ``where`` for an entry apt would not take as one."""
+    built = env.get("os_packages_built") or {}
+    if not isinstance(built, dict):
+        raise ReproduceError(f"{where}: os_packages_built is not a name -> version table")
+    pins = []
+    for name, version in sorted(built.items()):
+        if not (
+            isinstance(version, str)
+            and _DEB_NAME.fullmatch(name)
+            and _DEB_VERSION.fullmatch(version)
+        ):
+            raise ReproduceError(
+                f"{where}: recorded OS package {name!r} = {version!r} is not a Debian package "
+                "name and version; was it written by cudastack?"
+            )
+        pins.append(f"{name}={version}")
+    return " ".join(pins)
+
+
+# Differences listed per category before the rest are counted: readable on a terminal.
+LISTED = 25
+ABSENT = "(absent)"
+
+
+class Category(NamedTuple):
+    """One thing `reproduce` compares: the differences found (one line each), how many items
+    compared equal, and a note: the value that agreed, or why it was not compared."""
+
+    name: str
+    differences: list[str]
+    identical: int
+    note: str = ""
+    summary: str = ""  # a list's added / removed / changed counts
+
+    @property
+    def compared(self) -> bool:
+        return not self.note.startswith(NOT_COMPARED)
+
+
+NOT_COMPARED = "not compared: "
+
+
+def _value(name: str, before: str, after: str, missing: str = "") -> Category:
+    """A single value: agrees, differs, or (``missing`` says why) cannot be compared."""
+    if missing:
+        return Category(name, [], 0, NOT_COMPARED + missing)
+    if before == after:
+        return Category(name, [], 1, before or "none")
+    return Category(name, [f"{before or '(none)'} -> {after or '(none)'}"], 0)
+
+
+def _table(name: str, before: dict, after: dict) -> Category:
+    """Two name -> version tables: every name added, removed or at another version."""
+    lines, counts = [], {"added": 0, "removed": 0, "changed": 0}
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
         if a != b:
-            lines.append(f"torch {key}: {a or '-'} -> {b or '-'}")
-    before, after = original.get("installed", {}), now.get("installed", {})
-    for name in sorted(set(before) | set(after)):
-        if before.get(name) != after.get(name):
-            lines.append(f"{name}: {before.get(name, '(absent)')} -> {after.get(name, '(absent)')}")
-    old_lock = original.get("lock", {}).get("hash", "")
-    if old_lock != now.get("lock_hash", ""):
-        lines.append(f"lock: {old_lock or '(none)'} -> {now.get('lock_hash') or '(none)'}")
+            counts["added" if a is None else "removed" if b is None else "changed"] += 1
+            lines.append(f"{key}: {a or ABSENT} -> {b or ABSENT}")
+    same = len(set(before) & set(after)) - counts["changed"]
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    return Category(name, lines, same, summary=summary)
+
+
+_TABLES = ("OS packages", "pip packages")  # listed one name a line, under their counts
+_TORCH = "torch and its libraries"
+_LOADED = (("version", "torch"), ("cuda", "CUDA runtime"), ("cudnn", "cuDNN"), ("nccl", "NCCL"))
+
+
+def compare(original: dict, now: dict, base_before: str, base_now: str) -> list[Category]:
+    """``original`` (a run's env.json) against ``now`` (``probe`` of the image), and the base
+    image's identity recorded against now's (''s where unknown): base image, Python, OS
+    packages, pip packages, torch and the CUDA libraries it loaded, the lock."""
+    unknown_base = (
+        "the run recorded no base image identity"
+        if not base_before
+        else "the base image this image was built on is not on this engine"
+        if not base_now
+        else ""
+    )
+    torch_before, torch_now = original.get("torch") or {}, now.get("torch") or {}
+    loaded = [(label, torch_before.get(k, ""), torch_now.get(k, "")) for k, label in _LOADED]
+    # A run from before NCCL was read without a GPU recorded none for a CUDA cell: not
+    # recorded, so not compared (cuDNN and the CUDA runtime were always recorded).
+    loaded = [(label, a, b) for label, a, b in loaded if a or not b or label != "NCCL"]
+    torch_lines = [f"{label}: {a or '-'} -> {b or '-'}" for label, a, b in loaded if a != b]
+    shown = ", ".join(f"{label} {a or '-'}" for label, a, _ in loaded)
+    same_loaded = sum(a == b for _, a, b in loaded)
+    # Not recorded (a run from before they were), or none on either side (a base without
+    # dpkg): nothing was compared, which is no "identical".
+    os_missing = "os_packages" not in original or not (
+        original["os_packages"] or now.get("os_packages")
+    )
+    return [
+        _value("base image", base_before, base_now, unknown_base),
+        _value(
+            "Python",
+            (original.get("python") or {}).get("version", ""),
+            (now.get("python") or {}).get("version", ""),
+        ),
+        Category("OS packages", [], 0, NOT_COMPARED + "the run recorded none")
+        if os_missing
+        else _table("OS packages", original["os_packages"], now.get("os_packages") or {}),
+        _table("pip packages", original.get("installed") or {}, now.get("installed") or {}),
+        Category("torch and its libraries", torch_lines, same_loaded, "" if torch_lines else shown),
+        _value(
+            "lock",
+            (original.get("lock") or {}).get("hash", ""),
+            now.get("lock_hash", ""),
+        ),
+    ]
+
+
+def differences(categories: list[Category]) -> int:
+    """How many things differ, all categories together."""
+    return sum(len(c.differences) for c in categories)
+
+
+def status(categories: list[Category]) -> str:
+    """The verdict: 'identical environment' only when every category was compared and agreed."""
+    n = differences(categories)
+    if n:
+        return f"{n} difference{'s' if n != 1 else ''}"
+    skipped = [c.name for c in categories if not c.compared]
+    if skipped:
+        return f"no differences in what was compared (not compared: {', '.join(skipped)})"
+    return "identical environment"
+
+
+def report(categories: list[Category], show_identical: bool = False) -> list[str]:
+    """The lines to print under a cell's verdict: each category's differences (a long list cut
+    at LISTED, the rest counted), then with ``show_identical`` one line per category on what
+    compared equal or why it was not compared."""
+    lines = []
+    for c in categories:
+        if not c.differences:
+            continue
+        if len(c.differences) == 1 and c.name not in _TABLES:
+            lines.append(f"{c.name}: {c.differences[0]}")
+            continue
+        lines.append(f"{c.name}: {c.summary or f'{len(c.differences)} differ'}")
+        lines += [f"  {line}" for line in c.differences[:LISTED]]
+        if len(c.differences) > LISTED:
+            lines.append(f"  … and {len(c.differences) - LISTED} more")
+    if show_identical:
+        for c in categories:
+            if not c.compared:
+                lines.append(f"{c.name}: {c.note}")
+            elif c.name in _TABLES or c.name == _TORCH:
+                lines.append(f"{c.name}: {c.identical} identical")
+            elif not c.differences:
+                lines.append(f"{c.name}: identical ({c.note})")
     return lines

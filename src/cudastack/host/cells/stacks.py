@@ -40,6 +40,24 @@ UBUNTU_PYTHONS = {
     "ubuntu24.04": ("3.12",),
 }
 
+# glibc (major, minor) of a base image's OS, from its libc6 package: a wheel installs in the image
+# when one of its manylinux tags is at or below this. A base not listed is held to 2.28, what
+# torch's own wheels target. Source: the Ubuntu and Debian libc6 packages of each release.
+GLIBC = {
+    "ubuntu20.04": (2, 31),
+    "ubuntu22.04": (2, 35),
+    "ubuntu24.04": (2, 39),
+    "debian11": (2, 31),
+    "bullseye": (2, 31),
+    "debian12": (2, 36),
+    "bookworm": (2, 36),
+}
+DEFAULT_GLIBC = (2, 28)
+# The oldest glibc a PEP 600 tag names: manylinux2014 is manylinux_2_17, and pip reads the legacy
+# aliases only when they are listed (it does not fill in the tags between two --platform values).
+OLDEST_MANYLINUX_MINOR = 17
+LEGACY_MANYLINUX = ("manylinux2014", "manylinux2010", "manylinux1")
+
 _NVIDIA_TAG = re.compile(
     r"^(?P<cuda>\d+\.\d+)\.\d+-(?:(?P<cudnn>cudnn\d*)-)?(?P<flavour>base|runtime|devel)"
     r"(?:-(?P<cudnn_after>cudnn\d*))?-(?P<os>[a-z]+\d+\.\d+)$"
@@ -83,6 +101,49 @@ def parse_nvidia_tag(tag: str) -> Optional[dict]:
         "flavour": m["flavour"],
         "os": m["os"],
     }
+
+
+def base_os(base_image: str) -> str:
+    """The OS of a base image as GLIBC names it: the nvidia/cuda tag's (ubuntu24.04), else the
+    repository's last part joined to its tag's release (ubuntu:24.04 -> ubuntu24.04, debian:12-slim
+    -> debian12), or that release alone (bookworm)."""
+    repo, _, tag = base_image.split("@")[0].rpartition(":")
+    if "/" in tag:  # a registry port and no tag: registry:5000/image
+        repo, tag = base_image.split("@")[0], ""
+    parsed = parse_nvidia_tag(tag)
+    if parsed:
+        return parsed["os"]
+    release = tag.split("-")[0]  # bookworm-slim, 12-slim: the release's glibc all the same
+    joined = f"{repo.rsplit('/', 1)[-1]}{release}"
+    return joined if joined in GLIBC else release
+
+
+def glibc(base_image: str) -> tuple[int, int]:
+    """glibc (major, minor) that the base image's OS ships; DEFAULT_GLIBC when not known."""
+    return GLIBC.get(base_os(base_image), DEFAULT_GLIBC)
+
+
+def pip_platforms(base_image: str, arch: str) -> list[str]:
+    """pip's --platform values for wheels that install on the base image on ``arch`` (x86_64,
+    aarch64), newest first: every manylinux_2_N from its glibc down to 2_17, the legacy aliases,
+    then linux_<arch>. pip matches each value exactly, so every N is listed."""
+    major, minor = glibc(base_image)
+    tags = [f"manylinux_{major}_{n}_{arch}" for n in range(minor, OLDEST_MANYLINUX_MINOR - 1, -1)]
+    legacy = LEGACY_MANYLINUX if arch in ("x86_64", "i686") else LEGACY_MANYLINUX[:1]
+    return [*tags, *(f"{name}_{arch}" for name in legacy), f"linux_{arch}"]
+
+
+def uv_platform(base_image: str, arch: str) -> str:
+    """uv's --python-platform for the base image on ``arch``, e.g. x86_64-manylinux_2_35 (uv
+    accepts every tag at or below it)."""
+    major, minor = glibc(base_image)
+    return f"{arch}-manylinux_{major}_{minor}"
+
+
+def library_wheel(library: str, cuda: str) -> str:
+    """The PyPI wheel that carries a CUDA library torch loads, for a CUDA version:
+    ('cudnn', '13.0') -> 'nvidia-cudnn-cu13' (NVIDIA publishes one project per CUDA major)."""
+    return f"nvidia-{library}-cu{cuda.split('.')[0]}"
 
 
 def _version_tuple(version: str) -> tuple:

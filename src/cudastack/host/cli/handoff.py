@@ -125,9 +125,28 @@ def reproduce_cmd(
     wheelhouse: Optional[Path] = WheelhouseOpt,
     ca_file: Optional[Path] = CaFileOpt,
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if the image is here."),
+    apt_snapshot: Optional[str] = typer.Option(
+        None,
+        "--apt-snapshot",
+        metavar="YYYYMMDDTHHMMSSZ",
+        help="With --rebuild: install the recorded OS packages from the distribution's snapshot "
+        "archive at this time (snapshot.debian.org, snapshot.ubuntu.com), for versions its "
+        "archive no longer serves.",
+    ),
+    show_identical: bool = typer.Option(
+        False, "--show-identical", help="Also list what was compared and found equal."
+    ),
 ) -> None:
     """Get a past run's cells' images back (present, imported, pulled or rebuilt from their
-    recorded inputs) and verify the environment against the run's."""
+    recorded inputs, OS packages at their recorded versions) and verify the environment against
+    the run's: base image, Python, OS and pip packages, torch and its CUDA libraries, lock."""
+    if apt_snapshot is not None and not rebuild:
+        raise UserError("--apt-snapshot applies to a rebuild: add --rebuild")
+    if apt_snapshot is not None and not reproduce.SNAPSHOT_TIMESTAMP.fullmatch(apt_snapshot):
+        raise UserError(
+            f"--apt-snapshot {apt_snapshot!r} is not a snapshot time; give it as "
+            "YYYYMMDDTHHMMSSZ (UTC), e.g. 20250301T000000Z"
+        )
     archive, recorded = _recorded_cells(run, results_dir)
     wanted = names(cell)
     known = [record["cell"]["name"] for record, _ in recorded]
@@ -146,10 +165,24 @@ def reproduce_cmd(
         original = read_env()
         pushed = handoff.pushed_record(locks_dir, c)
         ref = pushed.read_text().strip() if pushed.is_file() else ""
+        # The OS packages the original build installed, at their versions: build args outside
+        # the tag (see images.build), so the rebuild is the same cell, not "inputs changed".
+        if apt_snapshot and "ARG APT_SNAPSHOT" not in record["dockerfile"]:
+            # Its recorded Dockerfile predates snapshots: the engine would ignore the argument.
+            raise UserError(
+                f"cell {c.name} was built from a Dockerfile that cannot use --apt-snapshot "
+                "(recorded before cudastack pinned OS packages); rebuild without it"
+            )
+        unhashed = {
+            "OS_PACKAGES": reproduce.os_pins(original, f"cell {c.name}'s {runfolder.ENV}"),
+            "APT_SNAPSHOT": apt_snapshot or "",
+        }
 
-        def build(cell_: matrix.Cell, dockerfile: Path, locks: Path) -> str:
+        def build(
+            cell_: matrix.Cell, dockerfile: Path, locks: Path, args: dict[str, str] = unhashed
+        ) -> str:
             inputs = pipeline.BuildInputs(dockerfile, locks, wheelhouse, ca_file)
-            tag, _ = pipeline.ensure_image(client, cell_, inputs, lambda line: None)
+            tag, _ = pipeline.ensure_image(client, cell_, inputs, lambda line: None, args)
             return tag
 
         # From an archive, the image comes out of it (hashes checked first) when it is not here.
@@ -160,14 +193,25 @@ def reproduce_cmd(
             err.print(f"error: {exc.headline}", highlight=False, markup=False)
             raise typer.Exit(EXIT_FAILED) from None
         now = reproduce.probe(client, record["tag"])
-        lines = reproduce.diff(original, now)
-        status = "identical environment" if not lines else f"{len(lines)} differences"
-        console.print(
-            f"{escape(c.name)}: image {how} as {record['tag']}: {status}", highlight=False
+        base_before = str(record.get("base") or "")
+        # An image the run itself used holds its base in its own bytes; another build of the
+        # same inputs (a rebuild) is judged by the base it was built on.
+        same_image = reproduce.is_recorded_image(
+            client, record["tag"], str(record.get("image") or "")
         )
-        for line in lines:
+        base_now = (
+            base_before
+            if same_image
+            else reproduce.base_identity(client, c.base_image, record["tag"])
+        )
+        categories = reproduce.compare(original, now, base_before, base_now)
+        console.print(
+            f"{escape(c.name)}: image {how} as {record['tag']}: {reproduce.status(categories)}",
+            highlight=False,
+        )
+        for line in reproduce.report(categories, show_identical):
             console.print(f"  {escape(line)}", highlight=False)
-        differs = differs or bool(lines)
+        differs = differs or reproduce.differences(categories) > 0
     if differs:
         raise typer.Exit(EXIT_FAILED)
 

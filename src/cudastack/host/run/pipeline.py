@@ -67,9 +67,14 @@ class CellImage(NamedTuple):
 
 
 def ensure_image(
-    client: Any, cell: Cell, inputs: BuildInputs, on_line: Callable[[str], None]
+    client: Any,
+    cell: Cell,
+    inputs: BuildInputs,
+    on_line: Callable[[str], None],
+    unhashed_args: Optional[dict[str, str]] = None,
 ) -> CellImage:
-    """Build the cell's image unless its content-hash tag already exists."""
+    """Build the cell's image unless its content-hash tag already exists (``unhashed_args``:
+    see images.build)."""
     tag = inputs.tag(cell)
     if images.exists(client, tag):
         return CellImage(tag, False)
@@ -93,6 +98,7 @@ def ensure_image(
             cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
             context,
             on_line,
+            unhashed_args,
         )
     finally:
         shutil.rmtree(context, ignore_errors=True)
@@ -151,6 +157,7 @@ def run_cell(
         tag,
         ref,
         cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
+        reproduce.base_identity(client, cell.base_image, tag),
     )
     kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts, process)
     started = time.perf_counter()
