@@ -18,7 +18,9 @@ from conftest import cli
 from cudastack.contract.errors import EXIT_BAD_INPUT, EXIT_OK
 from cudastack.contract.runfolder import RECORDS, TABLE, RunFolderError
 from cudastack.host.analysis import results
-from cudastack.host.run import resume, state
+from cudastack.host.run import loop, resume, state
+from cudastack.host.run.launcher import CellPlan, CellResult
+from cudastack.host.run.local import WorkerRefused
 
 # Five cases whose samples are random (so a case run again would not match), the fourth held
 # at a gate: it waits while the folder's file ``open`` is missing, once some earlier process
@@ -340,3 +342,42 @@ def test_a_damaged_run_folder_is_one_line_not_a_traceback(make_bench, tmp_path, 
     assert proc.returncode == EXIT_BAD_INPUT, proc.stdout[-2000:] + proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert message in proc.stderr, proc.stderr
+
+
+class Refusing:
+    """A launcher whose one cell's worker refuses its input before recording anything."""
+
+    interrupted_note = ""
+
+    def plan(self) -> list[CellPlan]:
+        return [CellPlan("local")]
+
+    def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
+        (run_dir / cell).mkdir()
+        raise WorkerRefused("the worker refused its input")
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_refused_worker_removes_a_new_empty_folder_never_a_resumed_one(tmp_path, resumed):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")
+    with pytest.raises(WorkerRefused):
+        loop.run_cells(Refusing(), 1, loop.Writing(run_dir, "r", resumed))
+    assert run_dir.exists() == resumed
+
+
+@pytest.mark.parametrize("parent_alive", [True, False])
+def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_ends(parent_alive):
+    # The kernel signals only a parent death after the request: one before it (the host killed
+    # between fork and prctl) leaves the child reparented, so the child checks and ends itself.
+    code = (
+        "import os, sys; from cudastack.contract import lifetime; "
+        "lifetime.die_with_parent(os.getppid() if sys.argv[1] == 'alive' else 1); print('alive')"
+    )
+    arg = "alive" if parent_alive else "gone"
+    proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True)
+    if parent_alive:
+        assert proc.returncode == 0 and proc.stdout == "alive\n", proc.stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL and proc.stdout == ""

@@ -115,6 +115,10 @@ def test_an_oom_killed_a_killed_container_and_a_killed_host_resume_to_every_case
     container_of(engine, run_id, "test-cpu-b").kill()  # SIGKILL
     wait_for(lambda: at_gate(c), proc, "cell test-cpu-c reached its gate")
     assert harness_reason(b).startswith("container exited with code 137"), harness_reason(b)
+    # A second writer is refused while the host lives, and leaves the run's containers alone.
+    second = cli("run", "--resume", str(out), timeout=300)
+    assert second.returncode == 2 and "is being written by pid" in second.stderr, second.stderr
+    assert container_of(engine, run_id, "test-cpu-c").status == "running"
     os.kill(proc.pid, signal.SIGKILL)  # the host, leaving test-cpu-c's container running
     proc.communicate(timeout=60)
     assert len(engine.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"})) == 1

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
+from typing import Optional
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: Optional[int] = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent thread ends (the host, torchrun
-    and a parent worker start their children from their main thread). Elsewhere than Linux,
-    or without a libc, nothing."""
+    and a parent worker start their children from their main thread). ``parent``: the pid that
+    started this process, when known: if it died before the request (the kernel then never
+    sends the signal), this process ends now. Elsewhere than Linux, or without a libc, nothing."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if parent is not None and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -163,13 +163,17 @@ def _run_cells_of_matrix(
     )
     # bench falls back to the suite here, as the cell local, when no cell can run.
     fallback = LocalLauncher(args, opts.timeout, echo) if fallback_local else None
-    if dest.resume is not None:
+
+    def remove_left_running(run_id: str) -> None:
         # A host killed outright leaves its containers running, writing into the run folder.
-        removed = remove_run_containers(client, (state.read(dest.resume) or {})["run_id"])
+        removed = remove_run_containers(client, run_id)
         if removed:
             echo(f"removed {removed} container(s) the interrupted run left running")
+
     what = f"{len(cells)} cells"
-    return loop.run_matrix(launcher, what, args.repeat, dest, fallback, opts.verbose)
+    return loop.run_matrix(
+        launcher, what, args.repeat, dest, fallback, opts.verbose, remove_left_running
+    )
 
 
 def list_(

@@ -7,6 +7,7 @@ kernel (a segfault, an abort in a CUDA library) leaves the cases that finished o
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -107,7 +108,7 @@ def _run_worker(
             start_new_session=True,
             env=env,
             # torchrun dies with this process as the worker does (its ranks then die with it).
-            preexec_fn=lifetime.die_with_parent,
+            preexec_fn=functools.partial(lifetime.die_with_parent, os.getpid()),
         )
 
         def pump() -> None:

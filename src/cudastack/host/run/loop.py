@@ -60,11 +60,12 @@ class Destination:
 
 @dataclass(frozen=True)
 class Writing:
-    """A run folder this process writes, holding its lock: the run's id and, when resumed,
-    how many worker processes of each cell had finished."""
+    """A run folder this process writes, holding its lock: the run's id, whether it is
+    resumed and, if so, how many worker processes of each cell had finished."""
 
     run_dir: Path
     run_id: str
+    resumed: bool = False
     finished: dict[str, int] = field(default_factory=dict)
 
 
@@ -86,7 +87,7 @@ def writing(dest: Destination, repeat: int) -> Iterator[Writing]:
             state.started(run_dir, run_id, dest.options)
             begun = True
             with state.recorded(run_dir):
-                yield Writing(run_dir, run_id, finished)
+                yield Writing(run_dir, run_id, dest.resume is not None, finished)
     except OSError:
         if dest.resume is None and not begun:  # a new folder holding nothing: leave none behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -197,8 +198,10 @@ def run_cells(launcher: Launcher, repeat: int, run: Writing) -> list[CellResult]
         results.append_records(run_dir / current, [row])
         outcomes[current] = CellResult(current, "failed", INTERRUPTED)
     except WorkerRefused:
-        if not any(run_dir.glob(f"*/{runfolder.RECORDS}")):
-            shutil.rmtree(run_dir)  # leave nothing half-written
+        # Leave nothing half-written: a new folder that holds no records goes. A resumed one
+        # is the user's, whatever it holds.
+        if not run.resumed and not any(run_dir.glob(f"*/{runfolder.RECORDS}")):
+            shutil.rmtree(run_dir)
         raise
     return list(outcomes.values())
 
@@ -279,12 +282,16 @@ def run_matrix(
     dest: Destination,
     fallback: Optional[Launcher] = None,
     verbose: bool = False,
+    on_resume: Optional[Callable[[str], None]] = None,
 ) -> RunOutcome:
     """Run the cells ``launcher`` offers (``what`` says which, e.g. "3 cells"), ``repeat``
     processes each, into ``dest``; when none could run, the ``fallback`` launcher's as
     well (bench: something useful on any host). ``verbose``: the summary names each case that
-    did not run."""
+    did not run. ``on_resume(run_id)`` runs first when resuming, once this process holds the
+    folder (what a killed host left running is then no other live writer's)."""
     with writing(dest, repeat) as run:
+        if run.resumed and on_resume is not None:
+            on_resume(run.run_id)
         console.print(f"run {run.run_id}: {_doing(run)}{what} -> {run.run_dir}", highlight=False)
         outcomes = run_cells(launcher, repeat, run)
         if fallback is not None and all(o.status == "skipped" for o in outcomes):
