@@ -17,6 +17,7 @@ from docker_env import (  # noqa: F401 (fixtures)
     good_matrix,
     images_made_here,
     registry,
+    registry_base,
     wheelhouse,
 )
 

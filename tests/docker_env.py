@@ -244,6 +244,18 @@ def registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def registry_base(engine, base_image, registry):
+    """The test base image pushed to the local registry: `lock` asks a base's registry for its
+    digest."""
+    base = f"{registry}/{base_image}"
+    engine.images.get(base_image).tag(base)
+    for chunk in engine.images.push(base, stream=True, decode=True):
+        assert "error" not in chunk, chunk
+    yield base
+    engine.images.remove(base)  # the tag only; the image stays
+
+
+@pytest.fixture(scope="session")
 def clean_engine(tmp_path_factory):
     """A second Docker engine with its own empty image store, for import on a clean engine."""
     dockerd = _tool("dockerd", "docker.io")

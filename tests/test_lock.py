@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import os
+import re
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -225,3 +228,29 @@ def test_wheels_are_copied_where_hard_links_fail(context_inputs, monkeypatch):
         assert not os.path.samefile(wheel, house / "b-1.0-py3-none-any.whl")
     finally:
         shutil.rmtree(ctx)
+
+
+def test_an_os_lock_round_trips_its_pins_and_names_a_bad_line(tmp_path):
+    cell = _cell()
+    path = lock.os_lock_path(cell, tmp_path)
+    assert path == tmp_path / f"{cell.name}.os.txt"
+    pins = {"libstdc++6": "12.2.0-14", "gcc": "4:12.2.0-3", "python3.12": "3.12.3-1ubuntu0.1"}
+    lock.write_os_lock(path, cell, pins)
+    header = path.read_text().splitlines()[:2]
+    assert header[0].startswith(f"# cudastack OS lock for cell {cell.name}")
+    # It names its build's time as the snapshot that still serves these versions.
+    built = re.fullmatch(
+        r"# Built (\d{8}T\d{6}Z): .*`cudastack build --cell (\S+) "
+        r"--apt-snapshot (\S+)` .*",
+        header[1],
+    )
+    assert built and built.group(2) == cell.name and built.group(1) == built.group(3), header[1]
+    assert abs(calendar.timegm(time.strptime(built.group(1), "%Y%m%dT%H%M%SZ")) - time.time()) < 60
+    assert lock.read_os_lock(path) == dict(sorted(pins.items()))
+    # What reaches the Dockerfile's unquoted $OS_PACKAGES is held to apt's pin shape.
+    path.write_text(path.read_text() + "gcc=1; curl x | sh\n")
+    with pytest.raises(lock.LockError, match=r"\.os\.txt:6: 'gcc=1; curl x \| sh' is not an OS"):
+        lock.read_os_lock(path)
+    path.write_text("-o=Dpkg::Pre-Invoke=x\n")
+    with pytest.raises(lock.LockError, match=r"\.os\.txt:1: .* is not an OS package pin"):
+        lock.read_os_lock(path)

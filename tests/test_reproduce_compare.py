@@ -190,3 +190,9 @@ def test_a_bad_apt_snapshot_is_one_line(tmp_path, args, message):
     proc = cli("reproduce", str(tmp_path), *args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(message)
+
+
+def test_build_takes_only_a_snapshot_time(tmp_path):
+    proc = cli("build", "--apt-snapshot", "2025-03-01", "--matrix", str(tmp_path / "m.toml"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --apt-snapshot '2025-03-01' is not a snapshot time")

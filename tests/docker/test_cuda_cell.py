@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import cli
-from docker_env import BASE_IMAGE, CUDNN_PIN, NCCL_PIN, TORCH, cuda_cell, write_matrix
+from docker_env import CUDNN_PIN, NCCL_PIN, TORCH, cuda_cell, write_matrix
 
 from cudastack.environment.envinfo import format_cudnn
 from cudastack.host.cells import images, matrix
@@ -32,15 +32,9 @@ def _lock_versions(text: str) -> dict:
 
 
 def test_lock_then_build_a_cell_of_pypis_cuda_torch(
-    engine, base_image, registry, cuda_wheelhouse, request, tmp_path
+    engine, registry_base, cuda_wheelhouse, tmp_path
 ):
-    # lock asks the base's registry for its digest: the test base is pushed to one.
-    base = f"{registry}/cudastack-test-base:bookworm"
-    engine.images.get(BASE_IMAGE).tag(base)
-    for chunk in engine.images.push(base, stream=True, decode=True):
-        assert "error" not in chunk, chunk
-    request.addfinalizer(lambda: engine.images.remove(base))  # the tag only; the image stays
-    path = write_matrix(tmp_path / "m", cuda_cell("test-cu130", base=base))
+    path = write_matrix(tmp_path / "m", cuda_cell("test-cu130", base=registry_base))
     locked = cli("lock", "--matrix", str(path), "--wheelhouse", str(cuda_wheelhouse))
     assert locked.returncode == 0, locked.stdout + locked.stderr
     lock_text = (tmp_path / "m" / "locks" / "test-cu130.txt").read_text()

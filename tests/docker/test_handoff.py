@@ -20,14 +20,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
 
 @pytest.fixture(scope="module")
-def locked(engine, base_image, registry, wheelhouse, tmp_path_factory):
+def locked(engine, registry_base, wheelhouse, tmp_path_factory):
     """A cell whose base lives in the registry, locked, built and run once."""
-    base = f"{registry}/cudastack-test-base:bookworm"
-    engine.images.get(BASE_IMAGE).tag(base)
-    for chunk in engine.images.push(base, stream=True, decode=True):
-        assert "error" not in chunk, chunk
     folder = tmp_path_factory.mktemp("locked")
-    path = write_matrix(folder, cpu_cell("reg-cpu").replace(BASE_IMAGE, base))
+    path = write_matrix(folder, cpu_cell("reg-cpu").replace(BASE_IMAGE, registry_base))
     proc = cli("lock", "--matrix", str(path), "--wheelhouse", str(wheelhouse))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (cell,) = matrix.load(path)
@@ -55,7 +51,7 @@ def locked(engine, base_image, registry, wheelhouse, tmp_path_factory):
         str(run),
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr
-    return {"matrix": path, "cell": cell, "tag": tag, "base": base, "run": run}
+    return {"matrix": path, "cell": cell, "tag": tag, "base": registry_base, "run": run}
 
 
 def test_lock_pins_the_registry_digest_and_every_wheel(engine, locked, wheelhouse):

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from cudastack.contract import ospackages
 from cudastack.environment import precision
 
 if TYPE_CHECKING:
@@ -102,8 +103,7 @@ def lock_info() -> dict[str, str]:
 
 # dpkg's database: what a Debian or Ubuntu system holds (absent on other bases).
 DPKG_STATUS = Path("/var/lib/dpkg/status")
-# The Dockerfile's apt steps append the packages each one installed or changed, `name=version`.
-APT_INSTALLED = Path("/opt/cudastack/apt-installed.txt")
+APT_INSTALLED = Path(ospackages.APT_INSTALLED)
 
 
 def parse_dpkg_status(text: str) -> dict[str, str]:
@@ -138,15 +138,9 @@ def build_os_packages(path: Path = APT_INSTALLED) -> dict[str, str]:
     the Dockerfile recorded them; a later step's version of a package replaces an earlier one.
     Empty outside a cell image, or where its build installed nothing."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return ospackages.parse(path.read_text(encoding="utf-8"))
     except OSError:
         return {}
-    found = {}
-    for line in lines:
-        name, sep, version = line.strip().partition("=")
-        if sep:
-            found[name] = version
-    return dict(sorted(found.items()))
 
 
 def installed_packages() -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cudastack.contract import redact
+from cudastack.contract import ospackages, redact
 from cudastack.contract.failures import log_reason, recognise
 from cudastack.host.cells.matrix import Cell
 
@@ -139,6 +139,20 @@ def identity(client: Any, tag: str) -> str:
     image = client.images.get(tag)
     repo_digests = image.attrs.get("RepoDigests") or []
     return str(repo_digests[0].split("@", 1)[1] if repo_digests else image.id)
+
+
+def apt_installed(client: Any, tag: str) -> dict[str, str]:
+    """The OS packages the image's build installed or changed with apt, name -> version (read
+    from the file its Dockerfile wrote); empty for an image built before it did."""
+    from docker.errors import ContainerError
+
+    try:
+        text = client.containers.run(
+            tag, ["cat", ospackages.APT_INSTALLED], remove=True, stderr=False, network_mode="none"
+        )
+    except ContainerError:  # no such file: an older Dockerfile
+        return {}
+    return ospackages.parse(text.decode("utf-8", errors="replace"))
 
 
 def make_context(

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from cudastack.contract import ospackages
 from cudastack.contract.errors import CudastackError
 from cudastack.contract.failures import log_reason
 from cudastack.contract.runfolder import atomic_write
@@ -149,4 +150,47 @@ def write_lock(path: Path, cell: Cell, lines: list[str]) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     text = header + "\n".join(lines) + "\n"
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def os_lock_path(cell: Cell, locks_dir: Path) -> Path:
+    """Where the OS packages of a locked cell's first build are pinned: beside its wheel lock."""
+    return locks_dir / f"{cell.name}.os.txt"
+
+
+def read_os_lock(path: Path) -> dict[str, str]:
+    """An OS lock's pins, name -> version. Raises LockError naming the file and line for a line
+    that is no ``name=version`` pin apt would take (nothing else reaches the Dockerfile)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LockError(f"cannot read OS lock {path}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, _, version = stripped.partition("=")
+        if ospackages.bad_pin(name, version):
+            raise LockError(
+                f"{path}:{number}: {stripped[:80]!r} is not an OS package pin (name=version); "
+                "fix the line, or delete the file to pin what the next build installs"
+            )
+    return ospackages.parse(text)
+
+
+def write_os_lock(path: Path, cell: Cell, pins: dict[str, str]) -> None:
+    """Pin the OS packages a build of ``cell`` installed or changed with apt: later builds of it
+    (here or on another host, given the locks folder) install exactly these versions."""
+    # The build's time is the snapshot that still serves these versions once the
+    # distribution's archive has moved on.
+    built = ospackages.snapshot_now()
+    header = (
+        f"# cudastack OS lock for cell {cell.name}: the OS packages its build installed with apt,"
+        " installed at these versions by every later build of it. Delete this file to pin the"
+        " versions the next build installs.\n"
+        f"# Built {built}: when the archive no longer has a version, `cudastack build --cell"
+        f" {cell.name} --apt-snapshot {built}` installs it from"
+        " the distribution's snapshot archive.\n"
+    )
+    text = header + "".join(f"{name}={version}\n" for name, version in sorted(pins.items()))
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from cudastack.contract import runfolder
+from cudastack.contract import ospackages, runfolder
 from cudastack.contract.errors import CudastackError
 from cudastack.host.cells import images
 from cudastack.host.cells.matrix import Cell, checked_cell
@@ -183,13 +183,6 @@ def probe(client: Any, tag: str) -> dict:
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
-# What apt takes as a pin: Debian policy's package names and version strings (epoch, upstream
-# version, revision). Nothing else reaches the Dockerfile's unquoted $OS_PACKAGES.
-_DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
-_DEB_VERSION = re.compile(r"[0-9A-Za-z.+~:-]+")
-SNAPSHOT_TIMESTAMP = re.compile(r"\d{8}T\d{6}Z")
-
-
 def os_pins(env: dict, where: str) -> str:
     """The OS packages a run's image's build installed (env.json's ``os_packages_built``) as
     the Dockerfile's OS_PACKAGES: ``name=version`` pins, space-separated; '' when none were
@@ -197,19 +190,13 @@ def os_pins(env: dict, where: str) -> str:
     built = env.get("os_packages_built") or {}
     if not isinstance(built, dict):
         raise ReproduceError(f"{where}: os_packages_built is not a name -> version table")
-    pins = []
     for name, version in sorted(built.items()):
-        if not (
-            isinstance(version, str)
-            and _DEB_NAME.fullmatch(name)
-            and _DEB_VERSION.fullmatch(version)
-        ):
+        if ospackages.bad_pin(name, version):
             raise ReproduceError(
                 f"{where}: recorded OS package {name!r} = {version!r} is not a Debian package "
                 "name and version; was it written by cudastack?"
             )
-        pins.append(f"{name}={version}")
-    return " ".join(pins)
+    return ospackages.as_build_arg(built)
 
 
 # Differences listed per category before the rest are counted: readable on a terminal.

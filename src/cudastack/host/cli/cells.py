@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from cudastack.contract import ospackages
 from cudastack.contract.errors import EXIT_FAILED, UserError
 from cudastack.host.cells import check as checks
 from cudastack.host.cells import doctor, images, matrix
@@ -76,8 +77,19 @@ def build(
     matrix_file: Path = MatrixOpt,
     wheelhouse: Optional[Path] = WheelhouseOpt,
     ca_file: Optional[Path] = CaFileOpt,
+    apt_snapshot: Optional[str] = typer.Option(
+        None,
+        "--apt-snapshot",
+        metavar="YYYYMMDDTHHMMSSZ",
+        help="Install the OS packages from the distribution's snapshot archive at this time "
+        "(snapshot.debian.org, snapshot.ubuntu.com): for a cell's OS lock whose versions its "
+        "archive no longer serves.",
+    ),
 ) -> None:
-    """Build the cells' images; a cell whose content-hash tag exists is not rebuilt."""
+    """Build the cells' images; a cell whose content-hash tag exists is not rebuilt. A locked
+    cell's first build pins the OS packages it installed (locks/CELL.os.txt); later builds
+    install those versions."""
+    unhashed = {"APT_SNAPSHOT": ospackages.checked_snapshot(apt_snapshot)} if apt_snapshot else {}
     cells = matrix.select(matrix.load(matrix_file), names(cell))
     inputs = loop.build_inputs(matrix_file, wheelhouse, ca_file)
     client = engine("building images")
@@ -93,7 +105,7 @@ def build(
                 loop.build_logger(name)(line)
 
             try:
-                tag, built = pipeline.ensure_image(client, c, inputs, on_line)
+                tag, built = pipeline.ensure_image(client, c, inputs, on_line, unhashed)
             except images.BuildFailed as exc:
                 if HASH_MISMATCH in str(exc):
                     # A lock that disagrees with its wheels is bad input (exit 2); its line is

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import typer
 from rich.markup import escape
 
-from cudastack.contract import runfolder
+from cudastack.contract import ospackages, runfolder
 from cudastack.contract.errors import EXIT_FAILED, UserError
 from cudastack.host.cells import check, handoff, images, lock, matrix, reproduce
 from cudastack.host.cli.app import (
@@ -142,11 +142,8 @@ def reproduce_cmd(
     the run's: base image, Python, OS and pip packages, torch and its CUDA libraries, lock."""
     if apt_snapshot is not None and not rebuild:
         raise UserError("--apt-snapshot applies to a rebuild: add --rebuild")
-    if apt_snapshot is not None and not reproduce.SNAPSHOT_TIMESTAMP.fullmatch(apt_snapshot):
-        raise UserError(
-            f"--apt-snapshot {apt_snapshot!r} is not a snapshot time; give it as "
-            "YYYYMMDDTHHMMSSZ (UTC), e.g. 20250301T000000Z"
-        )
+    if apt_snapshot is not None:
+        ospackages.checked_snapshot(apt_snapshot)
     archive, recorded = _recorded_cells(run, results_dir)
     wanted = names(cell)
     known = [record["cell"]["name"] for record, _ in recorded]

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from cudastack.contract import runfolder
+from cudastack.contract import ospackages, runfolder
 from cudastack.contract.errors import UserError
 from cudastack.host.analysis import results
-from cudastack.host.cells import check, doctor, images, reproduce, stacks
+from cudastack.host.cells import check, doctor, images, lock, reproduce, stacks
 from cudastack.host.cells.matrix import DEFAULT_MATRIX, Cell
 from cudastack.host.run.container import ContainerOptions, container_kwargs, run_container
 from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
@@ -74,7 +74,7 @@ def ensure_image(
     unhashed_args: Optional[dict[str, str]] = None,
 ) -> CellImage:
     """Build the cell's image unless its content-hash tag already exists (``unhashed_args``:
-    see images.build)."""
+    see images.build; its OS_PACKAGES, when given, replace the cell's OS lock)."""
     tag = inputs.tag(cell)
     if images.exists(client, tag):
         return CellImage(tag, False)
@@ -87,6 +87,18 @@ def ensure_image(
         raise images.BuildFailed(f"build of {cell.name} failed: check: {'; '.join(found.problems)}")
     if found.unreachable:
         on_line(f"check: {found.unreachable}; building without the resolution check")
+    # A locked cell's OS packages are pinned by its first build (below): every later build,
+    # here or on a teammate's host, installs those versions. Outside the tag, as reproduce's
+    # pins are (images.build): the pins make the same cell, not a new one.
+    os_lock = lock.os_lock_path(cell, inputs.locks_dir)
+    unhashed_args = dict(unhashed_args or {})
+    if "OS_PACKAGES" not in unhashed_args and os_lock.is_file():
+        try:
+            pins = lock.read_os_lock(os_lock)
+        except lock.LockError as exc:
+            raise images.BuildFailed(f"build of {cell.name} failed: {exc}") from None
+        unhashed_args["OS_PACKAGES"] = ospackages.as_build_arg(pins)
+        on_line(f"OS packages pinned by {os_lock}")
     context = images.make_context(
         cell, inputs.dockerfile, inputs.locks_dir, inputs.wheelhouse, inputs.ca_file
     )
@@ -102,6 +114,11 @@ def ensure_image(
         )
     finally:
         shutil.rmtree(context, ignore_errors=True)
+    if cell.lock_path(inputs.locks_dir).is_file() and not os_lock.is_file():
+        installed = images.apt_installed(client, tag)
+        if installed:
+            lock.write_os_lock(os_lock, cell, installed)
+            on_line(f"{len(installed)} OS packages this build installed pinned -> {os_lock}")
     return CellImage(tag, True)
 
 
@@ -148,12 +165,12 @@ def run_cell(
     build_s = time.perf_counter() - started
     say(f"{cell.name}: image {tag} {'built' if built else 'up to date'}")
     ref = images.identity(client, tag)
-    lock = cell.lock_path(inputs.locks_dir)
+    lock_file = cell.lock_path(inputs.locks_dir)
     reproduce.record_inputs(
         cell_dir,
         cell,
         inputs.dockerfile,
-        lock.read_text(encoding="utf-8") if lock.is_file() else "",
+        lock_file.read_text(encoding="utf-8") if lock_file.is_file() else "",
         tag,
         ref,
         cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
