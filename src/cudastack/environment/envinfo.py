@@ -270,6 +270,24 @@ def torch_versions(torch: Any) -> dict[str, str]:
     }
 
 
+# What Slurm tells a task about where it runs (sbatch(1), OUTPUT ENVIRONMENT VARIABLES).
+SLURM_VARS = {
+    "job_id": "SLURM_JOB_ID",
+    "array_job_id": "SLURM_ARRAY_JOB_ID",
+    "array_task_id": "SLURM_ARRAY_TASK_ID",
+    "node": "SLURMD_NODENAME",
+    "partition": "SLURM_JOB_PARTITION",
+    "cluster": "SLURM_CLUSTER_NAME",
+}
+
+
+def slurm_task() -> Optional[dict[str, str]]:
+    """The Slurm job, array task, node and partition this process runs in; None outside one."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    return {key: os.environ.get(var, "") for key, var in SLURM_VARS.items()}
+
+
 def fingerprint(
     torch: Any,
     device: Any,
@@ -294,6 +312,7 @@ def fingerprint(
             "machine": platform.machine(),
         },
         "hostname": platform.node(),
+        "slurm": slurm_task(),
         "cpu": {
             "model": _cpu_model(),
             "logical_cores": os.cpu_count(),

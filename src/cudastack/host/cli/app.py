@@ -94,6 +94,34 @@ EnvOpt = typer.Option(
     "Recorded in env.json (env_passed).",
 )
 
+LauncherOpt = typer.Option(
+    "auto",
+    "--launcher",
+    help="Where the cells run: auto (here, or in containers with --cell) | slurm (one job array "
+    "on a Slurm cluster, a task per cell in the node's own Python environment; the run folder "
+    "must be on a filesystem the nodes share).",
+)
+PartitionOpt = typer.Option("", "--partition", help="Slurm: the partition (sbatch --partition).")
+SlurmTimeOpt = typer.Option(
+    "",
+    "--time",
+    help="Slurm: each task's time limit (sbatch --time, e.g. 2:00:00); default --timeout per "
+    "worker process of the task.",
+)
+AccountOpt = typer.Option("", "--account", help="Slurm: the account charged (sbatch --account).")
+QosOpt = typer.Option("", "--qos", help="Slurm: the quality of service (sbatch --qos).")
+ConstraintOpt = typer.Option(
+    "", "--constraint", help="Slurm: node features a task needs (sbatch --constraint)."
+)
+GresOpt = typer.Option("", "--gres", help="Slurm: generic resources per node, e.g. gpu:h100:1.")
+GpusPerTaskOpt = typer.Option(0, "--gpus-per-task", help="Slurm: GPUs per task (sbatch).")
+SbatchArgOpt = typer.Option(
+    None,
+    "--sbatch-arg",
+    help="Slurm: one more sbatch option, as --name=value (e.g. --sbatch-arg=--exclusive); "
+    "repeatable.",
+)
+
 ResumeOpt = typer.Option(
     None,
     "--resume",
@@ -144,6 +172,15 @@ class RunOptions:
     minor_version_compat: bool = _opt(MinorCompatOpt)
     env: Optional[list[str]] = _opt(EnvOpt)
     fail_on_skip: bool = _opt(FailOnSkipOpt)
+    launcher: str = _opt(LauncherOpt)
+    partition: str = _opt(PartitionOpt)
+    time: str = _opt(SlurmTimeOpt)
+    account: str = _opt(AccountOpt)
+    qos: str = _opt(QosOpt)
+    constraint: str = _opt(ConstraintOpt)
+    gres: str = _opt(GresOpt)
+    gpus_per_task: int = _opt(GpusPerTaskOpt)
+    sbatch_arg: Optional[list[str]] = _opt(SbatchArgOpt)
     # How the summary is printed, not what runs: no SuiteArgs field.
     verbose: bool = _opt(VerboseOpt)
     resume: Optional[str] = _opt(ResumeOpt)

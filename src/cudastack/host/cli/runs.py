@@ -26,9 +26,9 @@ from cudastack.host.cli.app import (
     with_run_options,
 )
 from cudastack.host.console import console, echo
-from cudastack.host.run import loop, permissions, pipeline, state
+from cudastack.host.run import loop, permissions, pipeline, slurm, state
 from cudastack.host.run.container import ContainerOptions, remove_run_containers
-from cudastack.host.run.local import LocalLauncher
+from cudastack.host.run.local import LOCAL, LocalLauncher
 from cudastack.host.run.suite_args import SuiteArgs
 
 
@@ -40,8 +40,12 @@ def run(
     ),
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
+    _check_launcher(opts)
     opts, dest, own = _destination(opts, "run", extra_work=(extra_work, 0.0))
     args = opts.suite(own["extra_work"])
+    if opts.launcher == "slurm":
+        _exit_for(_run_on_slurm(args, opts, dest), opts.fail_on_skip)
+        return
     if not opts.cell:
         outcome = loop.run_here(args, dest, opts.timeout, opts.verbose)
         _exit_for(outcome, opts.fail_on_skip)
@@ -94,6 +98,51 @@ def _destination(
     return resumed, loop.Destination(opts.results_dir, None, run_dir, record), mine
 
 
+SLURM_ONLY = ("partition", "time", "account", "qos", "constraint", "gres", "gpus_per_task")
+
+
+def _check_launcher(opts: RunOptions) -> None:
+    """Raise UserError on an unknown --launcher, and on Slurm's options without it."""
+    if opts.launcher not in ("auto", "slurm"):
+        raise UserError(f"--launcher {opts.launcher!r}: choose auto or slurm")
+    given = [name for name in SLURM_ONLY if getattr(opts, name)] + (
+        ["sbatch_arg"] if opts.sbatch_arg else []
+    )
+    if opts.launcher != "slurm" and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{flags} for Slurm: add --launcher slurm")
+
+
+def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> loop.RunOutcome:
+    """The cells --cell names (or the cell local) as one Slurm job array, each task in its
+    node's own Python environment."""
+    args.validate()
+    loop.check_timeout(opts.timeout)
+    cells = names(opts.cell) or [LOCAL]
+    options = slurm.SlurmOptions(
+        opts.partition,
+        opts.time,
+        opts.account,
+        opts.qos,
+        opts.constraint,
+        opts.gres,
+        opts.gpus_per_task,
+        tuple(opts.sbatch_arg or ()),
+    )
+    options.directives(opts.timeout, opts.repeat)  # bad values before anything is written
+    slurm.require_commands()
+    launcher = slurm.SlurmLauncher(args, cells, options, opts.timeout, echo, env=args.environment())
+    what = f"{len(cells)} cell{'s' if len(cells) != 1 else ''} on Slurm"
+    return loop.run_matrix(
+        launcher,
+        what,
+        args.repeat,
+        dest,
+        verbose=opts.verbose,
+        on_resume=lambda _: launcher.cancel_left_running(dest.resume or Path()),
+    )
+
+
 def _exit_for(outcome: loop.RunOutcome, fail_on_skip: bool) -> None:
     """The exit-code contract (contract.errors): 130 interrupted, 1 something failed (or was
     skipped, with --fail-on-skip), else 0."""
@@ -109,9 +158,13 @@ def bench(
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
+    _check_launcher(opts)
     opts, dest, own = _destination(opts, "bench", local=(local, False))
     local = own["local"]
     args = opts.suite()
+    if opts.launcher == "slurm" and not local:
+        _exit_for(_run_on_slurm(args, opts, dest), opts.fail_on_skip)
+        return
     args.validate()
     matrix.select(matrix.load(opts.matrix_file), names(opts.cell))  # a bad matrix or cell first
     if not local:

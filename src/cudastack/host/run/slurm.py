@@ -1,0 +1,397 @@
+"""Where a suite runs on a Slurm cluster: one job array, a task per cell, followed with squeue.
+
+Slurm does the placing, queuing, accounting and cancelling; cudastack writes one readable batch
+script into the run folder (``slurm/job.sbatch``), submits it once, and reads each task's
+records from the run folder, which the nodes must share. A task runs its cell's worker
+processes one after another, as the local launcher does: they append to one records file, and
+a resume counts the processes a cell finished in order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from cudastack.contract import runfolder
+from cudastack.contract.errors import UserError
+from cudastack.host.analysis import results
+from cudastack.host.run import resume
+from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
+from cudastack.host.run.suite_args import SuiteArgs
+
+SLURM_DIR = "slurm"  # in the run folder: the batch script, each task's output and exit files
+SCRIPT = "job.sbatch"
+JOBS = "jobs.txt"  # the arrays this run submitted, one job id a line (what a resume cancels)
+# A task's exit code when the run folder it was given is not there on its node: the folder is
+# on a disk the nodes do not share.
+NOT_SHARED = 97
+# How often the host asks squeue about the array: a scheduler serves many users, and a cell
+# takes minutes.
+POLL_S = 2.0
+# Where a task ended in Slurm's words (scontrol's JobState), and what that means for its cell.
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "TIMEOUT",
+    "CANCELLED",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=+@%/-]+")
+
+
+class SlurmError(UserError):
+    """Slurm cannot be used as asked (no sbatch, a refused submission)."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What the job asks Slurm for: each a ``#SBATCH`` line when given (sbatch's own options)."""
+
+    partition: str = ""
+    time: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    gres: str = ""
+    gpus_per_task: int = 0
+    sbatch_args: tuple[str, ...] = ()
+
+    def directives(self, timeout_s: float, processes: int) -> list[str]:
+        """The ``#SBATCH`` options, checked: a value is one word of sbatch's syntax. Without
+        --time, a task gets the cell's time limit for each of its processes (whole minutes).
+        Raises UserError on a value that is not."""
+        minutes = math.ceil(timeout_s * processes / 60)
+        asked = {
+            "--partition": self.partition,
+            "--time": self.time or str(minutes),
+            "--account": self.account,
+            "--qos": self.qos,
+            "--constraint": self.constraint,
+            "--gres": self.gres,
+            "--gpus-per-task": str(self.gpus_per_task) if self.gpus_per_task else "",
+        }
+        lines = []
+        for flag, value in asked.items():
+            if value and not _SBATCH_VALUE.fullmatch(value):
+                raise UserError(f"{flag} {value!r}: not a value sbatch takes")
+            if value:
+                lines.append(f"{flag}={value}")
+        for extra in self.sbatch_args:
+            if not extra.startswith("--") or not _SBATCH_VALUE.fullmatch(extra):
+                raise UserError(
+                    f"--sbatch-arg {extra!r}: give one sbatch option as --name=value, "
+                    "e.g. --sbatch-arg=--exclusive"
+                )
+            lines.append(extra)
+        return lines
+
+
+@dataclass
+class _Task:
+    """One array task: a cell, the processes it runs, and what Slurm last said of it."""
+
+    cell: str
+    index: int
+    processes: range
+    state: str = "PENDING"
+    node: str = ""
+    exit_code: str = ""
+    # When the host saw it start running, then its last process end (perf_counter seconds).
+    since: Optional[float] = None
+
+
+@dataclass
+class SlurmLauncher:
+    """The cells ``cells`` (each in the node's own Python environment, ``python``) as one job
+    array, submitted when the run loop first asks for a cell and followed until each task
+    ends. A task that ends without its process's exit file is that process's failed row, with
+    Slurm's state and exit code. Ctrl-C cancels the array (scancel)."""
+
+    args: SuiteArgs
+    cells: list[str]
+    options: SlurmOptions
+    timeout_s: float
+    echo: Callable[[str], None]
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=dict)
+    interrupted_note: str = "cancelled the job array (scancel); keeping the cases that finished"
+    job_id: str = ""
+    _tasks: dict[str, _Task] = field(default_factory=dict)
+
+    def plan(self) -> list[CellPlan]:
+        return [CellPlan(cell) for cell in self.cells]
+
+    def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
+        if not self.job_id:
+            self._submit(run_dir, run_id)
+        try:
+            return self._wait(cell, process, run_dir, run_id)
+        except KeyboardInterrupt:
+            self._slurm("scancel", self.job_id)
+            raise
+
+    def _submit(self, run_dir: Path, run_id: str) -> None:
+        """Write the batch script of every cell's missing processes and submit it as one array."""
+        folder = run_dir / SLURM_DIR
+        folder.mkdir(exist_ok=True)
+        for cell in self.cells:
+            # A resumed run's cell runs only the processes it did not finish; one that
+            # finished them all gets no task (the run loop does not ask for it).
+            first = resume.finished_processes(run_dir / cell, self.args.repeat)
+            if first < self.args.repeat:
+                task = _Task(cell, len(self._tasks), range(first, self.args.repeat))
+                self._tasks[cell] = task
+                (run_dir / cell).mkdir(exist_ok=True)
+                for n in task.processes:  # an earlier attempt's say on a process it did not finish
+                    (folder / f"{cell}.{n}.exit").unlink(missing_ok=True)
+        script = self.script(run_dir.resolve(), run_id)
+        submitted = submitted_jobs(run_dir)
+        if submitted and (folder / SCRIPT).exists():  # what the earlier array ran stays readable
+            (folder / SCRIPT).rename(folder / f"job.{submitted[-1]}.sbatch")
+        runfolder.atomic_write(folder / SCRIPT, lambda p: p.write_text(script, encoding="utf-8"))
+        out = self._slurm("sbatch", "--parsable", str(folder / SCRIPT))
+        self.job_id = out.strip().split(";")[0]
+        with open(folder / JOBS, "a", encoding="utf-8") as jobs:
+            jobs.write(self.job_id + "\n")
+        count = len(self._tasks)
+        self.echo(
+            f"submitted job array {self.job_id} ({count} task{'s' if count != 1 else ''}, "
+            f"one per cell): {folder / SCRIPT}"
+        )
+
+    def script(self, run_dir: Path, run_id: str) -> str:
+        """The batch script: readable by an administrator, every path and argument quoted."""
+        q = shlex.quote
+        slurm_dir = run_dir / SLURM_DIR
+        processes = max(len(t.processes) for t in self._tasks.values())
+        last = len(self._tasks) - 1
+        lines = [
+            "#!/bin/bash",
+            f"# cudastack run {run_id}: one array task per cell; each runs its cell's worker",
+            "# processes one after another (they append to one records file), into the run",
+            "# folder, which every node must see at the same path.",
+            f"#SBATCH --job-name=cudastack-{run_id}",
+            f"#SBATCH --array=0-{last}",
+            f"#SBATCH --output={slurm_dir}/%A_%a.out",
+            "#SBATCH --ntasks=1",
+            *(f"#SBATCH {d}" for d in self.options.directives(self.timeout_s, max(processes, 1))),
+            "",
+            "set -u",
+            f"run_dir={q(str(run_dir))}",
+            "# The run folder holds this token only if this node sees the host's folder.",
+            f'if [ ! -f "$run_dir/{SLURM_DIR}/{self._token(run_dir)}" ]; then',
+            '    echo "cudastack: run folder $run_dir is not on this node ($(hostname))" >&2',
+            f"    exit {NOT_SHARED}",
+            "fi",
+            "",
+            "# One worker process, in its cell's folder (as in a container): its output to the",
+            "# cell's log, its exit code to a file the host reads (Slurm's own accounting may",
+            "# not be configured).",
+            "process() {",
+            "    local cell=$1 n=$2; shift 2",
+            '    (cd "$run_dir/$cell" && exec "$@") >> "$run_dir/$cell/log.txt" 2>&1',
+            "    local code=$?",
+            f'    echo "$code" > "$run_dir/{SLURM_DIR}/$cell.$n.exit"',
+            '    return "$code"',
+            "}",
+            "",
+            'case "$SLURM_ARRAY_TASK_ID" in',
+        ]
+        for task in self._tasks.values():
+            lines.append(f"{task.index})  # cell {task.cell}")
+            for n in task.processes:
+                argv = [
+                    self.python,
+                    *self.args.launcher(),
+                    *self.args.worker_argv(
+                        run_dir / task.cell,
+                        task.cell,
+                        run_id,
+                        self.args.bench_dir.resolve(),
+                        process=n,
+                    ),
+                ]
+                command = " ".join(q(a) for a in argv)
+                lines.append(f"    process {q(task.cell)} {n} {command} || exit $?")
+            lines.append("    ;;")
+        lines += ["esac", ""]
+        return "\n".join(lines)
+
+    def _token(self, run_dir: Path) -> str:
+        """A file only this run folder holds: the tasks' test that their node sees it."""
+        found = sorted((run_dir / SLURM_DIR).glob("visible-*"))
+        if found:
+            return found[0].name
+        token = run_dir / SLURM_DIR / f"visible-{secrets.token_hex(8)}"
+        token.touch()
+        return token.name
+
+    def _wait(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
+        """Follow the array until ``cell``'s ``process`` has an exit file or its task ended."""
+        task = self._tasks[cell]
+        exit_file = run_dir / SLURM_DIR / f"{cell}.{process}.exit"
+        started = time.perf_counter()
+        while not exit_file.exists():
+            self._poll()
+            if task.state in ENDED:
+                # The exit file may trail the task's end on a shared filesystem.
+                time.sleep(POLL_S)
+                if exit_file.exists():
+                    break
+                return self._failed(task, process, run_dir, run_id, started)
+            time.sleep(POLL_S)
+        code = exit_file.read_text(encoding="utf-8").strip()
+        now = time.perf_counter()
+        # The process's time on its node, as the host saw it: from the task's start (or its
+        # previous process's end), not from when this call began waiting.
+        run_s = now - (task.since if task.since is not None else started)
+        task.since = now
+        if code == "0":
+            done = finished_cell(cell, run_dir / cell, 0.0, run_s)
+            # The host sees a start at its polls' granularity; the suite's own time is exact.
+            done.run_s = max(done.run_s, done.suite_s)
+            return done
+        reason = f"the worker exited with code {code} on {task.node or 'its node'}"
+        return self._failed_row(cell, process, run_dir, run_id, reason, run_s)
+
+    def _poll(self) -> None:
+        """Every task's state, from squeue while queued or running and from scontrol after."""
+        out = self._slurm("squeue", "-h", "-j", self.job_id, "-r", "-o", "%K|%T|%N")
+        live = {}
+        for line in out.splitlines():
+            index, state, node = ([*line.split("|"), "", ""])[:3]
+            if index.strip().isdigit():
+                live[int(index)] = (state.strip(), node.strip())
+        for task in self._tasks.values():
+            state, node = live.get(task.index, ("", ""))
+            if not state:
+                state, node, task.exit_code = self._ended(task.index)
+            if state != task.state:
+                where = f" on {node}" if node else ""
+                self.echo(f"{task.cell}: Slurm task {self.job_id}_{task.index} {state}{where}")
+            if state == "RUNNING" and task.since is None:
+                task.since = time.perf_counter()
+            task.state, task.node = state, node or task.node
+
+    def _ended(self, index: int) -> tuple[str, str, str]:
+        """(JobState, node, ExitCode) of a task squeue no longer lists, from scontrol (which
+        keeps a finished job for MinJobAge, 300 s by default)."""
+        try:
+            out = self._slurm("scontrol", "show", "job", "-o", f"{self.job_id}_{index}")
+        except SlurmError:
+            return "COMPLETED", "", ""  # gone from scontrol too: its exit files tell
+        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+        return (
+            fields.get("JobState", "COMPLETED"),
+            fields.get("NodeList", ""),
+            fields.get("ExitCode", ""),
+        )
+
+    def _failed(
+        self, task: _Task, process: int, run_dir: Path, run_id: str, started: float
+    ) -> CellResult:
+        code = task.exit_code.split(":")[0]
+        if code == str(NOT_SHARED):
+            reason = (
+                f"the run folder is not visible on node {task.node or '?'}: put it on a "
+                "filesystem the nodes share (--results-dir or --out)"
+            )
+        else:
+            reason = f"Slurm task {self.job_id}_{task.index} ended {task.state}"
+            if task.exit_code:
+                reason += f" (exit code {task.exit_code})"
+            if task.node:
+                reason += f" on {task.node}"
+            tail = _tail(run_dir / task.cell / runfolder.LOG)
+            if tail:
+                reason += f"; last log line: {tail}"
+        return self._failed_row(
+            task.cell, process, run_dir, run_id, reason, time.perf_counter() - started
+        )
+
+    def _failed_row(
+        self, cell: str, process: int, run_dir: Path, run_id: str, reason: str, run_s: float
+    ) -> CellResult:
+        row = results.harness_row(run_id, cell, "run", "failed", reason, process=process)
+        results.append_records(run_dir / cell, [row])
+        return CellResult(cell, "failed", reason, run_s=run_s)
+
+    def _slurm(self, *argv: str) -> str:
+        return slurm_command(*argv, env=self.env)
+
+    def cancel_left_running(self, run_dir: Path) -> None:
+        """Cancel the arrays an interrupted run of ``run_dir`` left queued or running (its host
+        was killed, or the machine restarted), and wait until they are gone: their workers
+        would go on appending to the records a resume rewrites."""
+        left = [job for job in submitted_jobs(run_dir) if self._listed(job)]
+        for job in left:
+            self._slurm("scancel", job)
+        deadline = time.monotonic() + 120
+        while any(self._listed(job) for job in left):
+            if time.monotonic() > deadline:
+                raise SlurmError(
+                    f"job array {', '.join(left)} of the interrupted run is still listed two "
+                    "minutes after scancel; resume once squeue no longer shows it"
+                )
+            time.sleep(POLL_S)
+        if left:
+            self.echo(f"cancelled job array {', '.join(left)} the interrupted run left in Slurm")
+
+    def _listed(self, job: str) -> bool:
+        """Whether squeue lists a task of ``job`` as queued or running (or completing)."""
+        return bool(self._slurm("squeue", "-h", "-j", job, "-o", "%i").strip())
+
+
+def require_commands() -> None:
+    """Raise SlurmError unless Slurm's commands are on PATH."""
+    missing = [
+        tool for tool in ("sbatch", "squeue", "scontrol", "scancel") if not shutil.which(tool)
+    ]
+    if missing:
+        raise SlurmError(
+            f"--launcher slurm needs Slurm's commands, and {', '.join(missing)} is not on "
+            "PATH: run cudastack on a login node of the cluster"
+        )
+
+
+def submitted_jobs(run_dir: Path) -> list[str]:
+    """The job arrays a run submitted, oldest first."""
+    try:
+        text = (run_dir / SLURM_DIR / JOBS).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip().isdigit()]
+
+
+def slurm_command(*argv: str, env: dict[str, str]) -> str:
+    """A Slurm command's output (``env`` over this process's environment). Raises SlurmError
+    with its last line of output when it fails."""
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+    )
+    if proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SlurmError(f"{argv[0]} failed: {message[-1] if message else proc.returncode}")
+    return proc.stdout
+
+
+def _tail(log: Path) -> str:
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""

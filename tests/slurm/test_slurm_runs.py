@@ -1,0 +1,207 @@
+"""run --launcher slurm against a real Slurm: one job array, a task per cell, followed and
+ingested; failed and timed-out tasks as failed rows with Slurm's state; Ctrl-C cancels."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from cudastack.contract.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from cudastack.contract.runfolder import RECORDS
+from cudastack.host.analysis import results
+
+pytestmark = pytest.mark.slurm
+
+# Two quick cases; the cell "crashes" dies in its first, the cell "hangs" sleeps past any time
+# limit (the bench reads its cell's name from the worker's command line).
+BENCH = '''"""Two quick cases, or a crash, or a hang, by the cell's name."""
+
+KIND = "kernel"
+HEADLINE = "latency"
+PARAMS = {"n": [0, 1]}
+
+
+def run(ctx, n):
+    import os
+    import sys
+    import time
+
+    from cudastack.environment.context import Metric
+
+    cell = sys.argv[sys.argv.index("--cell") + 1]
+    if cell == "crashes":
+        os._exit(3)
+    if cell == "hangs":
+        time.sleep(3600)
+    return [Metric("latency", "ms", "lower", [1.0 + n, 1.1 + n, 1.2 + n])]
+'''
+
+
+def _run(slurm, bench: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
+    argv += [str(bench), "--profile", "smoke", "--out", str(out), *extra]
+    return cli(*argv, env=slurm.env, timeout=600)
+
+
+def test_run_on_slurm_runs_the_suite_in_one_array_and_ingests_every_cell(
+    slurm, make_bench, tmp_path
+):
+    bench = make_bench("quick", BENCH)
+    out = tmp_path / "run"
+    proc = _run(slurm, bench, out, "--cell", "node-a,node-b")
+    assert proc.returncode == EXIT_OK, proc.stdout[-3000:] + proc.stderr
+    assert "submitted job array" in proc.stdout and "2 tasks, one per cell" in proc.stdout
+    script = (out / "slurm" / "job.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and f"#SBATCH --partition={slurm.partition}" in script
+    table = results.load_table(out)
+    for cell in ("node-a", "node-b"):
+        rows = table[(table["cell"] == cell) & (table["bench"] == "quick")]
+        assert sorted(rows["case"].unique()) == ["quick[n=0]", "quick[n=1]"]
+        assert set(rows["status"]) == {"ok"}
+        # Where the result came from: the job, its array task and the node.
+        env = json.loads((out / cell / "env.json").read_text())
+        assert env["slurm"]["node"] == slurm.node
+        assert env["slurm"]["partition"] == slurm.partition
+        assert env["slurm"]["array_task_id"] in ("0", "1")
+    outputs = sorted(p.name for p in (out / "slurm").glob("*.out"))
+    assert len(outputs) == 2, outputs  # each task's output file beside the script
+
+
+def test_a_crashed_and_a_timed_out_task_are_failed_rows_with_slurm_s_state(
+    slurm, make_bench, tmp_path
+):
+    bench = make_bench("quick", BENCH)
+    out = tmp_path / "run"
+    # A minute's time limit per task: "hangs" is killed by Slurm, the others finish in it.
+    proc = _run(slurm, bench, out, "--cell", "crashes,hangs,fine", "--time", "1")
+    assert proc.returncode == EXIT_FAILED, proc.stdout[-3000:] + proc.stderr
+    table = results.load_table(out)
+    fine = table[(table["cell"] == "fine") & (table["bench"] == "quick")]
+    assert set(fine["status"]) == {"ok"} and set(fine["case"]) == {"quick[n=0]", "quick[n=1]"}
+
+    def reason(cell: str) -> str:
+        (why,) = table[(table["cell"] == cell) & (table["bench"] == "harness")]["reason"]
+        return str(why)
+
+    assert reason("crashes").startswith(f"the worker exited with code 3 on {slurm.node}")
+    assert "ended TIMEOUT" in reason("hangs") and slurm.node in reason("hangs"), reason("hangs")
+    assert "crashes: failed" in proc.stdout and "hangs: failed" in proc.stdout
+
+
+def test_ctrl_c_cancels_the_array_and_keeps_what_finished(slurm, make_bench, tmp_path):
+    bench = make_bench("quick", BENCH)
+    out = tmp_path / "run"
+    argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
+    argv += [str(bench), "--profile", "smoke", "--out", str(out), "--cell", "fine,hangs"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cudastack", *argv],
+        env=slurm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # Wait until "fine" has finished and "hangs" runs.
+    deadline = time.monotonic() + 300
+    while not (out / "slurm" / "fine.0.exit").exists() or not _running(slurm):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert "cancelled the job array (scancel)" in output
+    deadline = time.monotonic() + 60
+    while _running(slurm):  # scancel ends the task
+        assert time.monotonic() < deadline, slurm.run("squeue").stdout
+        time.sleep(0.5)
+    kept = results.read_records(out / "fine" / RECORDS)
+    assert set(kept[kept["bench"] == "quick"]["status"]) == {"ok"}
+    assert json.loads((out / "run.json").read_text())["state"] == "interrupted"
+
+
+def _running(slurm) -> bool:
+    return bool(slurm.run("squeue", "-h", "-t", "RUNNING").stdout.strip())
+
+
+# Two cases; the second waits until the bench folder holds ``open``.
+GATED = '''"""Two cases, the second held at a gate."""
+
+KIND = "kernel"
+HEADLINE = "latency"
+PARAMS = {"n": [0, 1]}
+
+
+def run(ctx, n):
+    import time
+    from pathlib import Path
+
+    from cudastack.environment.context import Metric
+
+    while n == 1 and not (Path(__file__).parent / "open").exists():
+        time.sleep(0.2)
+    return [Metric("latency", "ms", "lower", [1.0 + n, 1.1 + n, 1.2 + n])]
+'''
+
+
+def test_a_killed_host_s_array_is_cancelled_and_resume_runs_only_what_is_missing(
+    slurm, make_bench, tmp_path
+):
+    bench = make_bench("gated", GATED)
+    out = tmp_path / "run"
+    argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
+    argv += [str(bench), "--profile", "smoke", "--out", str(out), "--cell", "a,b"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cudastack", *argv],
+        env=slurm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def at_gate(cell: str) -> bool:
+        records = out / cell / RECORDS
+        return records.exists() and b"gated[n=0]" in records.read_bytes()
+
+    deadline = time.monotonic() + 300
+    while not (at_gate("a") and at_gate("b")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.kill()  # the host alone, as the OOM killer would: its array runs on
+    proc.communicate(timeout=60)
+    assert _running(slurm)
+    kept = {cell: (out / cell / RECORDS).read_bytes() for cell in ("a", "b")}
+
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "cudastack", "run", "--resume", str(out)],
+        env=slurm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # The gate opens once the old array is gone and the new one submitted: the old one's
+    # workers never get past it.
+    jobs = out / "slurm" / "jobs.txt"
+    while len(jobs.read_text().split()) < 2:
+        assert resumed.poll() is None and time.monotonic() < deadline, resumed.communicate()
+        time.sleep(0.2)
+    (bench / "open").touch()
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == EXIT_OK, output
+    first, second = jobs.read_text().split()
+    assert f"cancelled job array {first} the interrupted run left in Slurm" in output, output
+    assert f"submitted job array {second} (2 tasks, one per cell)" in output, output
+    table = results.load_table(out)
+    for cell in ("a", "b"):
+        rows = table[(table["cell"] == cell) & (table["bench"] == "gated")]
+        assert sorted(rows["case"].unique()) == ["gated[n=0]", "gated[n=1]"]
+        assert set(rows["status"]) == {"ok"}
+        assert (out / cell / RECORDS).read_bytes().startswith(kept[cell])  # kept byte for byte
+    # Both arrays' scripts stay, for whoever must see what ran.
+    assert (out / "slurm" / f"job.{first}.sbatch").exists()
+    assert (out / "slurm" / "job.sbatch").exists()

@@ -1,0 +1,35 @@
+"""Slurm's options are checked before anything is written: one line, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import cli
+
+from cudastack.contract.errors import EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--launcher", "sge"], "error: --launcher 'sge': choose auto or slurm"),
+        (["--partition", "gpu"], "error: --partition for Slurm: add --launcher slurm"),
+        (
+            ["--gres", "gpu:1", "--sbatch-arg=--exclusive"],
+            "error: --gres, --sbatch-arg for Slurm: add --launcher slurm",
+        ),
+        (
+            ["--launcher", "slurm", "--partition", "gpu; rm -rf ~"],
+            "error: --partition 'gpu; rm -rf ~': not a value sbatch takes",
+        ),
+        (
+            ["--launcher", "slurm", "--sbatch-arg", "exclusive"],
+            "error: --sbatch-arg 'exclusive': give one sbatch option as --name=value",
+        ),
+    ],
+)
+def test_bad_slurm_options_are_one_line(tmp_path, args, message):
+    out = tmp_path / "run"
+    proc = cli("run", *args, "--out", str(out))
+    assert proc.returncode == EXIT_BAD_INPUT and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(message), proc.stderr
+    assert not out.exists()  # nothing written
