@@ -706,6 +706,24 @@ def test_separate_runs_say_how_far_apart_they_ran(side, expected):
     assert line.startswith(expected)
 
 
+def test_sides_measured_on_other_devices_are_named():
+    def on(cell, *devices):
+        return pd.concat(
+            samples(cell, "x[n=1]", [100.0, 101.0], process=i).assign(device_name=d)
+            for i, d in enumerate(devices)
+        )
+
+    df = table(on("a", "NVIDIA H100 80GB HBM3"), on("b", "NVIDIA H100 80GB HBM3", "NVIDIA A100"))
+    (line,) = compare.other_devices(df, compare.compare(df))
+    assert line.startswith(
+        "b ran on NVIDIA A100 and NVIDIA H100 80GB HBM3, a on NVIDIA H100 80GB HBM3: different "
+        "devices"
+    )
+    same = table(on("a", "NVIDIA H100 80GB HBM3"), on("b", "NVIDIA H100 80GB HBM3"))
+    assert compare.other_devices(same, compare.compare(same)) == []
+    assert line in compare.notes(df, compare.compare(df))
+
+
 def test_cells_of_one_run_are_not_dated_against_each_other():
     df = table(
         dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:05:00+00:00", cell="a"),

@@ -16,6 +16,7 @@ from conftest import cli
 from cudastack.contract.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from cudastack.contract.runfolder import RECORDS
 from cudastack.host.analysis import results
+from cudastack.host.run import slurm as slurm_launcher
 
 pytestmark = pytest.mark.slurm
 
@@ -149,14 +150,10 @@ def run(ctx, n):
 '''
 
 
-def test_a_killed_host_s_array_is_cancelled_and_resume_runs_only_what_is_missing(
-    slurm, make_bench, tmp_path
-):
-    bench = make_bench("gated", GATED)
-    out = tmp_path / "run"
+def _start(slurm, bench: Path, out: Path, *extra: str) -> subprocess.Popen:
     argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
-    argv += [str(bench), "--profile", "smoke", "--out", str(out), "--cell", "a,b"]
-    proc = subprocess.Popen(
+    argv += [str(bench), "--profile", "smoke", "--out", str(out), *extra]
+    return subprocess.Popen(
         [sys.executable, "-m", "cudastack", *argv],
         env=slurm.env,
         stdout=subprocess.PIPE,
@@ -164,38 +161,48 @@ def test_a_killed_host_s_array_is_cancelled_and_resume_runs_only_what_is_missing
         text=True,
     )
 
-    def at_gate(cell: str) -> bool:
-        records = out / cell / RECORDS
-        return records.exists() and b"gated[n=0]" in records.read_bytes()
 
+def _at_gate(out: Path, cell: str) -> bool:
+    records = out / cell / RECORDS
+    return records.exists() and b"gated[n=0]" in records.read_bytes()
+
+
+def _arrays(out: Path) -> dict:
+    return json.loads((out / "slurm" / "arrays.json").read_text())
+
+
+def test_resume_follows_the_tasks_a_killed_host_left_and_submits_the_rest_again(
+    slurm, make_bench, tmp_path
+):
+    bench = make_bench("gated", GATED)
+    out = tmp_path / "run"
+    proc = _start(slurm, bench, out, "--cell", "a,b")
     deadline = time.monotonic() + 300
-    while not (at_gate("a") and at_gate("b")):
+    while not (_at_gate(out, "a") and _at_gate(out, "b")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
     proc.kill()  # the host alone, as the OOM killer would: its array runs on
     proc.communicate(timeout=60)
-    assert _running(slurm)
+    ((first, tasks),) = _arrays(out).items()
+    # b's task dies with its node, as it were; a's runs on at its gate.
+    slurm.run("scancel", f"{first}_{tasks['b'][0]}", check=True)
+    while _listed(slurm, f"{first}_{tasks['b'][0]}"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     kept = {cell: (out / cell / RECORDS).read_bytes() for cell in ("a", "b")}
 
-    resumed = subprocess.Popen(
-        [sys.executable, "-m", "cudastack", "run", "--resume", str(out)],
-        env=slurm.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    # The gate opens once the old array is gone and the new one submitted: the old one's
-    # workers never get past it.
-    jobs = out / "slurm" / "jobs.txt"
-    while len(jobs.read_text().split()) < 2:
+    resumed = _resume(slurm, out)
+    # The gate opens once b is submitted again: a's worker, followed, finishes its case then.
+    while len(_arrays(out)) < 2:
         assert resumed.poll() is None and time.monotonic() < deadline, resumed.communicate()
         time.sleep(0.2)
     (bench / "open").touch()
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == EXIT_OK, output
-    first, second = jobs.read_text().split()
-    assert f"cancelled job array {first} the interrupted run left in Slurm" in output, output
-    assert f"submitted job array {second} (2 tasks, one per cell)" in output, output
+    second = list(_arrays(out))[1]
+    assert f"following job array {first}, which the interrupted run left in Slurm (a)" in output
+    assert f"submitted job array {second} (1 task, one per cell)" in output, output
+    assert list(_arrays(out)[second]) == ["b"]
     table = results.load_table(out)
     for cell in ("a", "b"):
         rows = table[(table["cell"] == cell) & (table["bench"] == "gated")]
@@ -204,4 +211,65 @@ def test_a_killed_host_s_array_is_cancelled_and_resume_runs_only_what_is_missing
         assert (out / cell / RECORDS).read_bytes().startswith(kept[cell])  # kept byte for byte
     # Both arrays' scripts stay, for whoever must see what ran.
     assert (out / "slurm" / f"job.{first}.sbatch").exists()
-    assert (out / "slurm" / "job.sbatch").exists()
+    assert "# cell b" in (out / "slurm" / "job.sbatch").read_text()
+
+
+def test_no_wait_submits_and_returns_show_sees_what_finished_resume_finishes(
+    slurm, make_bench, tmp_path
+):
+    bench = make_bench("gated", GATED)
+    out = tmp_path / "run"
+    proc = _start(slurm, bench, out, "--cell", "a", "--no-wait")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_OK, output
+    assert f"cudastack run --resume {out} follows it to the end" in output
+    assert json.loads((out / "run.json").read_text())["state"] == "submitted"
+    deadline = time.monotonic() + 300
+    while not _at_gate(out, "a"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    shown = cli("show", str(out))
+    assert shown.returncode == EXIT_OK, shown.stdout + shown.stderr
+    assert "state: submitted: job array" in shown.stdout and "gated" in shown.stdout
+    (bench / "open").touch()
+    while _listed(slurm, next(iter(_arrays(out)))):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    finished = cli("run", "--resume", str(out), env=slurm.env, timeout=300)
+    assert finished.returncode == EXIT_OK, finished.stdout + finished.stderr
+    assert "submitted job array" not in finished.stdout  # nothing was left to run
+    table = results.load_table(out)
+    assert set(table[table["bench"] == "gated"]["case"]) == {"gated[n=0]", "gated[n=1]"}
+    assert json.loads((out / "run.json").read_text())["state"] == "complete"
+
+
+def _resume(slurm, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cudastack", "run", "--resume", str(out)],
+        env=slurm.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _listed(slurm, job: str) -> bool:
+    return bool(slurm.run("squeue", "-h", "-j", job).stdout.strip())
+
+
+def test_how_a_task_ended_comes_from_scontrol_or_is_gone_when_slurm_forgot_it(slurm, tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\nexit 3\n")
+    submitted = slurm.run(
+        "sbatch",
+        "--parsable",
+        "--wait",
+        "--array=0",
+        f"--output={tmp_path}/%A_%a.out",
+        str(script),
+    )
+    job = submitted.stdout.strip().split(";")[0]
+    assert job.isdigit(), submitted.stdout + submitted.stderr
+    assert slurm_launcher.ended_task(job, 0, slurm.env) == ("FAILED", slurm.node, "3:0")
+    # This cluster keeps no accounting: a job scontrol does not know is gone for good.
+    assert slurm_launcher.ended_task("999999", 0, slurm.env) == (slurm_launcher.GONE, "", "")

@@ -1,9 +1,11 @@
 """The run folder's layout, written once: every file name, atomic writes, reads with a check.
 
     <run>/run.json                       how the run went: running, complete, interrupted,
-                                         failed, with the reason, and the options it
-                                         was started with, for --resume (host)
+                                         failed, submitted (to Slurm), with the reason, and
+                                         the options it was started with, for --resume (host)
     <run>/run.lock                       held by the one process writing the run (host)
+    <run>/slurm/                         on Slurm: job.sbatch, arrays.json, each task's
+                                         output and each process's exit code (host, tasks)
     <run>/results.parquet, results.csv   the run's table (host, from every cell's records)
     <run>/report.html                    the run's report (host)
     <run>/<cell>/records.jsonl           one JSON record per line (worker, appended)

@@ -420,8 +420,31 @@ def verdict(row: dict, s: Settings) -> str:
 
 def notes(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """What a reader of the comparison ``table`` of ``df`` must know beside its rows: cases
-    only one side measured, and separate runs' distance in time."""
-    return one_sided(df, table) + time_apart(df, table)
+    only one side measured, sides measured on different devices, and separate runs' distance
+    in time."""
+    return one_sided(df, table) + other_devices(df, table) + time_apart(df, table)
+
+
+def other_devices(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """A line for each compared side whose cases ran on another device model than the
+    baseline's (``device_name``: the GPU, or the CPU model): on a cluster the array's tasks
+    land on whichever nodes are free, and a change then belongs to the hardware as much as to
+    the stack."""
+    if "device_name" not in df:
+        return []
+    rows = headline_rows(df.assign(side=label_sides(df)))
+    devices = rows.groupby("side")["device_name"].agg(lambda d: sorted(set(d) - {""}))
+    base = table["baseline"].iloc[0]
+    lines = []
+    for side in dict.fromkeys(table["side"]):
+        have, had = devices.get(side, []), devices.get(base, [])
+        if have and had and have != had:
+            lines.append(
+                f"{side} ran on {' and '.join(have)}, {base} on {' and '.join(had)}: different "
+                "devices, so a change is the hardware's as much as the stack's (on Slurm, pin "
+                "the node type with --constraint or --gres gpu:TYPE:N)"
+            )
+    return lines
 
 
 def one_sided(df: pd.DataFrame, table: pd.DataFrame) -> list[str]:

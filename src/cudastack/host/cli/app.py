@@ -115,6 +115,12 @@ ConstraintOpt = typer.Option(
 )
 GresOpt = typer.Option("", "--gres", help="Slurm: generic resources per node, e.g. gpu:h100:1.")
 GpusPerTaskOpt = typer.Option(0, "--gpus-per-task", help="Slurm: GPUs per task (sbatch).")
+NoWaitOpt = typer.Option(
+    False,
+    "--no-wait",
+    help="Slurm: submit the job array and return; show RUN shows what finished, run --resume "
+    "RUN follows it to the end.",
+)
 SbatchArgOpt = typer.Option(
     None,
     "--sbatch-arg",
@@ -132,7 +138,7 @@ ResumeOpt = typer.Option(
 # What may differ when a run is resumed: where it is found, how it is shown and judged, and its
 # time limit (a cell that ran out of time may get more); never what it measures. What is not
 # recorded is as given; what may change is the run's unless given.
-NOT_RECORDED = frozenset({"resume", "out", "results_dir", "verbose"})
+NOT_RECORDED = frozenset({"resume", "out", "results_dir", "verbose", "no_wait"})
 RESUME_MAY_CHANGE = frozenset({"fail_on_skip", "timeout"})
 
 
@@ -181,6 +187,7 @@ class RunOptions:
     gres: str = _opt(GresOpt)
     gpus_per_task: int = _opt(GpusPerTaskOpt)
     sbatch_arg: Optional[list[str]] = _opt(SbatchArgOpt)
+    no_wait: bool = _opt(NoWaitOpt)
     # How the summary is printed, not what runs: no SuiteArgs field.
     verbose: bool = _opt(VerboseOpt)
     resume: Optional[str] = _opt(ResumeOpt)

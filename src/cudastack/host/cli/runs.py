@@ -40,8 +40,8 @@ def run(
     ),
 ) -> None:
     """Run the suite here (cell 'local'), or in the containers of --cell cells."""
-    _check_launcher(opts)
     opts, dest, own = _destination(opts, "run", extra_work=(extra_work, 0.0))
+    _check_launcher(opts)
     args = opts.suite(own["extra_work"])
     if opts.launcher == "slurm":
         _exit_for(_run_on_slurm(args, opts, dest), opts.fail_on_skip)
@@ -98,7 +98,16 @@ def _destination(
     return resumed, loop.Destination(opts.results_dir, None, run_dir, record), mine
 
 
-SLURM_ONLY = ("partition", "time", "account", "qos", "constraint", "gres", "gpus_per_task")
+SLURM_ONLY = (
+    "partition",
+    "time",
+    "account",
+    "qos",
+    "constraint",
+    "gres",
+    "gpus_per_task",
+    "no_wait",
+)
 
 
 def _check_launcher(opts: RunOptions) -> None:
@@ -133,13 +142,26 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
     slurm.require_commands()
     launcher = slurm.SlurmLauncher(args, cells, options, opts.timeout, echo, env=args.environment())
     what = f"{len(cells)} cell{'s' if len(cells) != 1 else ''} on Slurm"
+    if opts.no_wait:
+        with loop.writing(dest, args.repeat, lambda run_dir, _: launcher.adopt(run_dir)) as run:
+            launcher.submit(run.run_dir, run.run_id)
+            jobs = launcher.jobs()
+            if not jobs:  # a resumed run with nothing left to run: it ends here
+                outcomes = loop.run_cells(launcher, args.repeat, run)
+                return loop.finish(run.run_dir, run.run_id, outcomes, opts.verbose)
+            state.ended(run.run_dir, "submitted", f"job array {', '.join(jobs)} is in Slurm")
+        echo(
+            f"run {run.run_id}: {what}, not waited for: cudastack show {run.run_dir} shows what "
+            f"finished; cudastack run --resume {run.run_dir} follows it to the end"
+        )
+        return loop.RunOutcome(run.run_dir, failed=False, skipped=False, interrupted=False)
     return loop.run_matrix(
         launcher,
         what,
         args.repeat,
         dest,
         verbose=opts.verbose,
-        on_resume=lambda _: launcher.cancel_left_running(dest.resume or Path()),
+        on_resume=lambda run_dir, _: launcher.adopt(run_dir),
     )
 
 
@@ -158,8 +180,8 @@ def bench(
     local: bool = typer.Option(False, "--local", help="Skip the containers: run here."),
 ) -> None:
     """The main job (make bench): every compatible cell of the matrix, or here without Docker."""
-    _check_launcher(opts)
     opts, dest, own = _destination(opts, "bench", local=(local, False))
+    _check_launcher(opts)
     local = own["local"]
     args = opts.suite()
     if opts.launcher == "slurm" and not local:
@@ -217,11 +239,12 @@ def _run_cells_of_matrix(
     # bench falls back to the suite here, as the cell local, when no cell can run.
     fallback = LocalLauncher(args, opts.timeout, echo) if fallback_local else None
 
-    def remove_left_running(run_id: str) -> None:
+    def remove_left_running(run_dir: Path, run_id: str) -> set[str]:
         # A host killed outright leaves its containers running, writing into the run folder.
         removed = remove_run_containers(client, run_id)
         if removed:
             echo(f"removed {removed} container(s) the interrupted run left running")
+        return set()
 
     what = f"{len(cells)} cells"
     return loop.run_matrix(

@@ -69,8 +69,16 @@ class Writing:
     finished: dict[str, int] = field(default_factory=dict)
 
 
+# Called when a run is resumed, once this process holds its folder and before its records are
+# prepared (resume.prepare): what an interrupted host left running is then no other live
+# writer's. Returns the cells whose workers still run and go on (their records are left alone).
+OnResume = Callable[[Path, str], set[str]]
+
+
 @contextmanager
-def writing(dest: Destination, repeat: int) -> Iterator[Writing]:
+def writing(
+    dest: Destination, repeat: int, on_resume: Optional[OnResume] = None
+) -> Iterator[Writing]:
     """Create the run's folder (or take the resumed one), hold its lock for the block, and
     record that this process runs it (run.json), then how the block ended. Raises UserError
     when another process writes the folder."""
@@ -83,7 +91,10 @@ def writing(dest: Destination, repeat: int) -> Iterator[Writing]:
     begun = False
     try:
         with writer.held(run_dir):
-            finished = resume.prepare(run_dir, repeat) if dest.resume is not None else {}
+            finished = {}
+            if dest.resume is not None:
+                going_on = on_resume(run_dir, run_id) if on_resume is not None else set()
+                finished = resume.prepare(run_dir, repeat, going_on)
             state.started(run_dir, run_id, dest.options)
             begun = True
             with state.recorded(run_dir):
@@ -282,16 +293,13 @@ def run_matrix(
     dest: Destination,
     fallback: Optional[Launcher] = None,
     verbose: bool = False,
-    on_resume: Optional[Callable[[str], None]] = None,
+    on_resume: Optional[OnResume] = None,
 ) -> RunOutcome:
     """Run the cells ``launcher`` offers (``what`` says which, e.g. "3 cells"), ``repeat``
     processes each, into ``dest``; when none could run, the ``fallback`` launcher's as
     well (bench: something useful on any host). ``verbose``: the summary names each case that
-    did not run. ``on_resume(run_id)`` runs first when resuming, once this process holds the
-    folder (what a killed host left running is then no other live writer's)."""
-    with writing(dest, repeat) as run:
-        if run.resumed and on_resume is not None:
-            on_resume(run.run_id)
+    did not run. ``on_resume``: see OnResume."""
+    with writing(dest, repeat, on_resume) as run:
         console.print(f"run {run.run_id}: {_doing(run)}{what} -> {run.run_dir}", highlight=False)
         outcomes = run_cells(launcher, repeat, run)
         if fallback is not None and all(o.status == "skipped" for o in outcomes):

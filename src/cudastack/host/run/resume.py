@@ -12,6 +12,7 @@ say again how it went; everything a finished process recorded stays byte for byt
 
 from __future__ import annotations
 
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,15 @@ def finished_processes(cell_dir: Path, repeat: int) -> int:
     return min(repeat, process + 1)
 
 
-def prepare(run_dir: Path, repeat: int) -> dict[str, int]:
+def prepare(run_dir: Path, repeat: int, going_on: Set[str] = frozenset()) -> dict[str, int]:
     """Make ``run_dir`` ready to resume: each cell's records without the rows its unfinished
-    processes will write again; return how many processes each cell folder has finished."""
+    processes will write again (but those of the cells in ``going_on``, whose workers still
+    run); return how many processes each cell folder has finished."""
     finished = {}
     for cell_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
         finished[cell_dir.name] = n = finished_processes(cell_dir, repeat)
         records = cell_dir / runfolder.RECORDS
-        if n < repeat and records.is_file():
+        if n < repeat and records.is_file() and cell_dir.name not in going_on:
             data = records.read_bytes()
             kept = b"".join(kept_lines(data, n, records))
             if kept != data:  # rewritten only when it changes: a full disk has no room for it

@@ -9,6 +9,7 @@ a resume counts the processes a cell finished in order.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -31,7 +32,9 @@ from cudastack.host.run.suite_args import SuiteArgs
 
 SLURM_DIR = "slurm"  # in the run folder: the batch script, each task's output and exit files
 SCRIPT = "job.sbatch"
-JOBS = "jobs.txt"  # the arrays this run submitted, one job id a line (what a resume cancels)
+# The arrays this run submitted: job id -> cell -> [array index, first process], oldest first.
+# What a resume follows (a task still queued or running) or submits again (the rest).
+ARRAYS = "arrays.json"
 # A task's exit code when the run folder it was given is not there on its node: the folder is
 # on a disk the nodes do not share.
 NOT_SHARED = 97
@@ -50,6 +53,9 @@ ENDED = {
     "BOOT_FAIL",
     "DEADLINE",
 }
+# A task neither scontrol nor sacct knows any more (see ended_task).
+GONE = "GONE"
+ENDED.add(GONE)
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=+@%/-]+")
 
 
@@ -107,6 +113,7 @@ class _Task:
     cell: str
     index: int
     processes: range
+    job: str = ""
     state: str = "PENDING"
     node: str = ""
     exit_code: str = ""
@@ -119,7 +126,9 @@ class SlurmLauncher:
     """The cells ``cells`` (each in the node's own Python environment, ``python``) as one job
     array, submitted when the run loop first asks for a cell and followed until each task
     ends. A task that ends without its process's exit file is that process's failed row, with
-    Slurm's state and exit code. Ctrl-C cancels the array (scancel)."""
+    Slurm's state and exit code. Ctrl-C cancels the arrays it follows (scancel). A resumed run
+    follows the tasks an earlier host submitted that are still queued or running (``adopt``)
+    and submits the other cells' missing processes."""
 
     args: SuiteArgs
     cells: list[str]
@@ -129,56 +138,88 @@ class SlurmLauncher:
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
     interrupted_note: str = "cancelled the job array (scancel); keeping the cases that finished"
-    job_id: str = ""
     _tasks: dict[str, _Task] = field(default_factory=dict)
+    _submitted: bool = False
 
     def plan(self) -> list[CellPlan]:
         return [CellPlan(cell) for cell in self.cells]
 
     def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
-        if not self.job_id:
-            self._submit(run_dir, run_id)
+        if not self._submitted:  # every cell not followed yet, at once
+            self.submit(run_dir, run_id)
         try:
             return self._wait(cell, process, run_dir, run_id)
         except KeyboardInterrupt:
-            self._slurm("scancel", self.job_id)
+            self._slurm("scancel", *self.jobs())
             raise
 
-    def _submit(self, run_dir: Path, run_id: str) -> None:
-        """Write the batch script of every cell's missing processes and submit it as one array."""
+    def jobs(self) -> list[str]:
+        """The job arrays this launcher follows."""
+        return sorted({task.job for task in self._tasks.values()})
+
+    def adopt(self, run_dir: Path) -> set[str]:
+        """The cells whose task of an earlier array of ``run_dir`` is still queued or running,
+        now followed by this launcher (their workers write on: a resume leaves their records
+        alone). Their exit files and records say what they finish."""
+        arrays = submitted_arrays(run_dir)
+        if not arrays:
+            return set()
+        listed = self._listed(list(arrays))
+        for job, cells in arrays.items():
+            for cell, (index, first) in cells.items():
+                if (job, index) in listed and cell in self.cells:
+                    self._tasks[cell] = _Task(cell, index, range(first, self.args.repeat), job)
+        adopted = {task.job for task in self._tasks.values()}
+        if adopted:
+            self.echo(
+                f"following job array {', '.join(sorted(adopted))}, which the interrupted run "
+                f"left in Slurm ({', '.join(self._tasks)})"
+            )
+        return set(self._tasks)
+
+    def submit(self, run_dir: Path, run_id: str) -> str:
+        """Write the batch script of the missing processes of every cell this launcher does
+        not follow yet, submit it as one array, and return its job id ('' when none is
+        missing)."""
+        self._submitted = True
         folder = run_dir / SLURM_DIR
         folder.mkdir(exist_ok=True)
+        new: dict[str, _Task] = {}
         for cell in self.cells:
             # A resumed run's cell runs only the processes it did not finish; one that
             # finished them all gets no task (the run loop does not ask for it).
             first = resume.finished_processes(run_dir / cell, self.args.repeat)
-            if first < self.args.repeat:
-                task = _Task(cell, len(self._tasks), range(first, self.args.repeat))
-                self._tasks[cell] = task
+            if cell not in self._tasks and first < self.args.repeat:
+                task = new[cell] = _Task(cell, len(new), range(first, self.args.repeat))
                 (run_dir / cell).mkdir(exist_ok=True)
                 for n in task.processes:  # an earlier attempt's say on a process it did not finish
                     (folder / f"{cell}.{n}.exit").unlink(missing_ok=True)
-        script = self.script(run_dir.resolve(), run_id)
-        submitted = submitted_jobs(run_dir)
-        if submitted and (folder / SCRIPT).exists():  # what the earlier array ran stays readable
-            (folder / SCRIPT).rename(folder / f"job.{submitted[-1]}.sbatch")
+        if not new:
+            return ""
+        script = self.script(run_dir.resolve(), run_id, list(new.values()))
+        arrays = submitted_arrays(run_dir)
+        if arrays and (folder / SCRIPT).exists():  # what the earlier array ran stays readable
+            (folder / SCRIPT).rename(folder / f"job.{list(arrays)[-1]}.sbatch")
         runfolder.atomic_write(folder / SCRIPT, lambda p: p.write_text(script, encoding="utf-8"))
-        out = self._slurm("sbatch", "--parsable", str(folder / SCRIPT))
-        self.job_id = out.strip().split(";")[0]
-        with open(folder / JOBS, "a", encoding="utf-8") as jobs:
-            jobs.write(self.job_id + "\n")
-        count = len(self._tasks)
+        job = self._slurm("sbatch", "--parsable", str(folder / SCRIPT)).strip().split(";")[0]
+        for task in new.values():
+            task.job = job
+        self._tasks.update(new)
+        arrays[job] = {t.cell: [t.index, t.processes.start] for t in new.values()}
+        runfolder.write_json(folder / ARRAYS, arrays)
         self.echo(
-            f"submitted job array {self.job_id} ({count} task{'s' if count != 1 else ''}, "
+            f"submitted job array {job} ({len(new)} task{'s' if len(new) != 1 else ''}, "
             f"one per cell): {folder / SCRIPT}"
         )
+        return job
 
-    def script(self, run_dir: Path, run_id: str) -> str:
-        """The batch script: readable by an administrator, every path and argument quoted."""
+    def script(self, run_dir: Path, run_id: str, tasks: list[_Task]) -> str:
+        """The batch script of ``tasks``: readable by an administrator, every path and argument
+        quoted."""
         q = shlex.quote
         slurm_dir = run_dir / SLURM_DIR
-        processes = max(len(t.processes) for t in self._tasks.values())
-        last = len(self._tasks) - 1
+        processes = max(len(t.processes) for t in tasks)
+        last = len(tasks) - 1
         lines = [
             "#!/bin/bash",
             f"# cudastack run {run_id}: one array task per cell; each runs its cell's worker",
@@ -211,7 +252,7 @@ class SlurmLauncher:
             "",
             'case "$SLURM_ARRAY_TASK_ID" in',
         ]
-        for task in self._tasks.values():
+        for task in tasks:
             lines.append(f"{task.index})  # cell {task.cell}")
             for n in task.processes:
                 argv = [
@@ -270,36 +311,28 @@ class SlurmLauncher:
 
     def _poll(self) -> None:
         """Every task's state, from squeue while queued or running and from scontrol after."""
-        out = self._slurm("squeue", "-h", "-j", self.job_id, "-r", "-o", "%K|%T|%N")
-        live = {}
-        for line in out.splitlines():
-            index, state, node = ([*line.split("|"), "", ""])[:3]
-            if index.strip().isdigit():
-                live[int(index)] = (state.strip(), node.strip())
+        live = self._listed(sorted({task.job for task in self._tasks.values()}))
         for task in self._tasks.values():
-            state, node = live.get(task.index, ("", ""))
+            state, node = live.get((task.job, task.index), ("", ""))
             if not state:
-                state, node, task.exit_code = self._ended(task.index)
+                state, node, task.exit_code = ended_task(task.job, task.index, self.env)
             if state != task.state:
                 where = f" on {node}" if node else ""
-                self.echo(f"{task.cell}: Slurm task {self.job_id}_{task.index} {state}{where}")
+                self.echo(f"{task.cell}: Slurm task {task.job}_{task.index} {state}{where}")
             if state == "RUNNING" and task.since is None:
                 task.since = time.perf_counter()
             task.state, task.node = state, node or task.node
 
-    def _ended(self, index: int) -> tuple[str, str, str]:
-        """(JobState, node, ExitCode) of a task squeue no longer lists, from scontrol (which
-        keeps a finished job for MinJobAge, 300 s by default)."""
-        try:
-            out = self._slurm("scontrol", "show", "job", "-o", f"{self.job_id}_{index}")
-        except SlurmError:
-            return "COMPLETED", "", ""  # gone from scontrol too: its exit files tell
-        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
-        return (
-            fields.get("JobState", "COMPLETED"),
-            fields.get("NodeList", ""),
-            fields.get("ExitCode", ""),
-        )
+    def _listed(self, jobs: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+        """(job, array index) -> (state, node) of each task of ``jobs`` squeue lists: queued,
+        running or completing."""
+        out = self._slurm("squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%F|%K|%T|%N")
+        found = {}
+        for line in out.splitlines():
+            job, index, state, node = [*line.split("|"), "", "", ""][:4]
+            if index.strip().isdigit():
+                found[(job.strip(), int(index))] = (state.strip(), node.strip())
+        return found
 
     def _failed(
         self, task: _Task, process: int, run_dir: Path, run_id: str, started: float
@@ -311,7 +344,12 @@ class SlurmLauncher:
                 "filesystem the nodes share (--results-dir or --out)"
             )
         else:
-            reason = f"Slurm task {self.job_id}_{task.index} ended {task.state}"
+            reason = f"Slurm task {task.job}_{task.index} ended {task.state}"
+            if task.state == GONE:
+                reason = (
+                    f"Slurm task {task.job}_{task.index} ended without its exit file, and Slurm "
+                    "no longer says how (scontrol forgets a job after MinJobAge; no sacct)"
+                )
             if task.exit_code:
                 reason += f" (exit code {task.exit_code})"
             if task.node:
@@ -333,27 +371,35 @@ class SlurmLauncher:
     def _slurm(self, *argv: str) -> str:
         return slurm_command(*argv, env=self.env)
 
-    def cancel_left_running(self, run_dir: Path) -> None:
-        """Cancel the arrays an interrupted run of ``run_dir`` left queued or running (its host
-        was killed, or the machine restarted), and wait until they are gone: their workers
-        would go on appending to the records a resume rewrites."""
-        left = [job for job in submitted_jobs(run_dir) if self._listed(job)]
-        for job in left:
-            self._slurm("scancel", job)
-        deadline = time.monotonic() + 120
-        while any(self._listed(job) for job in left):
-            if time.monotonic() > deadline:
-                raise SlurmError(
-                    f"job array {', '.join(left)} of the interrupted run is still listed two "
-                    "minutes after scancel; resume once squeue no longer shows it"
-                )
-            time.sleep(POLL_S)
-        if left:
-            self.echo(f"cancelled job array {', '.join(left)} the interrupted run left in Slurm")
 
-    def _listed(self, job: str) -> bool:
-        """Whether squeue lists a task of ``job`` as queued or running (or completing)."""
-        return bool(self._slurm("squeue", "-h", "-j", job, "-o", "%i").strip())
+def ended_task(job: str, index: int, env: dict[str, str]) -> tuple[str, str, str]:
+    """(state, node, exit code) of a task squeue no longer lists: from scontrol, which
+    keeps a finished job for the controller's MinJobAge (300 s by default), else from the
+    accounting database (sacct) where the cluster keeps one, else GONE: its exit files are
+    then all that tells how it went."""
+    with contextlib.suppress(SlurmError):
+        out = slurm_command("scontrol", "show", "job", "-o", f"{job}_{index}", env=env)
+        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+        if "JobState" in fields:
+            return fields["JobState"], fields.get("NodeList", ""), fields.get("ExitCode", "")
+    with contextlib.suppress(SlurmError):
+        out = slurm_command(
+            "sacct",
+            "-n",
+            "-P",
+            "-X",
+            "-j",
+            f"{job}_{index}",
+            "-o",
+            "State,NodeList,ExitCode",
+            env=env,
+        )
+        for line in out.splitlines():
+            state, node, code = [*line.split("|"), "", ""][:3]
+            if state:
+                # sacct says "CANCELLED by 0": the state is its first word.
+                return state.split()[0], node, code
+    return GONE, "", ""
 
 
 def require_commands() -> None:
@@ -368,13 +414,11 @@ def require_commands() -> None:
         )
 
 
-def submitted_jobs(run_dir: Path) -> list[str]:
-    """The job arrays a run submitted, oldest first."""
-    try:
-        text = (run_dir / SLURM_DIR / JOBS).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [line.strip() for line in text.splitlines() if line.strip().isdigit()]
+def submitted_arrays(run_dir: Path) -> dict[str, dict[str, list[int]]]:
+    """The job arrays a run submitted, oldest first: job id -> cell -> [array index, first
+    process] (empty before any)."""
+    path = run_dir / SLURM_DIR / ARRAYS
+    return dict(runfolder.read_json(path)) if path.is_file() else {}
 
 
 def slurm_command(*argv: str, env: dict[str, str]) -> str:

@@ -19,7 +19,8 @@ from typing import Any, Optional
 from cudastack.contract import redact, runfolder
 from cudastack.host.run import writer
 
-STATES = ("running", "complete", "interrupted", "failed")
+# submitted: a job array left in Slurm to run on (--no-wait); a resume follows it to the end.
+STATES = ("running", "complete", "interrupted", "failed", "submitted")
 INTERRUPTED = "interrupted by the user"
 
 
