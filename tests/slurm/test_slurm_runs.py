@@ -273,3 +273,19 @@ def test_how_a_task_ended_comes_from_scontrol_or_is_gone_when_slurm_forgot_it(sl
     assert slurm_launcher.ended_task(job, 0, slurm.env) == ("FAILED", slurm.node, "3:0")
     # This cluster keeps no accounting: a job scontrol does not know is gone for good.
     assert slurm_launcher.ended_task("999999", 0, slurm.env) == (slurm_launcher.GONE, "", "")
+
+
+def test_a_cluster_that_cannot_take_the_job_is_one_line_and_no_folder(slurm, tmp_path):
+    out = tmp_path / "run"
+    nope = cli(
+        "run", "--launcher", "slurm", "--partition", "nope", "--out", str(out), env=slurm.env
+    )
+    assert nope.returncode == 2 and nope.stderr.count("\n") == 1, nope.stderr
+    assert nope.stderr.startswith(
+        f"error: --partition nope: no such partition; this cluster has {slurm.partition}"
+    )
+    elsewhere = {**slurm.env, "SLURM_CONF": str(tmp_path / "no-slurm.conf")}
+    down = cli("run", "--launcher", "slurm", "--out", str(out), env=elsewhere)
+    assert down.returncode == 2 and down.stderr.count("\n") == 1, down.stderr
+    assert down.stderr.startswith("error: Slurm's controller does not answer here (scontrol")
+    assert not out.exists()

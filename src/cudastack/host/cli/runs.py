@@ -139,7 +139,7 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
         tuple(opts.sbatch_arg or ()),
     )
     options.directives(opts.timeout, opts.repeat)  # bad values before anything is written
-    slurm.require_commands()
+    slurm.require_cluster(opts.partition, args.environment())
     launcher = slurm.SlurmLauncher(args, cells, options, opts.timeout, echo, env=args.environment())
     what = f"{len(cells)} cell{'s' if len(cells) != 1 else ''} on Slurm"
     if opts.no_wait:

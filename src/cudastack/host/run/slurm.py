@@ -402,15 +402,29 @@ def ended_task(job: str, index: int, env: dict[str, str]) -> tuple[str, str, str
     return GONE, "", ""
 
 
-def require_commands() -> None:
-    """Raise SlurmError unless Slurm's commands are on PATH."""
+def require_cluster(partition: str, env: dict[str, str]) -> None:
+    """Raise SlurmError (one line) unless Slurm's commands are on PATH, its controller answers,
+    and ``partition`` (when given) is one of its partitions: checked before a run folder is
+    made."""
     missing = [
-        tool for tool in ("sbatch", "squeue", "scontrol", "scancel") if not shutil.which(tool)
+        tool
+        for tool in ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+        if not shutil.which(tool)
     ]
     if missing:
         raise SlurmError(
             f"--launcher slurm needs Slurm's commands, and {', '.join(missing)} is not on "
             "PATH: run cudastack on a login node of the cluster"
+        )
+    try:
+        slurm_command("scontrol", "ping", env=env)
+    except SlurmError as exc:
+        raise SlurmError(f"Slurm's controller does not answer here ({exc})") from None
+    if partition and not slurm_command("sinfo", "-h", "-p", partition, "-o", "%P", env=env).strip():
+        known = slurm_command("sinfo", "-h", "-o", "%P", env=env).split()
+        raise SlurmError(
+            f"--partition {partition}: no such partition; this cluster has "
+            f"{', '.join(p.rstrip('*') for p in known) or 'none'}"
         )
 
 
