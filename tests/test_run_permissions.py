@@ -4,6 +4,8 @@ group too; never anybody else."""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,22 @@ def test_a_shared_run_is_readable_by_the_group_and_nobody_else(make_bench, tmp_p
         assert mode(out / name) == 0o640, f"{name} is {oct(mode(out / name))}"
     for path in out.rglob("*"):
         assert mode(path) & 0o007 == 0, f"{path.relative_to(out)} is {oct(mode(path))}"
+
+
+@pytest.mark.integration
+def test_doctor_s_smoke_run_is_private_too(make_bench, tmp_path):
+    # doctor --deep's run goes through run_smoke, in a process whose umask lets others read.
+    code = (
+        "import os, sys; from pathlib import Path; os.umask(0o022); "
+        "from cudastack.host.run import loop; "
+        "print(loop.run_smoke(Path(sys.argv[1]), Path(sys.argv[2])).run_dir)"
+    )
+    folder = make_bench("quiet", BENCH)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    assert (out / runfolder.TABLE).is_file()
+    for path in [out, *out.rglob("*")]:
+        assert mode(path) & 0o077 == 0, f"{path} is {oct(mode(path))}"

@@ -262,6 +262,7 @@ def run_smoke(bench_dir: Path, results_dir: Path) -> SmokeCounts:
     ``results_dir``, and count its cases by status. A worker that exited with an error counts as
     at least one failed case, since the cases it never reached have no rows."""
     run_dir = results_dir / f"smoke-{runfolder.new_run_id()}"
+    permissions.apply(shared=False)  # a run folder like any other: its files are yours alone
     smoke = SuiteArgs(profile="smoke", bench_dir=bench_dir)
     died = run_here(smoke, Destination(results_dir, run_dir)).failed
     statuses = results.load_table(run_dir).drop_duplicates(["cell", "case"])["status"]
