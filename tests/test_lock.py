@@ -254,3 +254,10 @@ def test_an_os_lock_round_trips_its_pins_and_names_a_bad_line(tmp_path):
     path.write_text("-o=Dpkg::Pre-Invoke=x\n")
     with pytest.raises(lock.LockError, match=r"\.os\.txt:1: .* is not an OS package pin"):
         lock.read_os_lock(path)
+
+
+def test_an_os_lock_is_never_written_with_a_line_apt_would_not_take(tmp_path):
+    path = lock.os_lock_path(_cell(), tmp_path)
+    with pytest.raises(lock.LockError, match="not OS package pins: ========="):
+        lock.write_os_lock(path, _cell(), {"gcc": "4:12.2.0-3", "": "========="})
+    assert not path.exists()

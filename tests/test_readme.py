@@ -61,7 +61,13 @@ SHORT_CASE = "gemm[dtype=fp32,n=512]"
 OTHER_TOOLS = {"git"}
 # Options of other tools the README names in backticks.
 # pip's, for the locked install; Dockerfile flags the classic builder refuses.
-OTHER_OPTIONS = {"--require-hashes", "--mount", "--link", "--exclusive"}  # pip, docker, sbatch
+OTHER_OPTIONS = {
+    "--require-hashes",
+    "--mount",
+    "--link",
+    "--exclusive",
+    "--no-requeue",
+}  # pip, docker, sbatch
 
 
 # --- reading the README ---------------------------------------------------------------------

@@ -25,6 +25,12 @@ from cudastack.contract.errors import EXIT_BAD_INPUT
             ["--launcher", "slurm", "--sbatch-arg", "exclusive"],
             "error: --sbatch-arg 'exclusive': give one sbatch option as --name=value",
         ),
+        (
+            ["--launcher", "slurm", "--cell", "a,b\necho pwned"],
+            "error: --cell 'b\\necho pwned': on Slurm a cell is named with letters",
+        ),
+        (["--launcher", "slurm", "--cell", "slurm"], "error: --cell 'slurm': on Slurm a cell"),
+        (["--launcher", "slurm", "--cell", "../x"], "error: --cell '../x': on Slurm a cell"),
     ],
 )
 def test_bad_slurm_options_are_one_line(tmp_path, args, message):
@@ -33,3 +39,11 @@ def test_bad_slurm_options_are_one_line(tmp_path, args, message):
     assert proc.returncode == EXIT_BAD_INPUT and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(message), proc.stderr
     assert not out.exists()  # nothing written
+
+
+def test_a_run_folder_sbatch_cannot_name_is_one_line(tmp_path):
+    out = tmp_path / "my results" / "run"
+    proc = cli("run", "--launcher", "slurm", "--out", str(out))
+    assert proc.returncode == EXIT_BAD_INPUT and proc.stderr.count("\n") == 1, proc.stderr
+    assert "sbatch cannot take a run folder path with whitespace" in proc.stderr
+    assert not out.exists()

@@ -6,7 +6,7 @@ import pytest
 from conftest import cli
 from docker_env import BASE_IMAGE, cpu_cell, write_matrix
 
-from cudastack.host.cells import lock, matrix
+from cudastack.host.cells import images, lock, matrix
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
@@ -59,3 +59,20 @@ def test_the_first_build_of_a_locked_cell_pins_its_os_packages_and_later_builds_
     bad = cli("build", "--matrix", str(path), "--wheelhouse", str(wheelhouse), timeout=600)
     assert bad.returncode == 1
     assert f"{os_lock}:1: 'gcc=1; touch /pwned' is not an OS package pin" in bad.stdout + bad.stderr
+
+
+def test_an_entrypoint_s_banner_never_reaches_the_os_lock(engine, base_image, tmp_path):
+    # nvidia/cuda's entrypoint prints a banner on stdout before running the command.
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base_image}\n"
+        "RUN mkdir -p /opt/cudastack && printf 'gcc=4:12.2.0-3\\nlibc6=2.36-9\\n' "
+        "> /opt/cudastack/apt-installed.txt\n"
+        'ENTRYPOINT ["/bin/sh", "-c", "echo ==========; echo == CUDA ==; exec \\"$@\\"", "--"]\n'
+    )
+    image, _ = engine.images.build(path=str(tmp_path), rm=True)
+    try:
+        banner = engine.containers.run(image.id, ["true"], remove=True).decode()
+        assert banner.startswith("==========")  # the entrypoint is there to be bypassed
+        assert images.apt_installed(engine, image.id) == {"gcc": "4:12.2.0-3", "libc6": "2.36-9"}
+    finally:
+        engine.images.remove(image.id, force=True)

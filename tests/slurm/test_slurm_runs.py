@@ -17,6 +17,7 @@ from cudastack.contract.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from cudastack.contract.runfolder import RECORDS
 from cudastack.host.analysis import results
 from cudastack.host.run import slurm as slurm_launcher
+from cudastack.host.run.suite_args import SuiteArgs
 
 pytestmark = pytest.mark.slurm
 
@@ -289,3 +290,15 @@ def test_a_cluster_that_cannot_take_the_job_is_one_line_and_no_folder(slurm, tmp
     assert down.returncode == 2 and down.stderr.count("\n") == 1, down.stderr
     assert down.stderr.startswith("error: Slurm's controller does not answer here (scontrol")
     assert not out.exists()
+
+
+def test_a_resume_after_slurm_forgot_the_array_follows_nothing(slurm, tmp_path):
+    # squeue asked for one job it no longer knows fails ("Invalid job id specified"): for a
+    # resume that is an array with nothing left to follow, not an error.
+    run_dir = tmp_path / "run"
+    (run_dir / "slurm").mkdir(parents=True)
+    (run_dir / "slurm" / "arrays.json").write_text(json.dumps({"999999": {"a": [0, 0]}}))
+    launcher = slurm_launcher.SlurmLauncher(
+        SuiteArgs(), ["a"], slurm_launcher.SlurmOptions(), 60.0, print, env=slurm.env
+    )
+    assert launcher.adopt(run_dir) == set()

@@ -147,12 +147,21 @@ def apt_installed(client: Any, tag: str) -> dict[str, str]:
     from docker.errors import ContainerError
 
     try:
+        # No entrypoint: nvidia/cuda's prints a banner on stdout before the command's output.
         text = client.containers.run(
-            tag, ["cat", ospackages.APT_INSTALLED], remove=True, stderr=False, network_mode="none"
+            tag,
+            ["cat", ospackages.APT_INSTALLED],
+            entrypoint=[],
+            remove=True,
+            stderr=False,
+            network_mode="none",
         )
     except ContainerError:  # no such file: an older Dockerfile
         return {}
-    return ospackages.parse(text.decode("utf-8", errors="replace"))
+    found = ospackages.parse(text.decode("utf-8", errors="replace"))
+    return {
+        name: version for name, version in found.items() if not ospackages.bad_pin(name, version)
+    }
 
 
 def make_context(

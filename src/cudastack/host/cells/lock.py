@@ -180,7 +180,13 @@ def read_os_lock(path: Path) -> dict[str, str]:
 
 def write_os_lock(path: Path, cell: Cell, pins: dict[str, str]) -> None:
     """Pin the OS packages a build of ``cell`` installed or changed with apt: later builds of it
-    (here or on another host, given the locks folder) install exactly these versions."""
+    (here or on another host, given the locks folder) install exactly these versions. Raises
+    LockError on a pin apt would not take (nothing else may reach the file)."""
+    bad = [
+        f"{name}={version}" for name, version in pins.items() if ospackages.bad_pin(name, version)
+    ]
+    if bad:
+        raise LockError(f"not OS package pins: {', '.join(bad)[:200]}")
     # The build's time is the snapshot that still serves these versions once the
     # distribution's archive has moved on.
     built = ospackages.snapshot_now()

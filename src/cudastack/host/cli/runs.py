@@ -128,6 +128,7 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
     args.validate()
     loop.check_timeout(opts.timeout)
     cells = names(opts.cell) or [LOCAL]
+    slurm.check_names(cells, dest.resume or dest.out or dest.results_dir)
     options = slurm.SlurmOptions(
         opts.partition,
         opts.time,
@@ -150,9 +151,10 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
                 outcomes = loop.run_cells(launcher, args.repeat, run)
                 return loop.finish(run.run_dir, run.run_id, outcomes, opts.verbose)
             state.ended(run.run_dir, "submitted", f"job array {', '.join(jobs)} is in Slurm")
+        command = dest.options.get("command", "run")
         echo(
             f"run {run.run_id}: {what}, not waited for: cudastack show {run.run_dir} shows what "
-            f"finished; cudastack run --resume {run.run_dir} follows it to the end"
+            f"finished; cudastack {command} --resume {run.run_dir} follows it to the end"
         )
         return loop.RunOutcome(run.run_dir, failed=False, skipped=False, interrupted=False)
     return loop.run_matrix(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from cudastack.contract import runfolder
+from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import UserError
 from cudastack.host.analysis import results
 from cudastack.host.run import resume
@@ -41,6 +41,11 @@ NOT_SHARED = 97
 # How often the host asks squeue about the array: a scheduler serves many users, and a cell
 # takes minutes.
 POLL_S = 2.0
+# How long an ended task's exit file may take to show here (see SlurmLauncher._wait).
+EXIT_FILE_GRACE_S = 60.0
+# How long Slurm may fail to answer a poll before the run gives up (a busy controller times
+# out now and then).
+UNANSWERED_S = 600.0
 # Where a task ended in Slurm's words (scontrol's JobState), and what that means for its cell.
 ENDED = {
     "COMPLETED",
@@ -140,17 +145,20 @@ class SlurmLauncher:
     interrupted_note: str = "cancelled the job array (scancel); keeping the cases that finished"
     _tasks: dict[str, _Task] = field(default_factory=dict)
     _submitted: bool = False
+    _unanswered_since: float = 0.0
 
     def plan(self) -> list[CellPlan]:
         return [CellPlan(cell) for cell in self.cells]
 
     def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
-        if not self._submitted:  # every cell not followed yet, at once
-            self.submit(run_dir, run_id)
         try:
+            if not self._submitted:  # every cell not followed yet, at once
+                self.submit(run_dir, run_id)
             return self._wait(cell, process, run_dir, run_id)
         except KeyboardInterrupt:
-            self._slurm("scancel", *self.jobs())
+            with contextlib.suppress(SlurmError):  # the interrupt is what the user must see
+                if self.jobs():
+                    self._slurm("scancel", *self.jobs())
             raise
 
     def jobs(self) -> list[str]:
@@ -196,12 +204,15 @@ class SlurmLauncher:
                     (folder / f"{cell}.{n}.exit").unlink(missing_ok=True)
         if not new:
             return ""
-        script = self.script(run_dir.resolve(), run_id, list(new.values()))
+        script = self.script(run_dir.absolute(), run_id, list(new.values()))
         arrays = submitted_arrays(run_dir)
         if arrays and (folder / SCRIPT).exists():  # what the earlier array ran stays readable
             (folder / SCRIPT).rename(folder / f"job.{list(arrays)[-1]}.sbatch")
         runfolder.atomic_write(folder / SCRIPT, lambda p: p.write_text(script, encoding="utf-8"))
-        job = self._slurm("sbatch", "--parsable", str(folder / SCRIPT)).strip().split(";")[0]
+        said = self._slurm("sbatch", "--parsable", str(folder / SCRIPT)).strip().splitlines()
+        job = said[-1].split(";")[0] if said else ""
+        if not job.isdigit():
+            raise SlurmError(f"sbatch answered {' '.join(said)[:200]!r}, not a job id")
         for task in new.values():
             task.job = job
         self._tasks.update(new)
@@ -229,6 +240,9 @@ class SlurmLauncher:
             f"#SBATCH --array=0-{last}",
             f"#SBATCH --output={slurm_dir}/%A_%a.out",
             "#SBATCH --ntasks=1",
+            "# A requeued task would run finished processes again: it fails instead, and a",
+            "# resume submits what did not finish.",
+            "#SBATCH --no-requeue",
             *(f"#SBATCH {d}" for d in self.options.directives(self.timeout_s, max(processes, 1))),
             "",
             "set -u",
@@ -246,7 +260,8 @@ class SlurmLauncher:
             "    local cell=$1 n=$2; shift 2",
             '    (cd "$run_dir/$cell" && exec "$@") >> "$run_dir/$cell/log.txt" 2>&1',
             "    local code=$?",
-            f'    echo "$code" > "$run_dir/{SLURM_DIR}/$cell.$n.exit"',
+            f'    local exit_file="$run_dir/{SLURM_DIR}/$cell.$n.exit"',
+            '    echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"',
             '    return "$code"',
             "}",
             "",
@@ -262,7 +277,7 @@ class SlurmLauncher:
                         run_dir / task.cell,
                         task.cell,
                         run_id,
-                        self.args.bench_dir.resolve(),
+                        self.args.bench_dir.absolute(),
                         process=n,
                     ),
                 ]
@@ -286,16 +301,16 @@ class SlurmLauncher:
         task = self._tasks[cell]
         exit_file = run_dir / SLURM_DIR / f"{cell}.{process}.exit"
         started = time.perf_counter()
-        while not exit_file.exists():
+        ended_at: Optional[float] = None
+        while not (code := _exit_code(exit_file)):
             self._poll()
             if task.state in ENDED:
-                # The exit file may trail the task's end on a shared filesystem.
-                time.sleep(POLL_S)
-                if exit_file.exists():
-                    break
-                return self._failed(task, process, run_dir, run_id, started)
+                # A file the node wrote may show on this host's view of a shared filesystem
+                # only once its attribute cache expires (NFS: up to 60 s).
+                ended_at = ended_at if ended_at is not None else time.perf_counter()
+                if time.perf_counter() - ended_at > EXIT_FILE_GRACE_S:
+                    return self._failed(task, process, run_dir, run_id, started)
             time.sleep(POLL_S)
-        code = exit_file.read_text(encoding="utf-8").strip()
         now = time.perf_counter()
         # The process's time on its node, as the host saw it: from the task's start (or its
         # previous process's end), not from when this call began waiting.
@@ -310,9 +325,23 @@ class SlurmLauncher:
         return self._failed_row(cell, process, run_dir, run_id, reason, run_s)
 
     def _poll(self) -> None:
-        """Every task's state, from squeue while queued or running and from scontrol after."""
-        live = self._listed(sorted({task.job for task in self._tasks.values()}))
-        for task in self._tasks.values():
+        """Every task's state, from squeue while queued or running and from scontrol after
+        (once: an ended task is not asked about again). A poll Slurm does not answer is
+        skipped, until it has not answered for UNANSWERED_S."""
+        following = [task for task in self._tasks.values() if task.state not in ENDED]
+        if not following:
+            return
+        try:
+            live = self._listed(sorted({task.job for task in following}))
+        except SlurmError as exc:
+            now = time.perf_counter()
+            self._unanswered_since = self._unanswered_since or now
+            if now - self._unanswered_since > UNANSWERED_S:
+                raise
+            self.echo(f"Slurm did not answer ({exc}); asking again")
+            return
+        self._unanswered_since = 0.0
+        for task in following:
             state, node = live.get((task.job, task.index), ("", ""))
             if not state:
                 state, node, task.exit_code = ended_task(task.job, task.index, self.env)
@@ -326,7 +355,12 @@ class SlurmLauncher:
     def _listed(self, jobs: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
         """(job, array index) -> (state, node) of each task of ``jobs`` squeue lists: queued,
         running or completing."""
-        out = self._slurm("squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%F|%K|%T|%N")
+        try:
+            out = self._slurm("squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%F|%K|%T|%N")
+        except SlurmError as exc:
+            if "Invalid job id" in str(exc):  # one job asked for, which Slurm has forgotten
+                return {}
+            raise
         found = {}
         for line in out.splitlines():
             job, index, state, node = [*line.split("|"), "", "", ""][:4]
@@ -402,6 +436,38 @@ def ended_task(job: str, index: int, env: dict[str, str]) -> tuple[str, str, str
     return GONE, "", ""
 
 
+def _exit_code(path: Path) -> str:
+    """What a process's exit file says, or '' while it is not there (or not yet whole)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+
+
+# A cell's name on Slurm names its folder and its branch of the batch script: a matrix cell
+# name's characters, and not the folder the script itself lives in.
+_CELL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Characters sbatch's #SBATCH lines or its %-patterns would take apart in the run folder's path.
+_UNSAFE_PATH = re.compile(r"[\s%#'\"\\]")
+
+
+def check_names(cells: list[str], run_folder: Path) -> None:
+    """Raise UserError on a cell name that cannot name a task's folder and script branch, and
+    on a run folder path the batch script cannot name (whitespace, %, #, quotes)."""
+    for cell in cells:
+        if not _CELL_NAME.fullmatch(cell) or cell == SLURM_DIR:
+            raise UserError(
+                f"--cell {cell!r}: on Slurm a cell is named with letters, digits, '.', '_' and "
+                f"'-' (not {SLURM_DIR!r})"
+            )
+    shown = str(run_folder.absolute())
+    if _UNSAFE_PATH.search(shown):
+        raise UserError(
+            f"{shown}: sbatch cannot take a run folder path with whitespace, %, # or quotes; "
+            "choose another --out or --results-dir"
+        )
+
+
 def require_cluster(partition: str, env: dict[str, str]) -> None:
     """Raise SlurmError (one line) unless Slurm's commands are on PATH, its controller answers,
     and ``partition`` (when given) is one of its partitions: checked before a run folder is
@@ -438,9 +504,12 @@ def submitted_arrays(run_dir: Path) -> dict[str, dict[str, list[int]]]:
 def slurm_command(*argv: str, env: dict[str, str]) -> str:
     """A Slurm command's output (``env`` over this process's environment). Raises SlurmError
     with its last line of output when it fails."""
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=120
-    )
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{argv[0]} did not answer in 120 s") from None
     if proc.returncode != 0:
         message = (proc.stderr or proc.stdout).strip().splitlines()
         raise SlurmError(f"{argv[0]} failed: {message[-1] if message else proc.returncode}")
@@ -452,4 +521,4 @@ def _tail(log: Path) -> str:
         lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return lines[-1][:200] if lines else ""
+    return redact.text(lines[-1])[:200] if lines else ""
