@@ -76,3 +76,15 @@ def test_an_entrypoint_s_banner_never_reaches_the_os_lock(engine, base_image, tm
         assert images.apt_installed(engine, image.id) == {"gcc": "4:12.2.0-3", "libc6": "2.36-9"}
     finally:
         engine.images.remove(image.id, force=True)
+
+
+def test_locking_a_cell_again_drops_its_os_lock(registry_base, wheelhouse, tmp_path):
+    path = write_matrix(tmp_path / "m", cpu_cell(CELL).replace(BASE_IMAGE, registry_base))
+    (cell,) = matrix.load(path)
+    os_lock = lock.os_lock_path(cell, path.parent / "locks")
+    os_lock.parent.mkdir(parents=True)
+    lock.write_os_lock(os_lock, cell, {"gcc": "4:12.2.0-3"})  # a build of an earlier lock's
+    again = cli("lock", "--cell", CELL, "--matrix", str(path), "--wheelhouse", str(wheelhouse))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"removed {os_lock}: the next build pins the OS packages it installs" in again.stdout
+    assert not os_lock.exists()

@@ -79,6 +79,16 @@ def lock_cmd(
             f"{c.lock_path(locks_dir)}",
             highlight=False,
         )
+        # The OS versions a build of the old lock installed may not fit a new base: the next
+        # build of this lock pins its own.
+        os_lock = lock.os_lock_path(c, locks_dir)
+        if os_lock.is_file():
+            os_lock.unlink()
+            console.print(
+                f"{escape(c.name)}: removed {os_lock}: the next build pins the OS packages it "
+                "installs",
+                highlight=False,
+            )
 
 
 def _run_dir(run: str, results_dir: Path) -> Path:
