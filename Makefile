@@ -23,9 +23,13 @@ setup: $(STAMP)  ## create .venv with cudastack, torch and the dev tools
 bench: $(STAMP)  ## the main job: run the suite, print the table (ARGS='--bench gemm' ...)
 	$(VENV)/bin/cudastack bench $(ARGS)
 
+# pytest-xdist workers for `make test` (0: one process). The Docker engine's tests stay in one
+# worker (tests/conftest.py), so two overlap the image builds with the other tests.
+TEST_JOBS ?= 2
+
 test: $(STAMP)  ## unit and integration tests (real torch on this device)
 	@# pytest exits 5 when it collected nothing: a test run that tested nothing is a failure.
-	$(PY) -m pytest -q $(ARGS); code=$$?; \
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup $(ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$code
 
 perf: $(STAMP)  ## the harness's own speed, with pytest-benchmark (not part of make test)

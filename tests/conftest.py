@@ -59,3 +59,29 @@ def worker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+# `make test` runs two pytest-xdist workers (CI's machine has two cores). The tests that use the
+# one Docker engine (image builds, most of the time this suite takes) run in one worker, in
+# order, sharing its session fixtures (base image, wheelhouses, registry) as a single process
+# would; those of the test Slurm cluster in one worker; every other test in either.
+ENGINE_FIXTURES = {
+    "engine",
+    "base_image",
+    "wheelhouse",
+    "cuda_wheelhouse",
+    "good_matrix",
+    "registry",
+    "registry_base",
+    "clean_engine",
+    "images_made_here",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & ENGINE_FIXTURES or item.get_closest_marker("docker"):
+            item.add_marker(pytest.mark.xdist_group("engine"))
+        elif "slurm" in fixtures or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))

@@ -128,7 +128,7 @@ def test_a_local_run_whose_worker_dies_exits_1_and_keeps_what_finished(make_benc
 def test_list_shows_benchmarks_cases_and_cells():
     proc = cli("list", "--cases", "--profile", "quick")
     assert proc.returncode == 0, proc.stderr
-    assert "gemm" in proc.stdout and "gemm[dtype=fp32,n=2048]" in proc.stdout
+    assert "gemm" in proc.stdout and "gemm[dtype=fp32,n=1024]" in proc.stdout
     assert "quick:" in proc.stdout and "standard:" in proc.stdout
     assert "cells: local" in proc.stdout
     assert DEFAULT_BENCH_DIR.is_dir()

@@ -130,9 +130,9 @@ def test_csv_matches_parquet(quick_run):
 def test_show_prints_the_same_run(quick_run):
     proc = cli("show", str(quick_run[0]))
     assert proc.returncode == 0, proc.stderr
-    # gemm[dtype=fp32,n=2048] as the show command shows it: a row of gemm's block, whose
+    # gemm[dtype=fp32,n=1024] as the show command shows it: a row of gemm's block, whose
     # columns are the parameters that vary in it.
-    block = r"^gemm \(kernel\)\s*\n\s*dtype +n +median TFLOP/s\b(.*\n)*?fp32 +2048 +[\d.]+ "
+    block = r"^gemm \(kernel\)\s*\n\s*dtype +n +median TFLOP/s\b(.*\n)*?fp32 +1024 +[\d.]+ "
     assert re.search(block, proc.stdout, re.M), proc.stdout
 
 
@@ -197,7 +197,7 @@ def test_the_run_measured_the_ceilings_its_kernels_name_and_states_shares_of_the
     assert list(ceilings["case"]) == ["ceiling[what=matmul,dtype=fp32]", "ceiling[what=copy]"]
     # Kernels stated against fp32 or mem have a share of its ceiling; workloads have none.
     table = results.case_table(df).set_index("case")
-    gemm = table.loc["gemm[dtype=fp32,n=2048]"]
+    gemm = table.loc["gemm[dtype=fp32,n=1024]"]
     assert gemm["pct_of_achievable"] > 0
     workloads = [b for b, s in SPECS.items() if s.kind == "workload"]
     assert not set(ok.loc[ok["bench"].isin(workloads), "metric"]) & {"pct_of_achievable"}

@@ -102,10 +102,12 @@ def test_gemm_fp8_counts_one_byte_operands_and_a_bf16_product():
 # Layers given as conv.LAYERS gives them (in channels, out channels, kernel, stride, input side)
 # but thousands of times cheaper than ResNet's, so the bench's fp64 checks and timing take
 # milliseconds. The count is one expression for every layer; these cover what it depends on:
-# kernels 1, 3 and 7, strides 1 and 2, odd and even sides, as the shipped layers have.
+# kernels 1, 3 and 7, strides 1 and 2, odd and even sides, as the shipped layers have. Not 6 -> 4
+# channels at 1x1 stride 2: torch 2.14.1's channels_last weight gradient there is wrong on an
+# AVX2 CPU about every other call (up to 7x off fp64), which the bench's check rightly refuses.
 TINY_LAYERS = {
     "tiny_3x3": (3, 5, 3, 1, 9),
-    "tiny_1x1_s2": (6, 4, 1, 2, 10),
+    "tiny_1x1_s2": (16, 8, 1, 2, 10),
     "tiny_7x7_s2": (3, 8, 7, 2, 11),
 }
 

@@ -16,7 +16,7 @@ CEILING = "{dtype}"  # % of achievable: of the best large GEMM in the case's dty
 PARAMS = {"dtype": ["fp32", "tf32", "fp16", "bf16", "fp8"], "n": [1024, 4096, 8192]}
 PROFILES = {
     "smoke": {"n": [256]},
-    "quick": {"dtype": ["fp32", "bf16"], "n": [512, 2048]},
+    "quick": {"dtype": ["fp32", "bf16"], "n": [512, 1024]},
     "full": {"n": [1024, 2048, 4096, 8192, 16384]},
 }
 
