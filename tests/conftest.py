@@ -78,6 +78,8 @@ ENGINE_FIXTURES = {
 }
 
 
+# tryfirst: xdist's worker reads the group marks in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))

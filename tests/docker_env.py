@@ -76,13 +76,15 @@ def base_image(engine, tmp_path_factory):
 TEST_CELLS: set[str] = set()  # every cell name cpu_cell() has written into a test matrix
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images_made_here(engine):
-    """Remove the test cells' images that a test module built or pulled, once it is done.
+    """Remove the test cells' images that the tests built or pulled, once they are all done.
 
-    A cell image with its CPU torch is over 1 GB; left behind, a run's images add up to more
-    disk than a CI machine may have. Only the tests' own cells are touched: an image a
-    developer builds meanwhile on the same engine stays (and so does the base image).
+    Kept until then, an image one module built is a cache hit for the next module's cell of the
+    same content (test-cpu's 2 minutes, several times). A cell image with its CPU torch is over
+    1 GB, so the CUDA cell's 5 GB image is removed by its own test. Only the tests' own cells
+    are touched: an image a developer builds meanwhile on the same engine stays (and so does
+    the base image).
     """
     from docker.errors import APIError
 

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
 
 def _fresh(engine, path) -> str:
-    """The cell's tag, with no image under it: so this test really builds."""
+    """The cell's tag, with no image under it: so this test really builds (and, after it, so
+    its 5 GB are not kept)."""
     (cell,) = matrix.load(path)
     tag = pipeline.BuildInputs.for_matrix(path).tag(cell)
     if images.exists(engine, tag):
@@ -32,7 +33,7 @@ def _lock_versions(text: str) -> dict:
 
 
 def test_a_locked_cuda_cell_with_cudnn_and_nccl_pins_builds_loads_and_reports_them(
-    engine, registry_base, cuda_wheelhouse, tmp_path
+    engine, registry_base, cuda_wheelhouse, tmp_path, request
 ):
     # One cell for both promises (a CUDA build of torch locked and built; library pins that the
     # image loads over torch's own): each such image is 5 GB, and building two cost CI 7 min.
@@ -50,6 +51,8 @@ def test_a_locked_cuda_cell_with_cudnn_and_nccl_pins_builds_loads_and_reports_th
     assert {"nvidia-cublas", "nvidia-cuda-runtime", "triton"} <= set(pins)
     assert len(pins) == len(lock_text.splitlines()) - 1  # every line but the header
     tag = _fresh(engine, path)
+    # 5 GB: gone when this test is, not at the end of the session with the CPU cells.
+    request.addfinalizer(lambda: _fresh(engine, path))
     started = time.perf_counter()
     built = cli("build", "--matrix", str(path), "--wheelhouse", str(cuda_wheelhouse), timeout=1800)
     print(f"build of a pinned CUDA torch cell from its lock: {time.perf_counter() - started:.0f} s")
