@@ -124,6 +124,9 @@ def _leftovers(conf: Path, daemons: list[subprocess.Popen]) -> list[int]:
     return found
 
 
+FEATURES = "Features=type-a,type-b"
+
+
 def _slurm_conf(root: Path, node: str, cpus: int, memory_mb: int, munge_socket: Path) -> str:
     ctld_port, slurmd_port = _free_port(), _free_port()
     return f"""\
@@ -169,7 +172,8 @@ MailProg=/bin/true
 # MinJobAge stays at its default (300 s), as on a real cluster: without accounting, that is
 # how long scontrol still knows a finished job.
 KillWait=5
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+# Two features, as two GPU types would be: --constraint "type-a|type-b" asks for each.
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} {FEATURES} State=UNKNOWN
 PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 

@@ -478,3 +478,19 @@ def test_the_workers_row_has_the_cause_and_its_log_the_traceback(make_bench, tmp
     assert proc.stderr.count("Traceback (most recent call last)") == 2
     assert f'boom.py", line {at}, in run' in proc.stderr
     assert "ValueError: first line\nthe real cause" in proc.stderr
+
+
+def test_an_apt_error_streamed_onto_apt_s_progress_line_is_still_the_reason():
+    # apt's "Reading package lists... " has no newline until done; its stderr error can land on
+    # that line in the engine's stream (seen under load in CI).
+    log = [
+        "Step 7/35 : RUN apt-get install -y zlib1g=0.0-gone",
+        " ---> Running in ee626631d86d",
+        "Reading package lists... E: Version '0.0-gone' for 'zlib1g' was not found",
+        "Removing intermediate container ee626631d86d",
+        "The command returned a non-zero code: 100",
+    ]
+    reason = failures.log_reason(log)
+    assert reason.startswith(
+        "E: Version '0.0-gone' for 'zlib1g' was not found; step 7/35 (RUN) exited with code 100"
+    ), reason

@@ -67,7 +67,11 @@ OTHER_OPTIONS = {
     "--link",
     "--exclusive",
     "--no-requeue",
-}  # pip, docker, sbatch
+    "--export",
+    "--init",
+    "--nv",
+    "--container-image",
+}  # pip, docker, sbatch, apptainer, pyxis
 
 
 # --- reading the README ---------------------------------------------------------------------
@@ -134,8 +138,8 @@ def readme_lines() -> list[Line]:
             continue
         joined: list[str] = []
         for raw in body.splitlines():
-            if raw[:1].isspace() and joined:  # a continuation of the synopsis line above
-                joined[-1] += " " + raw.strip()
+            if raw[:1].isspace() and joined:  # a continuation of the line above
+                joined[-1] = joined[-1].removesuffix("\\").rstrip() + " " + raw.strip()
             elif raw.strip():
                 joined.append(raw.strip())
         for raw in joined:

@@ -31,6 +31,23 @@ from cudastack.contract.errors import EXIT_BAD_INPUT
         ),
         (["--launcher", "slurm", "--cell", "slurm"], "error: --cell 'slurm': on Slurm a cell"),
         (["--launcher", "slurm", "--cell", "../x"], "error: --cell '../x': on Slurm a cell"),
+        (
+            ["--launcher", "slurm", "--constraint", "h100|a100&ib"],
+            "error: --constraint 'h100|a100&ib': alternatives are node features",
+        ),
+        (["--container", "docker"], "error: --container for Slurm: add --launcher slurm"),
+        (
+            ["--launcher", "slurm", "--container", "podman"],
+            "error: --container 'podman': choose none, docker, apptainer, pyxis",
+        ),
+        (
+            ["--launcher", "slurm", "--container", "docker"],
+            "error: --container docker runs cells' images: name them with --cell",
+        ),
+        (
+            ["--launcher", "slurm", "--container", "pyxis", "--cell", "a"],
+            "error: --container pyxis pulls each cell's image from a registry",
+        ),
     ],
 )
 def test_bad_slurm_options_are_one_line(tmp_path, args, message):

@@ -4,6 +4,7 @@ ingested; failed and timed-out tasks as failed rows with Slurm's state; Ctrl-C c
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,21 @@ def run(ctx, n):
 '''
 
 
+# Two quick cases, whatever the cell (the cell local has no --cell on its command line).
+PLAIN = '''"""Two quick cases."""
+
+KIND = "kernel"
+HEADLINE = "latency"
+PARAMS = {"n": [0, 1]}
+
+
+def run(ctx, n):
+    from cudastack.environment.context import Metric
+
+    return [Metric("latency", "ms", "lower", [1.0 + n, 1.1 + n, 1.2 + n])]
+'''
+
+
 def _run(slurm, bench: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
     argv += [str(bench), "--profile", "smoke", "--out", str(out), *extra]
@@ -60,6 +76,14 @@ def test_run_on_slurm_runs_the_suite_in_one_array_and_ingests_every_cell(
     proc = _run(slurm, bench, out, "--cell", "node-a,node-b")
     assert proc.returncode == EXIT_OK, proc.stdout[-3000:] + proc.stderr
     assert "submitted job array" in proc.stdout and "2 tasks, one per cell" in proc.stdout
+    assert "Slurm keeps no accounting here (sacct failed: Slurm accounting storage is " in (
+        proc.stdout
+    )
+    # Each cell's progress, case by case, as a local run prints it.
+    for cell in ("node-a", "node-b"):
+        for n in (0, 1):
+            line = rf"^{cell}: \[\s*{n + 1}/2\] quick\[n={n}\] +ok "
+            assert re.search(line, proc.stdout, re.M), proc.stdout
     script = (out / "slurm" / "job.sbatch").read_text()
     assert "#SBATCH --array=0-1" in script and f"#SBATCH --partition={slurm.partition}" in script
     table = results.load_table(out)
@@ -74,6 +98,60 @@ def test_run_on_slurm_runs_the_suite_in_one_array_and_ingests_every_cell(
         assert env["slurm"]["array_task_id"] in ("0", "1")
     outputs = sorted(p.name for p in (out / "slurm").glob("*.out"))
     assert len(outputs) == 2, outputs  # each task's output file beside the script
+
+
+def test_bench_on_slurm_runs_the_suite_as_one_task_in_the_node_s_python(
+    slurm, make_bench, tmp_path
+):
+    bench = make_bench("quick", PLAIN)
+    out = tmp_path / "run"
+    argv = ["bench", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
+    argv += [str(bench), "--profile", "smoke", "--out", str(out)]
+    proc = cli(*argv, env=slurm.env, timeout=600)
+    assert proc.returncode == EXIT_OK, proc.stdout[-3000:] + proc.stderr
+    assert "(1 task, one per cell)" in proc.stdout
+    rows = results.load_table(out)
+    rows = rows[(rows["cell"] == "local") & (rows["bench"] == "quick")]
+    assert set(rows["status"]) == {"ok"} and set(rows["case"]) == {"quick[n=0]", "quick[n=1]"}
+    assert json.loads((out / "run.json").read_text())["options"]["command"] == "bench"
+
+
+def test_constraint_alternatives_run_each_cell_once_per_node_type(slurm, make_bench, tmp_path):
+    bench = make_bench("quick", BENCH)
+    out = tmp_path / "run"
+    proc = _run(slurm, bench, out, "--cell", "a,b", "--constraint", "type-a|type-b")
+    assert proc.returncode == EXIT_OK, proc.stdout[-3000:] + proc.stderr
+    # A job array's tasks share one constraint: an array per type, a task per cell in each.
+    arrays = _arrays(out)
+    assert [sorted(cells) for cells in arrays.values()] == [
+        ["a@type-a", "b@type-a"],
+        ["a@type-b", "b@type-b"],
+    ]
+    assert "(2 tasks, one per cell on type-b nodes)" in proc.stdout
+    first, _ = arrays
+    assert "#SBATCH --constraint=type-a" in (out / "slurm" / f"job.{first}.sbatch").read_text()
+    assert "#SBATCH --constraint=type-b" in (out / "slurm" / "job.sbatch").read_text()
+    table = results.load_table(out)
+    ran = table[table["bench"] == "quick"]
+    assert set(ran["cell"]) == {"a@type-a", "b@type-a", "a@type-b", "b@type-b"}
+    assert set(ran["status"]) == {"ok"} and len(ran["case"].unique()) == 2
+
+
+def test_an_array_slurm_refuses_cancels_the_arrays_of_the_other_types(slurm, make_bench, tmp_path):
+    bench = make_bench("quick", BENCH)
+    out = tmp_path / "run"
+    proc = _run(slurm, bench, out, "--cell", "a", "--constraint", "type-a|no-such-type")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: sbatch failed: "), proc.stderr
+    ((first, cells),) = _arrays(out).items()  # type-a's array was submitted, then cancelled
+    assert list(cells) == ["a@type-a"]
+    deadline = time.monotonic() + 60
+    while _listed(slurm, first):
+        assert time.monotonic() < deadline, slurm.run("squeue").stdout
+        time.sleep(0.5)
+    # The refused script never took the name of the one Slurm ran.
+    assert "#SBATCH --constraint=type-a" in (out / "slurm" / "job.sbatch").read_text()
+    assert not (out / "slurm" / "job.sbatch.new").exists()
 
 
 def test_a_crashed_and_a_timed_out_task_are_failed_rows_with_slurm_s_state(
@@ -97,20 +175,34 @@ def test_a_crashed_and_a_timed_out_task_are_failed_rows_with_slurm_s_state(
     assert "crashes: failed" in proc.stdout and "hangs: failed" in proc.stdout
 
 
+def test_timeout_holds_for_each_worker_process_on_its_node(slurm, make_bench, tmp_path):
+    bench = make_bench("quick", BENCH)
+    out = tmp_path / "run"
+    proc = _run(slurm, bench, out, "--cell", "hangs", "--timeout", "3")
+    assert proc.returncode == EXIT_FAILED, proc.stdout[-3000:] + proc.stderr
+    table = results.load_table(out)
+    (why,) = table[table["bench"] == "harness"]["reason"]
+    assert why == f"timed out after 3 s (--timeout) on {slurm.node}", why
+
+
 def test_ctrl_c_cancels_the_array_and_keeps_what_finished(slurm, make_bench, tmp_path):
     bench = make_bench("quick", BENCH)
     out = tmp_path / "run"
     argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
-    argv += [str(bench), "--profile", "smoke", "--out", str(out), "--cell", "fine,hangs"]
+    # full: a case limit (900 s) the hang outlasts whatever the machine's load.
+    argv += [str(bench), "--profile", "full", "--out", str(out), "--cell", "fine,hangs"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cudastack", *argv],
         env=slurm.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As from a terminal: a background job or a pytest-xdist worker ignores SIGINT, and
+        # Python keeps an ignored SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Wait until "fine" has finished and "hangs" runs.
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while not (out / "slurm" / "fine.0.exit").exists() or not _running(slurm):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
@@ -152,8 +244,10 @@ def run(ctx, n):
 
 
 def _start(slurm, bench: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """A run whose gated case waits as long as the test needs: profile full's case limit
+    (900 s), not smoke's 180 s, which a loaded machine can spend before the gate opens."""
     argv = ["run", "--launcher", "slurm", "--partition", slurm.partition, "--bench-dir"]
-    argv += [str(bench), "--profile", "smoke", "--out", str(out), *extra]
+    argv += [str(bench), "--profile", "full", "--out", str(out), *extra]
     return subprocess.Popen(
         [sys.executable, "-m", "cudastack", *argv],
         env=slurm.env,
@@ -178,7 +272,7 @@ def test_resume_follows_the_tasks_a_killed_host_left_and_submits_the_rest_again(
     bench = make_bench("gated", GATED)
     out = tmp_path / "run"
     proc = _start(slurm, bench, out, "--cell", "a,b")
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while not (_at_gate(out, "a") and _at_gate(out, "b")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.5)
@@ -225,7 +319,7 @@ def test_no_wait_submits_and_returns_show_sees_what_finished_resume_finishes(
     assert proc.returncode == EXIT_OK, output
     assert f"cudastack run --resume {out} follows it to the end" in output
     assert json.loads((out / "run.json").read_text())["state"] == "submitted"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while not _at_gate(out, "a"):
         assert time.monotonic() < deadline
         time.sleep(0.5)

@@ -369,10 +369,17 @@ def output_reason(head: str, lines: Iterable[str], limit: int = REASON_LIMIT) ->
     return _with_hint(f"{head}; its child processes printed: {_decisive(plain)}", found, limit)
 
 
+# apt prints "Reading package lists... " on stdout and ends the line only once done; its error
+# ("E: Version ... was not found") goes to stderr, and the engine may stream it onto that same
+# line ("Reading package lists... E: Version ..."): two lines, as they were printed.
+_AFTER_PROGRESS = re.compile(r"(?<=\.\.\.)\s*(?=(?:E|W|Err|ERROR): )")
+
+
 def _plain(lines: Iterable[str]) -> list[str]:
     """The non-blank lines, without ANSI escapes or control characters."""
     plain = [_unquoted(_strip(x).rstrip()) for x in lines]
-    return [x for x in plain if x.strip()]
+    split = [part for x in plain for part in _AFTER_PROGRESS.split(x)]
+    return [x for x in split if x.strip()]
 
 
 def _decisive(plain: Sequence[str]) -> str:

@@ -98,15 +98,15 @@ LauncherOpt = typer.Option(
     "auto",
     "--launcher",
     help="Where the cells run: auto (here, or in containers with --cell) | slurm (one job array "
-    "on a Slurm cluster, a task per cell in the node's own Python environment; the run folder "
-    "must be on a filesystem the nodes share).",
+    "on a Slurm cluster, a task per cell, in its image with --container, else in the node's "
+    "own Python environment; the run folder must be on a filesystem the nodes share).",
 )
 PartitionOpt = typer.Option("", "--partition", help="Slurm: the partition (sbatch --partition).")
 SlurmTimeOpt = typer.Option(
     "",
     "--time",
     help="Slurm: each task's time limit (sbatch --time, e.g. 2:00:00); default --timeout per "
-    "worker process of the task.",
+    "worker process of the task, at most the partition's limit.",
 )
 AccountOpt = typer.Option("", "--account", help="Slurm: the account charged (sbatch --account).")
 QosOpt = typer.Option("", "--qos", help="Slurm: the quality of service (sbatch --qos).")
@@ -115,6 +115,20 @@ ConstraintOpt = typer.Option(
 )
 GresOpt = typer.Option("", "--gres", help="Slurm: generic resources per node, e.g. gpu:h100:1.")
 GpusPerTaskOpt = typer.Option(0, "--gpus-per-task", help="Slurm: GPUs per task (sbatch).")
+ContainerOpt = typer.Option(
+    "none",
+    "--container",
+    help="Slurm: how a task runs its --cell's image: docker (the node's engine), apptainer, "
+    "pyxis (srun --container-image), or none (the node's own Python environment). The image "
+    "is built here, then pushed to --image-registry or saved into the run folder.",
+)
+ImageRegistryOpt = typer.Option(
+    "",
+    "--image-registry",
+    help="Slurm --container: HOST[:PORT]/REPO the nodes pull the cells' images from, by "
+    "digest (cudastack pushes them there); without it, each is a docker save archive in the "
+    "run folder (docker, apptainer).",
+)
 NoWaitOpt = typer.Option(
     False,
     "--no-wait",
@@ -187,6 +201,8 @@ class RunOptions:
     gres: str = _opt(GresOpt)
     gpus_per_task: int = _opt(GpusPerTaskOpt)
     sbatch_arg: Optional[list[str]] = _opt(SbatchArgOpt)
+    container: str = _opt(ContainerOpt)
+    image_registry: str = _opt(ImageRegistryOpt)
     no_wait: bool = _opt(NoWaitOpt)
     # How the summary is printed, not what runs: no SuiteArgs field.
     verbose: bool = _opt(VerboseOpt)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -26,7 +27,7 @@ from cudastack.host.cli.app import (
     with_run_options,
 )
 from cudastack.host.console import console, echo
-from cudastack.host.run import loop, permissions, pipeline, slurm, state
+from cudastack.host.run import loop, permissions, pipeline, slurm, state, task_container
 from cudastack.host.run.container import ContainerOptions, remove_run_containers
 from cudastack.host.run.local import LOCAL, LocalLauncher
 from cudastack.host.run.suite_args import SuiteArgs
@@ -106,6 +107,7 @@ SLURM_ONLY = (
     "constraint",
     "gres",
     "gpus_per_task",
+    "image_registry",
     "no_wait",
 )
 
@@ -117,6 +119,7 @@ def _check_launcher(opts: RunOptions) -> None:
     given = [name for name in SLURM_ONLY if getattr(opts, name)] + (
         ["sbatch_arg"] if opts.sbatch_arg else []
     )
+    given += ["container"] if opts.container != "none" else []
     if opts.launcher != "slurm" and given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UserError(f"{flags} for Slurm: add --launcher slurm")
@@ -124,9 +127,10 @@ def _check_launcher(opts: RunOptions) -> None:
 
 def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> loop.RunOutcome:
     """The cells --cell names (or the cell local) as one Slurm job array, each task in its
-    node's own Python environment."""
+    cell's image (--container) or in its node's own Python environment."""
     args.validate()
     loop.check_timeout(opts.timeout)
+    task_container.check_mode(opts.container, opts.image_registry, names(opts.cell))
     cells = names(opts.cell) or [LOCAL]
     slurm.check_names(cells, dest.resume or dest.out or dest.results_dir)
     options = slurm.SlurmOptions(
@@ -141,8 +145,26 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
     )
     options.directives(opts.timeout, opts.repeat)  # bad values before anything is written
     slurm.require_cluster(opts.partition, args.environment())
-    launcher = slurm.SlurmLauncher(args, cells, options, opts.timeout, echo, env=args.environment())
-    what = f"{len(cells)} cell{'s' if len(cells) != 1 else ''} on Slurm"
+    if not opts.time:  # the default, --timeout per process, within what the partition allows
+        limit = slurm.partition_limit(opts.partition, args.environment())
+        options = dataclasses.replace(options, limit_minutes=limit)
+    if len(options.node_types()) > 1:
+        echo(
+            f"--constraint names {len(options.node_types())} node types "
+            f"({', '.join(options.node_types())}): each cell runs once on each, as cell@type"
+        )
+    launcher = slurm.SlurmLauncher(
+        args.with_absolute_paths(),  # a task's worker runs in its cell's folder
+        slurm.SlurmLauncher.expand(cells, options.node_types()),
+        options,
+        opts.timeout,
+        echo,
+        env=args.environment(),
+        container=opts.container,
+        node_images=_node_images(opts) if opts.container != "none" else None,
+        gpus=options.asks_for_gpus(),
+    )
+    what = f"{len(launcher.cells)} cell{'s' if len(launcher.cells) != 1 else ''} on Slurm"
     if opts.no_wait:
         with loop.writing(dest, args.repeat, lambda run_dir, _: launcher.adopt(run_dir)) as run:
             launcher.submit(run.run_dir, run.run_id)
@@ -165,6 +187,36 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
         verbose=opts.verbose,
         on_resume=lambda run_dir, _: launcher.adopt(run_dir),
     )
+
+
+def _node_images(opts: RunOptions) -> Callable[[Path, list[str]], dict]:
+    """How the Slurm launcher gets the cells' images to the nodes: built with this host's Docker
+    engine, then pushed to --image-registry or saved into the run folder (task_container)."""
+    selected = matrix.select(matrix.load(opts.matrix_file), names(opts.cell))
+    inputs = loop.build_inputs(opts.matrix_file, opts.wheelhouse, opts.ca_file)
+    try:
+        client = images.connect()
+    except images.EngineUnavailable as exc:
+        raise UserError(
+            f"{exc}; --container {opts.container} builds the cells' images here first: run "
+            "cudastack where Docker runs"
+        ) from None
+
+    by_name = {cell.name: cell for cell in selected}
+
+    def hand_off(run_dir: Path, wanted: list[str]) -> dict:
+        return task_container.hand_off(
+            client,
+            {name: by_name[slurm.matrix_cell(name)] for name in wanted},
+            inputs,
+            run_dir,
+            run_dir / slurm.SLURM_DIR / slurm.ARCHIVES,
+            opts.image_registry,
+            echo,
+            loop.build_logger,
+        )
+
+    return hand_off
 
 
 def _exit_for(outcome: loop.RunOutcome, fail_on_skip: bool) -> None:

@@ -111,7 +111,7 @@ def device_requests(gpus: str) -> list:
     return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
 
 
-def _inputs_in_container(args: SuiteArgs) -> tuple[SuiteArgs, dict]:
+def inputs_in_container(args: SuiteArgs) -> tuple[SuiteArgs, dict]:
     """Host folders given as parameters (--set weights=DIR) are mounted read-only under /inputs
     and the parameter is rewritten to the path the container sees."""
     overrides, mounts = [], {}
@@ -144,7 +144,7 @@ def container_kwargs(
     (GPUs come as device requests), and a cell image is code from package indexes."""
     from docker.types import Ulimit
 
-    args, inputs = _inputs_in_container(args)
+    args, inputs = inputs_in_container(args)
     command = [
         "python",
         *args.launcher(),

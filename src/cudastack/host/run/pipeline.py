@@ -164,6 +164,23 @@ def run_cell(
         return CellResult(cell.name, "failed", reason, time.perf_counter() - started)
     build_s = time.perf_counter() - started
     say(f"{cell.name}: image {tag} {'built' if built else 'up to date'}")
+    ref = record_cell(client, cell, inputs, cell_dir, tag)
+    kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts, process)
+    started = time.perf_counter()
+    outcome = run_container(client, kwargs, cell_dir, opts.timeout_s, log)
+    run_s = time.perf_counter() - started
+    if not outcome.ok:
+        results.append_records(
+            cell_dir,
+            [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref, process)],
+        )
+        return CellResult(cell.name, "failed", outcome.reason, build_s, run_s)
+    return finished_cell(cell.name, cell_dir, build_s, run_s)
+
+
+def record_cell(client: Any, cell: Cell, inputs: BuildInputs, cell_dir: Path, tag: str) -> str:
+    """Record the cell's inputs and its image's identity in its folder (what `reproduce`
+    rebuilds and compares); returns the image reference its records name."""
     ref = images.identity(client, tag)
     lock_file = cell.lock_path(inputs.locks_dir)
     reproduce.record_inputs(
@@ -176,17 +193,7 @@ def run_cell(
         cell.inputs_hash(inputs.dockerfile, inputs.locks_dir),
         reproduce.base_identity(client, cell.base_image, tag),
     )
-    kwargs = container_kwargs(tag, args, cell_dir, cell.name, run_id, ref, opts, process)
-    started = time.perf_counter()
-    outcome = run_container(client, kwargs, cell_dir, opts.timeout_s, log)
-    run_s = time.perf_counter() - started
-    if not outcome.ok:
-        results.append_records(
-            cell_dir,
-            [results.harness_row(run_id, cell.name, "run", "failed", outcome.reason, ref, process)],
-        )
-        return CellResult(cell.name, "failed", outcome.reason, build_s, run_s)
-    return finished_cell(cell.name, cell_dir, build_s, run_s)
+    return str(ref)
 
 
 def image_requirements(client: Any, cell: Cell, inputs: Optional[BuildInputs]) -> Optional[list]:

@@ -10,6 +10,7 @@ a resume counts the processes a cell finished in order.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -21,14 +22,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import UserError
 from cudastack.host.analysis import results
-from cudastack.host.run import resume
+from cudastack.host.run import resume, task_container
+from cudastack.host.run.container import HARNESS_PACKAGE
 from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
 from cudastack.host.run.suite_args import SuiteArgs
+from cudastack.host.run.task_container import NodeImage, task_command
 
 SLURM_DIR = "slurm"  # in the run folder: the batch script, each task's output and exit files
 SCRIPT = "job.sbatch"
@@ -38,6 +41,19 @@ ARRAYS = "arrays.json"
 # A task's exit code when the run folder it was given is not there on its node: the folder is
 # on a disk the nodes do not share.
 NOT_SHARED = 97
+# ... and when the cudastack package a container mounts is not there: it is installed on a disk
+# the nodes do not share.
+HARNESS_NOT_SHARED = 98
+# timeout(1)'s exit code when the process it ran outlived its time, and how long it waits
+# between its SIGTERM and its SIGKILL.
+TIMED_OUT = 124
+TIMEOUT_GRACE_S = 30
+# What a task's default --time leaves for loading or pulling its image before its processes.
+IMAGE_MARGIN_S = 300
+# In the run folder: each cell's image as the nodes get it (--container), and the archives
+# `docker save` wrote when no registry was given.
+IMAGES = "images.json"
+ARCHIVES = "images"
 # How often the host asks squeue about the array: a scheduler serves many users, and a cell
 # takes minutes.
 POLL_S = 2.0
@@ -62,6 +78,14 @@ ENDED = {
 GONE = "GONE"
 ENDED.add(GONE)
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=+@%/-]+")
+# A case's line in a worker's output ("[  3/64] gemm[dtype=bf16,n=4096]  ok  612.3 TFLOP/s"):
+# what the host echoes of a running cell, as a local run prints it.
+_CASE_LINE = re.compile(r"\[\s*\d+/\d+\] ")
+# A node feature, as --constraint names one (h100, a100-80gb).
+_FEATURE = re.compile(r"[A-Za-z0-9_.-]+")
+# Between a cell's name and the node feature its task asks for (cell@h100): one task, and one
+# folder of results, per cell and GPU type.
+AT = "@"
 
 
 class SlurmError(UserError):
@@ -80,18 +104,51 @@ class SlurmOptions:
     gres: str = ""
     gpus_per_task: int = 0
     sbatch_args: tuple[str, ...] = ()
+    # The partition's MaxTime in minutes (partition_limit), 0 when it has none: a default
+    # --time above it would leave the job pending for ever.
+    limit_minutes: int = 0
 
-    def directives(self, timeout_s: float, processes: int) -> list[str]:
+    def asks_for_gpus(self) -> bool:
+        """Whether the job asks for GPUs: --gpus-per-task, a gpu gres, or an sbatch --gpus*
+        option (what a task's container must then be given)."""
+        gres = [item.split(":")[0] for item in self.gres.split(",") if item]
+        extra = [arg.split("=")[0] for arg in self.sbatch_args]
+        gpu_flags = ("--gpus", "--gpus-per-node", "--gpus-per-socket", "--gpus-per-task")
+        return bool(self.gpus_per_task) or "gpu" in gres or any(f in gpu_flags for f in extra)
+
+    def node_types(self) -> list[str]:
+        """The node features a --constraint of alternatives names ("h100|a100"): each is a
+        task of its own per cell (a job array's tasks share one constraint, so each is an
+        array of its own). [] for any other constraint. Raises UserError on an alternative
+        that is not a plain feature name."""
+        if "|" not in self.constraint:
+            return []
+        types = [t.strip() for t in self.constraint.split("|")]
+        for t in types:
+            if not _FEATURE.fullmatch(t):
+                raise UserError(
+                    f"--constraint {self.constraint!r}: alternatives are node features (letters, "
+                    f"digits, '.', '_', '-'), each a task of its own; {t!r} is not one"
+                )
+        return list(dict.fromkeys(types))
+
+    def directives(self, timeout_s: float, processes: int, node_type: str = "") -> list[str]:
         """The ``#SBATCH`` options, checked: a value is one word of sbatch's syntax. Without
         --time, a task gets the cell's time limit for each of its processes (whole minutes).
+        ``node_type``: the one feature of --constraint's alternatives this array asks for.
         Raises UserError on a value that is not."""
-        minutes = math.ceil(timeout_s * processes / 60)
+        # Each process may take its --timeout and timeout(1)'s grace; the task first loads or
+        # pulls its image.
+        minutes = math.ceil((processes * (timeout_s + TIMEOUT_GRACE_S) + IMAGE_MARGIN_S) / 60)
+        if self.limit_minutes:
+            minutes = min(minutes, self.limit_minutes)
+        alternatives = self.node_types()  # checked, whichever array this is
         asked = {
             "--partition": self.partition,
             "--time": self.time or str(minutes),
             "--account": self.account,
             "--qos": self.qos,
-            "--constraint": self.constraint,
+            "--constraint": node_type or ("" if alternatives else self.constraint),
             "--gres": self.gres,
             "--gpus-per-task": str(self.gpus_per_task) if self.gpus_per_task else "",
         }
@@ -124,6 +181,7 @@ class _Task:
     exit_code: str = ""
     # When the host saw it start running, then its last process end (perf_counter seconds).
     since: Optional[float] = None
+    log_read: int = 0  # how much of the cell's log the host has echoed (bytes)
 
 
 @dataclass
@@ -142,18 +200,36 @@ class SlurmLauncher:
     echo: Callable[[str], None]
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
+    # --container: how a task runs its cell (task_container.MODES); for a mode other than
+    # none, node_images(run_dir, cells) gives each cell's image as the nodes get it, or the
+    # reason it cannot (a failed build); gpus: whether the job asks for GPUs.
+    container: str = "none"
+    node_images: Optional[Callable[[Path, list[str]], dict[str, Union[NodeImage, str]]]] = None
+    gpus: bool = False
     interrupted_note: str = "cancelled the job array (scancel); keeping the cases that finished"
     _tasks: dict[str, _Task] = field(default_factory=dict)
+    _images: dict[str, NodeImage] = field(default_factory=dict)
+    _refused: dict[str, str] = field(default_factory=dict)  # cell -> why it has no image
     _submitted: bool = False
+    _accounting_said: bool = False
     _unanswered_since: float = 0.0
 
     def plan(self) -> list[CellPlan]:
         return [CellPlan(cell) for cell in self.cells]
 
+    @staticmethod
+    def expand(cells: list[str], node_types: list[str]) -> list[str]:
+        """The cells the run holds: one per cell and node type (cell@h100) when --constraint
+        lists alternatives, else ``cells``."""
+        return [f"{cell}{AT}{t}" for cell in cells for t in node_types] if node_types else cells
+
     def run(self, cell: str, process: int, run_dir: Path, run_id: str) -> CellResult:
         try:
             if not self._submitted:  # every cell not followed yet, at once
                 self.submit(run_dir, run_id)
+            if cell in self._refused:
+                reason = self._refused[cell]
+                return self._failed_row(cell, process, run_dir, run_id, reason, 0.0, "build")
             return self._wait(cell, process, run_dir, run_id)
         except KeyboardInterrupt:
             with contextlib.suppress(SlurmError):  # the interrupt is what the user must see
@@ -176,7 +252,9 @@ class SlurmLauncher:
         for job, cells in arrays.items():
             for cell, (index, first) in cells.items():
                 if (job, index) in listed and cell in self.cells:
-                    self._tasks[cell] = _Task(cell, index, range(first, self.args.repeat), job)
+                    task = _Task(cell, index, range(first, self.args.repeat), job)
+                    task.log_read = _size(run_dir / cell / runfolder.LOG)
+                    self._tasks[cell] = task
         adopted = {task.job for task in self._tasks.values()}
         if adopted:
             self.echo(
@@ -187,7 +265,8 @@ class SlurmLauncher:
 
     def submit(self, run_dir: Path, run_id: str) -> str:
         """Write the batch script of the missing processes of every cell this launcher does
-        not follow yet, submit it as one array, and return its job id ('' when none is
+        not follow yet, submit it as one array (one per node type, see
+        SlurmOptions.node_types), and return the job ids, comma-separated ('' when none is
         missing)."""
         self._submitted = True
         folder = run_dir / SLURM_DIR
@@ -200,33 +279,94 @@ class SlurmLauncher:
             if cell not in self._tasks and first < self.args.repeat:
                 task = new[cell] = _Task(cell, len(new), range(first, self.args.repeat))
                 (run_dir / cell).mkdir(exist_ok=True)
+                task.log_read = _size(run_dir / cell / runfolder.LOG)  # an earlier attempt's
                 for n in task.processes:  # an earlier attempt's say on a process it did not finish
                     (folder / f"{cell}.{n}.exit").unlink(missing_ok=True)
-        if not new:
-            return ""
-        script = self.script(run_dir.absolute(), run_id, list(new.values()))
+        if new and self.container != "none":
+            new = self._with_images(run_dir, new)
+        jobs: list[str] = []
+        try:
+            for node_type in dict.fromkeys(_node_type(cell) for cell in new):
+                tasks = [t for t in new.values() if _node_type(t.cell) == node_type]
+                for index, task in enumerate(tasks):  # each array's tasks count from 0
+                    task.index = index
+                jobs.append(self._submit_array(run_dir, run_id, tasks, node_type))
+        except SlurmError:
+            # One node type's array refused: the others are not left running unfollowed (a
+            # resume submits every cell's tasks again).
+            with contextlib.suppress(SlurmError):
+                if jobs:
+                    self._slurm("scancel", *jobs)
+            raise
+        return ",".join(jobs)
+
+    def _submit_array(self, run_dir: Path, run_id: str, tasks: list[_Task], node_type: str) -> str:
+        """Write ``tasks``' batch script and submit it as one array; returns its job id."""
+        folder = run_dir / SLURM_DIR
+        new = {task.cell: task for task in tasks}
+        script = self.script(run_dir.absolute(), run_id, tasks, node_type)
+        # Submitted from a file of its own, which becomes job.sbatch once Slurm has the job:
+        # a refused script never takes the place of one that ran.
+        submitted = folder / f"{SCRIPT}.new"
+        runfolder.atomic_write(submitted, lambda p: p.write_text(script, encoding="utf-8"))
+        try:
+            # --export=ALL over any SBATCH_EXPORT: the tasks get --env's variables from
+            # sbatch's environment (the script never holds their values).
+            answer = self._slurm("sbatch", "--parsable", "--export=ALL", str(submitted))
+            said = answer.strip().splitlines()
+            job = said[-1].split(";")[0] if said else ""
+            if not job.isdigit():
+                raise SlurmError(f"sbatch answered {' '.join(said)[:200]!r}, not a job id")
+        except SlurmError:
+            submitted.unlink(missing_ok=True)
+            raise
         arrays = submitted_arrays(run_dir)
         if arrays and (folder / SCRIPT).exists():  # what the earlier array ran stays readable
             (folder / SCRIPT).rename(folder / f"job.{list(arrays)[-1]}.sbatch")
-        runfolder.atomic_write(folder / SCRIPT, lambda p: p.write_text(script, encoding="utf-8"))
-        said = self._slurm("sbatch", "--parsable", str(folder / SCRIPT)).strip().splitlines()
-        job = said[-1].split(";")[0] if said else ""
-        if not job.isdigit():
-            raise SlurmError(f"sbatch answered {' '.join(said)[:200]!r}, not a job id")
+        submitted.rename(folder / SCRIPT)
         for task in new.values():
             task.job = job
         self._tasks.update(new)
         arrays[job] = {t.cell: [t.index, t.processes.start] for t in new.values()}
         runfolder.write_json(folder / ARRAYS, arrays)
+        on = f" on {node_type} nodes" if node_type else ""
         self.echo(
             f"submitted job array {job} ({len(new)} task{'s' if len(new) != 1 else ''}, "
-            f"one per cell): {folder / SCRIPT}"
+            f"one per cell{on}): {folder / SCRIPT}"
         )
+        if not self._accounting_said:
+            self._accounting_said = True
+            try:
+                self._slurm("sacct", "-n", "-X", "-j", job, "-o", "State")
+            except SlurmError as exc:
+                self.echo(
+                    f"Slurm keeps no accounting here ({exc}): following the array with squeue, "
+                    "scontrol and each task's exit file"
+                )
         return job
 
-    def script(self, run_dir: Path, run_id: str, tasks: list[_Task]) -> str:
-        """The batch script of ``tasks``: readable by an administrator, every path and argument
-        quoted."""
+    def _with_images(self, run_dir: Path, new: dict[str, _Task]) -> dict[str, _Task]:
+        """``new`` less the cells whose image cannot reach the nodes (their reason kept for
+        their failed row); each kept cell's image recorded."""
+        assert self.node_images is not None, "a container mode needs node_images"
+        handed = self.node_images(run_dir, list(new))
+        kept: dict[str, _Task] = {}
+        for cell, task in new.items():
+            image = handed[cell]
+            if isinstance(image, str):
+                self._refused[cell] = image
+                continue
+            self._images[cell] = image
+            kept[cell] = task
+        path = run_dir / SLURM_DIR / IMAGES
+        recorded = runfolder.read_json(path) if path.is_file() else {}
+        recorded.update({c: dataclasses.asdict(image) for c, image in self._images.items()})
+        runfolder.write_json(path, recorded)
+        return kept
+
+    def script(self, run_dir: Path, run_id: str, tasks: list[_Task], node_type: str = "") -> str:
+        """The batch script of ``tasks`` (on ``node_type`` nodes, one of --constraint's
+        alternatives): readable by an administrator, every path and argument quoted."""
         q = shlex.quote
         slurm_dir = run_dir / SLURM_DIR
         processes = max(len(t.processes) for t in tasks)
@@ -243,7 +383,10 @@ class SlurmLauncher:
             "# A requeued task would run finished processes again: it fails instead, and a",
             "# resume submits what did not finish.",
             "#SBATCH --no-requeue",
-            *(f"#SBATCH {d}" for d in self.options.directives(self.timeout_s, max(processes, 1))),
+            *(
+                f"#SBATCH {d}"
+                for d in self.options.directives(self.timeout_s, max(processes, 1), node_type)
+            ),
             "",
             "set -u",
             f"run_dir={q(str(run_dir))}",
@@ -252,13 +395,28 @@ class SlurmLauncher:
             '    echo "cudastack: run folder $run_dir is not on this node ($(hostname))" >&2',
             f"    exit {NOT_SHARED}",
             "fi",
+            *(
+                [
+                    f"# --container {self.container}: the harness each container mounts.",
+                    f"if [ ! -d {q(str(HARNESS_PACKAGE))} ]; then",
+                    '    echo "cudastack: its package is not on this node ($(hostname))" >&2',
+                    f"    exit {HARNESS_NOT_SHARED}",
+                    "fi",
+                ]
+                if self.container != "none"
+                else []
+            ),
             "",
             "# One worker process, in its cell's folder (as in a container): its output to the",
             "# cell's log, its exit code to a file the host reads (Slurm's own accounting may",
-            "# not be configured).",
+            "# not be configured). --timeout holds for each process, as on one host: SIGTERM,",
+            f"# then SIGKILL {TIMEOUT_GRACE_S} s later; timeout(1) then exits {TIMED_OUT}.",
+            f"timeout_s={math.ceil(self.timeout_s)}",
             "process() {",
             "    local cell=$1 n=$2; shift 2",
-            '    (cd "$run_dir/$cell" && exec "$@") >> "$run_dir/$cell/log.txt" 2>&1',
+            '    (cd "$run_dir/$cell" && exec timeout --kill-after='
+            + str(TIMEOUT_GRACE_S)
+            + ' "$timeout_s" "$@") >> "$run_dir/$cell/log.txt" 2>&1',
             "    local code=$?",
             f'    local exit_file="$run_dir/{SLURM_DIR}/$cell.$n.exit"',
             '    echo "$code" > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"',
@@ -269,7 +427,25 @@ class SlurmLauncher:
         ]
         for task in tasks:
             lines.append(f"{task.index})  # cell {task.cell}")
+            image = self._images.get(task.cell)
+            if image is not None:  # into the cell's log, where a failed row's last line is read
+                log = f'"$run_dir"/{q(task.cell)}/{runfolder.LOG}'
+                setup = task_container.task_setup(self.container, image, log)
+                lines += [f"    {line}" for line in setup]
             for n in task.processes:
+                if image is not None:
+                    command = task_command(
+                        self.container,
+                        image,
+                        self.args,
+                        run_dir / task.cell,
+                        task.cell,
+                        run_id,
+                        n,
+                        self.gpus,
+                    )
+                    lines.append(f"    process {q(task.cell)} {n} {command} || exit $?")
+                    continue
                 argv = [
                     self.python,
                     *self.args.launcher(),
@@ -304,6 +480,7 @@ class SlurmLauncher:
         ended_at: Optional[float] = None
         while not (code := _exit_code(exit_file)):
             self._poll()
+            self._echo_progress(run_dir)
             if task.state in ENDED:
                 # A file the node wrote may show on this host's view of a shared filesystem
                 # only once its attribute cache expires (NFS: up to 60 s).
@@ -311,6 +488,7 @@ class SlurmLauncher:
                 if time.perf_counter() - ended_at > EXIT_FILE_GRACE_S:
                     return self._failed(task, process, run_dir, run_id, started)
             time.sleep(POLL_S)
+        self._echo_progress(run_dir)  # the lines it wrote since the last poll
         now = time.perf_counter()
         # The process's time on its node, as the host saw it: from the task's start (or its
         # previous process's end), not from when this call began waiting.
@@ -322,7 +500,29 @@ class SlurmLauncher:
             done.run_s = max(done.run_s, done.suite_s)
             return done
         reason = f"the worker exited with code {code} on {task.node or 'its node'}"
+        if code == str(TIMED_OUT):
+            reason = (
+                f"timed out after {self.timeout_s:g} s (--timeout) on {task.node or 'its node'}"
+            )
         return self._failed_row(cell, process, run_dir, run_id, reason, run_s)
+
+    def _echo_progress(self, run_dir: Path) -> None:
+        """Each cell's new case lines from its log, prefixed with the cell (``a: [ 3/64]
+        gemm[...] ok ...``): the host's progress per cell, as a local run prints it. Only whole
+        lines; secrets redacted."""
+        for task in self._tasks.values():
+            log = run_dir / task.cell / runfolder.LOG
+            if _size(log) <= task.log_read:
+                continue
+            with open(log, "rb") as f:
+                f.seek(task.log_read)
+                data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            task.log_read += len(whole)
+            for line in whole.decode("utf-8", errors="replace").splitlines():
+                if _CASE_LINE.match(line):
+                    shown = redact.text(line.rstrip(), redact.secret_values(os.environ, self.env))
+                    self.echo(f"{task.cell}: {shown}")
 
     def _poll(self) -> None:
         """Every task's state, from squeue while queued or running and from scontrol after
@@ -377,6 +577,12 @@ class SlurmLauncher:
                 f"the run folder is not visible on node {task.node or '?'}: put it on a "
                 "filesystem the nodes share (--results-dir or --out)"
             )
+        elif code == str(HARNESS_NOT_SHARED):
+            reason = (
+                f"cudastack's package {HARNESS_PACKAGE} is not visible on node "
+                f"{task.node or '?'}, and the containers mount it: install cudastack on a "
+                "filesystem the nodes share"
+            )
         else:
             reason = f"Slurm task {task.job}_{task.index} ended {task.state}"
             if task.state == GONE:
@@ -388,7 +594,7 @@ class SlurmLauncher:
                 reason += f" (exit code {task.exit_code})"
             if task.node:
                 reason += f" on {task.node}"
-            tail = _tail(run_dir / task.cell / runfolder.LOG)
+            tail = _tail(run_dir / task.cell / runfolder.LOG, self.env)
             if tail:
                 reason += f"; last log line: {tail}"
         return self._failed_row(
@@ -396,14 +602,31 @@ class SlurmLauncher:
         )
 
     def _failed_row(
-        self, cell: str, process: int, run_dir: Path, run_id: str, reason: str, run_s: float
+        self,
+        cell: str,
+        process: int,
+        run_dir: Path,
+        run_id: str,
+        reason: str,
+        run_s: float,
+        step: str = "run",
     ) -> CellResult:
-        row = results.harness_row(run_id, cell, "run", "failed", reason, process=process)
+        row = results.harness_row(run_id, cell, step, "failed", reason, process=process)
         results.append_records(run_dir / cell, [row])
         return CellResult(cell, "failed", reason, run_s=run_s)
 
     def _slurm(self, *argv: str) -> str:
         return slurm_command(*argv, env=self.env)
+
+
+def _node_type(cell: str) -> str:
+    """The node feature a run's cell asks for (cell@h100 -> h100), or ''."""
+    return cell.partition(AT)[2]
+
+
+def matrix_cell(cell: str) -> str:
+    """The matrix's cell a run's cell runs (cell@h100 -> cell)."""
+    return cell.partition(AT)[0]
 
 
 def ended_task(job: str, index: int, env: dict[str, str]) -> tuple[str, str, str]:
@@ -434,6 +657,14 @@ def ended_task(job: str, index: int, env: dict[str, str]) -> tuple[str, str, str
                 # sacct says "CANCELLED by 0": the state is its first word.
                 return state.split()[0], node, code
     return GONE, "", ""
+
+
+def _size(path: Path) -> int:
+    """A file's size in bytes, 0 when it is not there."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _exit_code(path: Path) -> str:
@@ -494,6 +725,28 @@ def require_cluster(partition: str, env: dict[str, str]) -> None:
         )
 
 
+def partition_limit(partition: str, env: dict[str, str]) -> int:
+    """The time limit of ``partition`` (the cluster's default partition when ''), in whole
+    minutes, as sinfo gives it ("1-12:00:00", "2:00:00", "30:00"); 0 when it has none
+    (infinite, unlimited) or sinfo does not say."""
+    with contextlib.suppress(SlurmError):
+        for line in slurm_command("sinfo", "-h", "-o", "%P %l", env=env).splitlines():
+            name, _, limit = line.strip().partition(" ")
+            if name.rstrip("*") == partition or (not partition and name.endswith("*")):
+                return _minutes(limit.strip())
+    return 0
+
+
+def _minutes(limit: str) -> int:
+    """Slurm's [days-]hours:minutes:seconds (or minutes:seconds) in whole minutes, rounded
+    down (but a limit under a minute is 1); 0 for anything else."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", limit)
+    if not m:
+        return 0
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    return days * 1440 + hours * 60 + minutes or min(seconds, 1)  # under a minute: 1, not none
+
+
 def submitted_arrays(run_dir: Path) -> dict[str, dict[str, list[int]]]:
     """The job arrays a run submitted, oldest first: job id -> cell -> [array index, first
     process] (empty before any)."""
@@ -516,9 +769,11 @@ def slurm_command(*argv: str, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def _tail(log: Path) -> str:
+def _tail(log: Path, env: dict[str, str]) -> str:
+    """The log's last line, secrets (``env``'s and this process's) redacted."""
     try:
         lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return redact.text(lines[-1])[:200] if lines else ""
+    secrets = redact.secret_values(os.environ, env)
+    return redact.text(lines[-1], secrets)[:200] if lines else ""

@@ -4,6 +4,7 @@ environment)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -179,6 +180,17 @@ class SuiteArgs:
             resume=self.resume,
             image_digest=image_digest,
         ).to_argv()
+
+    def with_absolute_paths(self) -> SuiteArgs:
+        """These arguments with each folder parameter (--set weights=DIR) made absolute: a
+        worker that runs in its cell's folder (a Slurm task) must find it all the same."""
+        overrides = []
+        for item in self.overrides:
+            key, _, value = item.partition("=")
+            if key.strip() in suite.PATH_PARAMS and value.strip():
+                item = f"{key.strip()}={Path(value.strip()).absolute()}"
+            overrides.append(item)
+        return dataclasses.replace(self, overrides=overrides)
 
     def launcher(self) -> list[str]:
         """The interpreter's arguments before the worker's: torchrun when data parallel."""
