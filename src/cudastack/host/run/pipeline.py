@@ -122,6 +122,19 @@ def ensure_image(
     return CellImage(tag, True)
 
 
+def ensure_logged_image(
+    client: Any, cell: Cell, inputs: BuildInputs, cell_dir: Path, log: Callable[[str], None]
+) -> CellImage:
+    """``ensure_image``, every line of a build also appended to the cell's build.log."""
+    with open(cell_dir / runfolder.BUILD_LOG, "a", encoding="utf-8") as build_log:
+
+        def build_line(line: str) -> None:
+            build_log.write(line + "\n")
+            log(line)
+
+        return ensure_image(client, cell, inputs, build_line)
+
+
 def run_cell(
     client: Any,
     cell: Cell,
@@ -140,13 +153,7 @@ def run_cell(
     cell_dir.mkdir(parents=True, exist_ok=process > 0 or args.resume)
     started = time.perf_counter()
     try:
-        with open(cell_dir / runfolder.BUILD_LOG, "a", encoding="utf-8") as build_log:
-
-            def build_line(line: str) -> None:
-                build_log.write(line + "\n")
-                log(line)
-
-            tag, built = ensure_image(client, cell, inputs, build_line)
+        tag, built = ensure_logged_image(client, cell, inputs, cell_dir, log)
     except images.BaseUnavailable as exc:
         # Like a missing GPU, a base that cannot be had here is a fact about this host. A base
         # tag that does not exist (BaseGone) is not: the matrix is wrong, and the cell fails.

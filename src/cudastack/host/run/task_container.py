@@ -30,7 +30,7 @@ from cudastack.host.run.container import (
     inputs_in_container,
     invoking_user,
 )
-from cudastack.host.run.pipeline import BuildInputs, ensure_image, record_cell
+from cudastack.host.run.pipeline import BuildInputs, ensure_logged_image, record_cell
 from cudastack.host.run.suite_args import SuiteArgs
 
 MODES = ("none", "docker", "apptainer", "pyxis")
@@ -243,13 +243,7 @@ def _hand_off(
     from docker.errors import APIError
 
     try:
-        with open(cell_dir / runfolder.BUILD_LOG, "a", encoding="utf-8") as build_log:
-
-            def line(text: str) -> None:
-                build_log.write(text + "\n")
-                log(text)
-
-            tag, built = ensure_image(client, cell, inputs, line)
+        tag, built = ensure_logged_image(client, cell, inputs, cell_dir, log)
         say(f"{cell.name}: image {tag} {'built' if built else 'up to date'}")
         identity = str(images.identity(client, tag))
         if registry:
