@@ -148,14 +148,15 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
     if not opts.time:  # the default, --timeout per process, within what the partition allows
         limit = slurm.partition_limit(opts.partition, args.environment())
         options = dataclasses.replace(options, limit_minutes=limit)
-    if len(options.node_types()) > 1:
+    node_types = options.node_types()
+    if len(node_types) > 1:
         echo(
-            f"--constraint names {len(options.node_types())} node types "
-            f"({', '.join(options.node_types())}): each cell runs once on each, as cell@type"
+            f"--constraint names {len(node_types)} node types ({', '.join(node_types)}): each "
+            "cell runs once on each, as cell@type"
         )
     launcher = slurm.SlurmLauncher(
         args.with_absolute_paths(),  # a task's worker runs in its cell's folder
-        slurm.SlurmLauncher.expand(cells, options.node_types()),
+        slurm.SlurmLauncher.expand(cells, node_types),
         options,
         opts.timeout,
         echo,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import threading
@@ -15,7 +14,6 @@ from typing import Any, Callable, Optional
 from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import UserError
 from cudastack.contract.failures import log_reason
-from cudastack.environment.suite import PATH_PARAMS
 from cudastack.host.cells.stacks import DISABLE_REQUIRE
 from cudastack.host.run.launcher import CellLog
 from cudastack.host.run.suite_args import DEFAULT_TIMEOUT_S, SuiteArgs
@@ -114,15 +112,13 @@ def device_requests(gpus: str) -> list:
 def inputs_in_container(args: SuiteArgs) -> tuple[SuiteArgs, dict]:
     """Host folders given as parameters (--set weights=DIR) are mounted read-only under /inputs
     and the parameter is rewritten to the path the container sees."""
-    overrides, mounts = [], {}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        if key.strip() in PATH_PARAMS and value.strip():
-            inside = f"{IN_INPUTS}/{key.strip()}"
-            mounts[str(Path(value.strip()).resolve())] = {"bind": inside, "mode": "ro"}
-            item = f"{key.strip()}={inside}"
-        overrides.append(item)
-    return dataclasses.replace(args, overrides=overrides), mounts
+    mounts = {}
+
+    def mounted(key: str, folder: Path) -> str:
+        mounts[str(folder.resolve())] = {"bind": f"{IN_INPUTS}/{key}", "mode": "ro"}
+        return f"{IN_INPUTS}/{key}"
+
+    return args.with_paths(mounted), mounts
 
 
 def container_kwargs(

@@ -212,6 +212,13 @@ class SlurmLauncher:
     _refused: dict[str, str] = field(default_factory=dict)  # cell -> why it has no image
     _submitted: bool = False
     _accounting_said: bool = False
+    _secrets: frozenset[str] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        # The values the progress lines and failure reasons must not show: --env's and this
+        # process's secrets, found once.
+        self._secrets = redact.secret_values(os.environ, self.env)
+
     _unanswered_since: float = 0.0
 
     def plan(self) -> list[CellPlan]:
@@ -521,8 +528,7 @@ class SlurmLauncher:
             task.log_read += len(whole)
             for line in whole.decode("utf-8", errors="replace").splitlines():
                 if _CASE_LINE.match(line):
-                    shown = redact.text(line.rstrip(), redact.secret_values(os.environ, self.env))
-                    self.echo(f"{task.cell}: {shown}")
+                    self.echo(f"{task.cell}: {redact.text(line.rstrip(), self._secrets)}")
 
     def _poll(self) -> None:
         """Every task's state, from squeue while queued or running and from scontrol after
@@ -594,7 +600,7 @@ class SlurmLauncher:
                 reason += f" (exit code {task.exit_code})"
             if task.node:
                 reason += f" on {task.node}"
-            tail = _tail(run_dir / task.cell / runfolder.LOG, self.env)
+            tail = _tail(run_dir / task.cell / runfolder.LOG, self._secrets)
             if tail:
                 reason += f"; last log line: {tail}"
         return self._failed_row(
@@ -769,11 +775,10 @@ def slurm_command(*argv: str, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def _tail(log: Path, env: dict[str, str]) -> str:
-    """The log's last line, secrets (``env``'s and this process's) redacted."""
+def _tail(log: Path, secrets: frozenset[str]) -> str:
+    """The log's last line, ``secrets`` redacted."""
     try:
         lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return ""
-    secrets = redact.secret_values(os.environ, env)
     return redact.text(lines[-1], secrets)[:200] if lines else ""

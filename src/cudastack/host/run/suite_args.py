@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from cudastack.contract.errors import shown
 from cudastack.contract.request import SuiteRequest
@@ -181,16 +181,21 @@ class SuiteArgs:
             image_digest=image_digest,
         ).to_argv()
 
-    def with_absolute_paths(self) -> SuiteArgs:
-        """These arguments with each folder parameter (--set weights=DIR) made absolute: a
-        worker that runs in its cell's folder (a Slurm task) must find it all the same."""
+    def with_paths(self, rewrite: Callable[[str, Path], str]) -> SuiteArgs:
+        """These arguments with each folder parameter's value (--set weights=DIR) replaced by
+        ``rewrite(key, DIR)``: where the worker that reads it finds that folder."""
         overrides = []
         for item in self.overrides:
             key, _, value = item.partition("=")
             if key.strip() in suite.PATH_PARAMS and value.strip():
-                item = f"{key.strip()}={Path(value.strip()).absolute()}"
+                item = f"{key.strip()}={rewrite(key.strip(), Path(value.strip()))}"
             overrides.append(item)
         return dataclasses.replace(self, overrides=overrides)
+
+    def with_absolute_paths(self) -> SuiteArgs:
+        """These arguments with each folder parameter made absolute: a worker that runs in its
+        cell's folder (a Slurm task) must find it all the same."""
+        return self.with_paths(lambda _, folder: str(folder.absolute()))
 
     def launcher(self) -> list[str]:
         """The interpreter's arguments before the worker's: torchrun when data parallel."""
