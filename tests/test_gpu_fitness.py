@@ -6,10 +6,12 @@ answers, an older torch's API, an NCCL process group); the code under test is th
 import json
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_known_flops import bench
 
 from cudastack.environment import envinfo, precision, suite, worker
 from cudastack.environment import world as worldmod
@@ -176,6 +178,33 @@ def test_bf16_still_runs_on_a_cpu(fp32_math):
     ctx = Context(torch, torch.device("cpu"), suite.resolve_profile("quick", has_gpu=False), None)
     assert ctx.dtype("bf16") is torch.bfloat16
     assert precision.autocast(ctx, "amp_bf16").dtype is torch.bfloat16
+
+
+def best_matmul_s(a: torch.Tensor) -> float:
+    """The best of 7 timed ``a @ a`` calls after one untimed: noise only ever adds time."""
+    a @ a
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def test_amp_bf16_resnet_skips_on_a_cpu_whose_bf16_is_a_fallback(fp32_math):
+    # The probe agrees with what this CPU does (a 256^2 bf16 matmul took 70x fp32's time on an
+    # AVX2-only EPYC; with oneDNN's bf16 kernels it is about as fast), and where it says no,
+    # the case skips with the reason instead of timing a fallback into the case limit.
+    a = torch.randn(256, 256)
+    ratio = best_matmul_s(a.bfloat16()) / best_matmul_s(a)
+    ctx = Context(torch, torch.device("cpu"), suite.resolve_profile("quick", has_gpu=False), None)
+    if precision.cpu_has_bf16_kernels(torch):
+        assert ratio < 5, ratio
+        return
+    assert ratio > 10, ratio
+    train_resnet = bench("train_resnet")
+    with pytest.raises(Skip, match="amp_bf16 convolutions on this CPU are a slow fallback"):
+        train_resnet.run(ctx, "resnet18", "amp_bf16", True, False, 8, 64)
 
 
 TF32_BENCH = '''
