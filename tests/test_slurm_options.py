@@ -48,6 +48,23 @@ from cudastack.contract.errors import EXIT_BAD_INPUT
             ["--launcher", "slurm", "--container", "pyxis", "--cell", "a"],
             "error: --container pyxis pulls each cell's image from a registry",
         ),
+        (
+            ["--launcher", "slurm", "--gpus", "0"],
+            "error: --gpus picks this host's GPUs: on Slurm a task gets the GPUs its job asks",
+        ),
+        (
+            ["--launcher", "slurm", "--shm-size", "2g", "--ipc-host"],
+            "error: --shm-size, --ipc-host set how Docker runs a cell's container: on Slurm "
+            "that is --container docker (with --container none a task shares the node's",
+        ),
+        (
+            ["--launcher", "slurm", "--container", "apptainer", "--cell", "a", "--network", "none"],
+            "error: --network set how Docker runs a cell's container",
+        ),
+        (
+            ["--launcher", "slurm", "--container", "docker", "--cell", "a", "--shm-size", "lots"],
+            "error: --shm-size 'lots': give a size such as 16g",
+        ),
     ],
 )
 def test_bad_slurm_options_are_one_line(tmp_path, args, message):

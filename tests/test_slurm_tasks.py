@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cudastack.host.run import slurm
-from cudastack.host.run.container import HARNESS_PACKAGE
+from cudastack.host.run.container import HARNESS_PACKAGE, ContainerOptions
 from cudastack.host.run.suite_args import SuiteArgs
-from cudastack.host.run.task_container import NodeImage
+from cudastack.host.run.task_container import DOCKER_DEFAULTS, NodeImage
 
 DIGEST = "127.0.0.1:5000/cudastack/c1@sha256:" + "ab" * 32
 TAG = "cudastack/c1:0123456789abcdef"
@@ -22,7 +22,13 @@ IDENTITY = "sha256:" + "cd" * 32  # what the engine calls the image: every row n
 SECRET = "s3cr3t-value-never-written"
 
 
-def _script(tmp_path: Path, mode: str, image: NodeImage, gpus: bool = True) -> str:
+def _script(
+    tmp_path: Path,
+    mode: str,
+    image: NodeImage,
+    gpus: bool = True,
+    docker: ContainerOptions = DOCKER_DEFAULTS,
+) -> str:
     run_dir = tmp_path / "run"
     (run_dir / slurm.SLURM_DIR).mkdir(parents=True)
     args = SuiteArgs(benches=["gemm"], env=[f"HF_TOKEN={SECRET}"], repeat=2)
@@ -35,6 +41,7 @@ def _script(tmp_path: Path, mode: str, image: NodeImage, gpus: bool = True) -> s
         container=mode,
         node_images=lambda run_dir, cells: {cell: image for cell in cells},
         gpus=gpus,
+        docker=docker,
     )
     (task,) = launcher._with_images(run_dir, {"c1": slurm._Task("c1", 0, range(2))}).values()
     text = launcher.script(run_dir, "run-1", [task])
@@ -81,7 +88,35 @@ def test_docker_mode_loads_the_archive_once_then_runs_each_process_in_its_image(
         # Process 0 is the worker's default; the repeat says which it is.
         assert (argv[argv.index("--process") + 1] if n else "0") == str(n)
         assert argv[argv.index("--image-digest") + 1] == IDENTITY
-        assert "--privileged" not in argv and "--network" not in argv
+        # As a container on one host: Docker's own network, 16 GB of /dev/shm, no host IPC.
+        assert argv[argv.index("--network") + 1] == "bridge"
+        assert argv[argv.index("--shm-size") + 1] == "16g"
+        assert "--privileged" not in argv and "--ipc" not in argv
+        assert "NVIDIA_DISABLE_REQUIRE=true" not in env
+
+
+@pytest.mark.parametrize(
+    ("docker", "expected"),
+    [
+        (
+            ContainerOptions(shm_size="2g", network="none", minor_version_compat=True),
+            [("--network", "none"), ("--shm-size", "2g"), ("--env", "NVIDIA_DISABLE_REQUIRE=true")],
+        ),
+        (
+            ContainerOptions(ipc_host=True, network="host"),
+            [("--network", "host"), ("--ipc", "host")],
+        ),
+    ],
+)
+def test_docker_mode_runs_its_containers_with_the_options_a_host_run_takes(
+    tmp_path, docker, expected
+):
+    text = _script(tmp_path, "docker", NodeImage(DIGEST, TAG, False, IDENTITY), docker=docker)
+    for argv in _process_lines(text):
+        given = list(zip(argv, argv[1:]))
+        assert all(pair in given for pair in expected), argv
+        # Host IPC brings the host's /dev/shm: no size then, as docker run on one host.
+        assert ("--shm-size" in argv) is not docker.ipc_host
 
 
 def test_docker_mode_pulls_a_registry_image_by_digest_and_asks_for_no_gpu_unasked(tmp_path):

@@ -131,6 +131,7 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
     args.validate()
     loop.check_timeout(opts.timeout)
     task_container.check_mode(opts.container, opts.image_registry, names(opts.cell))
+    docker = _docker_on_slurm(opts)
     cells = names(opts.cell) or [LOCAL]
     slurm.check_names(cells, dest.resume or dest.out or dest.results_dir)
     options = slurm.SlurmOptions(
@@ -164,6 +165,7 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
         container=opts.container,
         node_images=_node_images(opts) if opts.container != "none" else None,
         gpus=options.asks_for_gpus(),
+        docker=docker,
     )
     what = f"{len(launcher.cells)} cell{'s' if len(launcher.cells) != 1 else ''} on Slurm"
     if opts.no_wait:
@@ -188,6 +190,41 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
         verbose=opts.verbose,
         on_resume=lambda run_dir, _: launcher.adopt(run_dir),
     )
+
+
+def _docker_on_slurm(opts: RunOptions) -> ContainerOptions:
+    """How --container docker's tasks run their containers (--shm-size, --ipc-host, --network,
+    --minor-version-compat, checked). Raise UserError on --gpus, which picks this host's GPUs,
+    and on those options with another mode, whose tasks share the node's /dev/shm, IPC and
+    network: an option that would change nothing is refused rather than ignored."""
+    if opts.gpus != "auto":
+        raise UserError(
+            "--gpus picks this host's GPUs: on Slurm a task gets the GPUs its job asks for "
+            "(--gpus-per-task N or --gres gpu:TYPE:N)"
+        )
+    docker = ContainerOptions(
+        shm_size=opts.shm_size,
+        ipc_host=opts.ipc_host,
+        network=opts.network,
+        minor_version_compat=opts.minor_version_compat,
+    )
+    given = [
+        flag
+        for flag, value in (
+            ("--shm-size", "shm_size"),
+            ("--ipc-host", "ipc_host"),
+            ("--network", "network"),
+            ("--minor-version-compat", "minor_version_compat"),
+        )
+        if getattr(docker, value) != getattr(ContainerOptions, value)
+    ]
+    if given and opts.container != "docker":
+        raise UserError(
+            f"{', '.join(given)} set how Docker runs a cell's container: on Slurm that is "
+            f"--container docker (with --container {opts.container} a task shares the node's "
+            "/dev/shm, IPC and network)"
+        )
+    return docker
 
 
 def _node_images(opts: RunOptions) -> Callable[[Path, list[str]], dict]:

@@ -28,7 +28,7 @@ from cudastack.contract import redact, runfolder
 from cudastack.contract.errors import UserError
 from cudastack.host.analysis import results
 from cudastack.host.run import resume, task_container
-from cudastack.host.run.container import HARNESS_PACKAGE
+from cudastack.host.run.container import HARNESS_PACKAGE, ContainerOptions
 from cudastack.host.run.launcher import CellPlan, CellResult, finished_cell
 from cudastack.host.run.suite_args import SuiteArgs
 from cudastack.host.run.task_container import NodeImage, task_command
@@ -206,6 +206,7 @@ class SlurmLauncher:
     container: str = "none"
     node_images: Optional[Callable[[Path, list[str]], dict[str, Union[NodeImage, str]]]] = None
     gpus: bool = False
+    docker: ContainerOptions = task_container.DOCKER_DEFAULTS  # --container docker's containers
     interrupted_note: str = "cancelled the job array (scancel); keeping the cases that finished"
     _tasks: dict[str, _Task] = field(default_factory=dict)
     _images: dict[str, NodeImage] = field(default_factory=dict)
@@ -450,6 +451,7 @@ class SlurmLauncher:
                         run_id,
                         n,
                         self.gpus,
+                        self.docker,
                     )
                     lines.append(f"    process {q(task.cell)} {n} {command} || exit $?")
                     continue

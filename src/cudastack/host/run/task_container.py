@@ -20,12 +20,14 @@ from cudastack.contract.errors import UserError
 from cudastack.environment.envinfo import SLURM_VARS
 from cudastack.host.cells import handoff, images
 from cudastack.host.cells.matrix import Cell
+from cudastack.host.cells.stacks import DISABLE_REQUIRE
 from cudastack.host.run.container import (
     HARNESS_PACKAGE,
     IN_BENCH,
     IN_RESULTS,
     IN_SRC,
     RUN_LABEL,
+    ContainerOptions,
     base_environment,
     inputs_in_container,
     invoking_user,
@@ -34,9 +36,7 @@ from cudastack.host.run.pipeline import BuildInputs, ensure_logged_image, record
 from cudastack.host.run.suite_args import SuiteArgs
 
 MODES = ("none", "docker", "apptainer", "pyxis")
-# Where a task finds the shared memory and limits a container launcher sets (DataLoader workers
-# and NCCL need them; Docker's own default /dev/shm is 64 MB).
-SHM_SIZE = "16g"
+DOCKER_DEFAULTS = ContainerOptions()  # a docker task's container, as one host runs a cell's
 # GPUs a Slurm job was given, by the node's own numbering: what `docker run --gpus` must be told
 # (a container started by the node's daemon is outside the job's cgroup, so it would otherwise
 # see every GPU of the node). Docker reads --gpus as CSV, so a list (device=0,1) is quoted
@@ -110,9 +110,13 @@ def task_command(
     run_id: str,
     process: int,
     gpus: bool,
+    docker: ContainerOptions = DOCKER_DEFAULTS,
 ) -> str:
     """The shell command (for the batch script) that runs one worker process of ``cell`` in
-    ``image`` by ``mode`` (docker, apptainer or pyxis); ``gpus``: whether the job asked for GPUs.
+    ``image`` by ``mode`` (docker, apptainer or pyxis); ``gpus``: whether the job asked for GPUs;
+    ``docker``: the /dev/shm size or host IPC, network and minor-version compatibility a docker
+    task's container gets, as on one host (its gpus, user and timeout are not used: Slurm gives
+    the GPUs and the time; Apptainer and pyxis share the node's /dev/shm, IPC and network).
 
     Variables the user gave with --env are not written here (they may be secrets, and the
     script stays in the run folder): sbatch exports them to the task, and each mode passes them
@@ -131,10 +135,13 @@ def task_command(
         # --init: the worker is not PID 1, which would ignore the SIGTERM of timeout(1),
         # scancel or Slurm's time limit (docker run passes it on); the container then ends
         # with its process instead of outliving the job that held its GPUs.
-        argv = ["--user", invoking_user(), "--workdir", IN_RESULTS, "--shm-size", SHM_SIZE]
+        argv = ["--user", invoking_user(), "--workdir", IN_RESULTS, "--network", docker.network]
+        argv += ["--ipc", "host"] if docker.ipc_host else ["--shm-size", docker.shm_size]
         argv += ["--label", f"{RUN_LABEL}={run_id}", "--label", f"dev.cudastack.cell={cell}"]
         for host, inside, how in mounts:
             argv += ["--volume", f"{host}:{inside}:{how}"]
+        if docker.minor_version_compat:
+            fixed[DISABLE_REQUIRE] = "true"
         for name, value in fixed.items():
             argv += ["--env", f"{name}={value}"]
         # By name, from the task's environment: --env items, and Slurm's own variables, which
