@@ -20,7 +20,7 @@ from docker_env import (  # noqa: F401 (fixtures)
     registry_base,
     wheelhouse,
 )
-from slurm_env import slurm  # noqa: F401 (fixtures)
+from slurm_env import slurm, slurm_accounting  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,13 @@ import pytest
 
 PACKAGES = "slurmctld slurmd slurm-client munge"
 PARTITION = "debug"
+CLUSTER = "cudastack-test"
 # Binaries the fixture starts or the tests call; all four packages provide one of them.
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scontrol", "scancel")
+# And for the cluster with accounting.
+ACCOUNTING_PACKAGES = "slurmdbd mariadb-server"
+ACCOUNTING_TOOLS = ("slurmdbd", "sacctmgr", "sacct", "mariadbd", "mariadb-install-db", "mariadb")
+DB_PASSWORD = "cudastack-test-only"  # a database of the test's own, on 127.0.0.1 only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +76,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -127,10 +137,33 @@ def _leftovers(conf: Path, daemons: list[subprocess.Popen]) -> list[int]:
 FEATURES = "Features=type-a,type-b"
 
 
-def _slurm_conf(root: Path, node: str, cpus: int, memory_mb: int, munge_socket: Path) -> str:
+def _accounting_lines(dbd_port: int, munge_socket: Path) -> str:
+    """slurm.conf's accounting: slurmdbd, or none (what sacct then says is the fallback's cue)."""
+    if not dbd_port:
+        return """\
+# No slurmdbd: the code under test must cope without sacct, as the issue says.
+AccountingStorageType=accounting_storage/none
+# MinJobAge stays at its default (300 s), as on a real cluster: without accounting, that is
+# how long scontrol still knows a finished job.
+"""
+    return f"""\
+# slurmdbd keeps every job (sacct), as real clusters do; it is asked with this cluster's munged.
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd_port}
+AccountingStoragePass={munge_socket}
+# scontrol forgets a finished job 2 s after it ends (at the controller's next purge, within a
+# minute): then only sacct tells how it ended.
+MinJobAge=2
+"""
+
+
+def _slurm_conf(
+    root: Path, node: str, cpus: int, memory_mb: int, munge_socket: Path, dbd_port: int = 0
+) -> str:
     ctld_port, slurmd_port = _free_port(), _free_port()
     return f"""\
-ClusterName=cudastack-test
+ClusterName={CLUSTER}
 # The node and the controller are this host; their addresses are given, so that nothing
 # depends on how (or whether) the host name resolves.
 SlurmctldHost={node}(127.0.0.1)
@@ -147,9 +180,7 @@ MpiDefault=none
 # job's processes by their parent pids and bind nothing, which needs no cgroup at all.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-# No slurmdbd: the code under test must cope without sacct, as the issue says.
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+{_accounting_lines(dbd_port, munge_socket)}JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -169,8 +200,6 @@ SlurmdDebug=info
 PlugStackConfig={root / "plugstack.conf"}
 MailProg=/bin/true
 # A cancelled or timed-out task gets SIGKILL 5 s after SIGTERM (default 30): quicker tests.
-# MinJobAge stays at its default (300 s), as on a real cluster: without accounting, that is
-# how long scontrol still knows a finished job.
 KillWait=5
 # Two features, as two GPU types would be: --constraint "type-a|type-b" asks for each.
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} {FEATURES} State=UNKNOWN
@@ -180,9 +209,86 @@ PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="session")
 def slurm():
-    """A real Slurm cluster (Debian's packages), started for this session as root."""
-    missing = [name for name in TOOLS if shutil.which(name) is None]
-    _require(not missing, f"Slurm is needed ({', '.join(missing)}): apt-get install {PACKAGES}")
+    """A real Slurm cluster (Debian's packages), started for this session as root; no
+    accounting (sacct fails), as the issue's test cluster."""
+    yield from _cluster(accounting=False)
+
+
+@pytest.fixture(scope="session")
+def slurm_accounting():
+    """A second real Slurm cluster, with accounting: slurmdbd on its own MariaDB, as real
+    clusters keep it; scontrol forgets a finished job within a minute (MinJobAge=2)."""
+    yield from _cluster(accounting=True)
+
+
+def _database(root: Path, start, wait_for) -> int:
+    """A MariaDB of this cluster's own in ``root``/db, listening on 127.0.0.1 only, with the
+    user slurmdbd logs in as; its port."""
+    datadir, sock, port = root / "db", root / "mysqld.sock", _free_port()
+    subprocess.run(
+        ["mariadb-install-db", f"--datadir={datadir}", "--user=root", "--skip-test-db"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    start(
+        "mariadbd",
+        [
+            "mariadbd",
+            f"--datadir={datadir}",
+            "--user=root",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root / 'mysqld.pid'}",
+            "--innodb-log-file-size=8M",  # the default 96 MB only costs disk here
+        ],
+        root / "mariadbd.log",
+    )
+    wait_for(sock.exists, "MariaDB's socket", 60)
+    grant = (
+        f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'; "
+        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+    )
+    subprocess.run(
+        ["mariadb", f"--socket={sock}", "-u", "root", "-e", grant],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return port
+
+
+def _slurmdbd_conf(root: Path, munge_socket: Path, dbd_port: int, db_port: int) -> Path:
+    conf = root / "slurmdbd.conf"  # where slurmdbd looks: beside SLURM_CONF
+    conf.write_text(
+        f"""\
+AuthType=auth/munge
+AuthInfo=socket={munge_socket}
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+LogFile={root / "slurmdbd.log"}
+PidFile={root / "slurmdbd.pid"}
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser=slurm
+StoragePass={DB_PASSWORD}
+StorageLoc=slurm_acct_db
+"""
+    )
+    conf.chmod(0o600)  # slurmdbd refuses a conf others may read: it holds the password
+    return conf
+
+
+def _cluster(accounting: bool):
+    """Start a cluster (with slurmdbd and MariaDB when ``accounting``), yield it, stop it."""
+    tools = TOOLS + (ACCOUNTING_TOOLS if accounting else ())
+    missing = [name for name in tools if shutil.which(name) is None]
+    packages = PACKAGES + (f" {ACCOUNTING_PACKAGES}" if accounting else "")
+    _require(not missing, f"Slurm is needed ({', '.join(missing)}): apt-get install {packages}")
     _require(os.geteuid() == 0, "the Slurm test cluster runs its slurmd as root")
 
     # Unix socket paths are limited to ~100 characters, and munged's and slurmd's sockets live
@@ -205,7 +311,8 @@ def slurm():
     key.chmod(0o600)
     conf = root / "slurm.conf"
     # A little under the real memory: a node that reports less than RealMemory is drained.
-    conf.write_text(_slurm_conf(root, node, cpus, int(memory_mb * 0.9), munge_socket))
+    dbd_port = _free_port() if accounting else 0
+    conf.write_text(_slurm_conf(root, node, cpus, int(memory_mb * 0.9), munge_socket, dbd_port))
     (root / "plugstack.conf").write_text("")
     cluster = SlurmCluster(conf=conf, partition=PARTITION, node=node, cpus=cpus, root=root)
 
@@ -231,27 +338,41 @@ def slurm():
             time.sleep(0.5)
         pytest.fail(f"{what} did not happen in {seconds:g} s\n{logs_tail()}")
 
+    def start(name: str, argv: list[str], out: Path, log: Path | None = None) -> None:
+        """Start a daemon, its stdout into ``out``; ``log``: where it logs, if elsewhere."""
+        logs[name] = log or out
+        procs.append(_daemon(argv, out, cluster.env))
+
+    daemons = 5 if accounting else 3
     try:
-        procs.append(
-            _daemon(
-                [
-                    "munged",
-                    "--foreground",
-                    f"--socket={munge_socket}",
-                    f"--key-file={key}",
-                    f"--pid-file={munge / 'munged.pid'}",
-                    f"--seed-file={munge / 'munged.seed'}",
-                ],
-                logs["munged"],
-                cluster.env,
-            )
+        start(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                f"--socket={munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--seed-file={munge / 'munged.seed'}",
+            ],
+            logs["munged"],
         )
         wait_for(munge_socket.exists, "munged's socket", 30)
+        if accounting:
+            db_port = _database(root, start, wait_for)
+            _slurmdbd_conf(root, munge_socket, dbd_port, db_port)
+            # slurmdbd finds slurmdbd.conf beside SLURM_CONF (cluster.env has it).
+            start("slurmdbd", ["slurmdbd", "-D"], root / "slurmdbd.out", root / "slurmdbd.log")
+            wait_for(lambda: _listening(dbd_port), "slurmdbd's port", 60)
+            cluster.run("sacctmgr", "-i", "add", "cluster", CLUSTER, check=True, timeout=60)
         # -D: in the foreground; their log files are in slurm.conf, stderr only repeats them.
-        procs.append(
-            _daemon(["slurmctld", "-D", "-f", str(conf)], root / "slurmctld.out", cluster.env)
+        start(
+            "slurmctld",
+            ["slurmctld", "-D", "-f", str(conf)],
+            root / "slurmctld.out",
+            logs["slurmctld"],
         )
-        procs.append(_daemon(["slurmd", "-D", "-f", str(conf)], root / "slurmd.out", cluster.env))
+        start("slurmd", ["slurmd", "-D", "-f", str(conf)], root / "slurmd.out", logs["slurmd"])
 
         def node_idle() -> bool:
             out = cluster.run("sinfo", "-h", "-n", node, "-o", "%T", timeout=30)
@@ -260,7 +381,7 @@ def slurm():
         wait_for(node_idle, f"node {node} to be idle in sinfo", 90)
         yield cluster
     finally:
-        if len(procs) == 3 and all(p.poll() is None for p in procs):
+        if len(procs) == daemons and all(p.poll() is None for p in procs):
             # Jobs a failed test left behind: cancel them while slurmd can still end them.
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 cluster.run("scancel", f"--partition={PARTITION}", timeout=30)

@@ -6,6 +6,7 @@ text in tests/test_slurm_tasks.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import cli
@@ -13,7 +14,8 @@ from docker_env import TORCH, cpu_cell, write_matrix
 
 from cudastack.contract.errors import EXIT_OK
 from cudastack.host.analysis import results
-from cudastack.host.cells import images
+from cudastack.host.cells import images, matrix
+from cudastack.host.run import loop, task_container
 
 pytestmark = [pytest.mark.slurm, pytest.mark.docker, pytest.mark.usefixtures("images_made_here")]
 
@@ -55,11 +57,41 @@ def test_a_cell_runs_in_its_image_on_the_node_by_the_node_s_docker(
     # It ran in the cell's image (its torch, not this environment's), on the node, and the
     # records name the image the node loaded.
     handed = json.loads((out / "slurm" / "images.json").read_text())["test-cpu"]
-    assert handed["archive"] and (out / "slurm" / "images" / "test-cpu.tar").is_file()
-    assert set(rows["image_digest"]) == {images.identity(engine, handed["tag"])}
+    identity = images.identity(engine, handed["tag"])
+    archive = out / "slurm" / "images" / f"test-cpu.{identity.removeprefix('sha256:')[:16]}.tar"
+    assert handed["archive"] and handed["ref"] == str(archive.absolute()) and archive.is_file()
+    assert set(rows["image_digest"]) == {identity}
     env = json.loads((out / "test-cpu" / "env.json").read_text())
     assert env["torch"]["version"].startswith(TORCH)
     assert env["slurm"]["node"] == slurm.node and env["slurm"]["job_id"]
     script = (out / "slurm" / "job.sbatch").read_text()
-    assert f"docker load --quiet --input {out.absolute()}/slurm/images/test-cpu.tar >>" in script
+    assert f"docker load --quiet --input {archive.absolute()} >>" in script
     assert "by-name" not in script  # --env's value reached the task from sbatch's environment
+
+
+def test_a_resumed_run_reuses_the_archive_it_saved(engine, base_image, wheelhouse, tmp_path):
+    # Saving a cell's image is gigabytes and a minute: a resume that hands the cell off again
+    # finds the archive of that image id whole in the run folder and leaves it as it is.
+    m = write_matrix(tmp_path / "m", cpu_cell("test-cpu"))
+    cells = {"test-cpu": matrix.select(matrix.load(m), ["test-cpu"])[0]}
+    inputs = loop.build_inputs(m, wheelhouse, None)
+    run_dir, said = tmp_path / "run", []
+    archives = run_dir / "slurm" / "images"
+    run_dir.mkdir()
+
+    def hand_off() -> task_container.NodeImage:
+        found = task_container.hand_off(
+            engine, cells, inputs, run_dir, archives, "", said.append, lambda cell: print
+        )
+        assert isinstance(found["test-cpu"], task_container.NodeImage), found
+        return found["test-cpu"]
+
+    first = hand_off()
+    saved = Path(first.ref).stat()
+    again = hand_off()
+    assert again == first and Path(again.ref).stat().st_mtime_ns == saved.st_mtime_ns
+    assert said[-2:] == [
+        f"test-cpu: {Path(first.ref).name} is already in the run folder",
+        f"test-cpu: the nodes get {first.ref}",
+    ]
+    assert [p.name for p in archives.iterdir()] == [Path(first.ref).name]  # no temporary left

@@ -216,8 +216,8 @@ def hand_off(
     """The image of each of the run's ``cells`` (its name -> the matrix cell it runs; one matrix
     cell per node type may be several) on its way to the nodes: built here when missing (as
     `build` does), then pushed to ``registry`` (the node pulls it by digest) or, without one,
-    saved as ``archives/<cell>.tar`` (`docker save`, on the shared filesystem); each matrix
-    cell once. A cell whose build, push or save failed gets its reason instead. Each run
+    saved as ``archives/<cell>.<image id>.tar`` (`docker save`, on the shared filesystem;
+    kept for a resume); each matrix cell once. A cell whose build, push or save failed gets its reason instead. Each run
     cell's folder records the inputs and image as a container run does (what `reproduce`
     reads)."""
     handed: dict[str, Union[NodeImage, str]] = {}  # by matrix cell
@@ -256,16 +256,21 @@ def _hand_off(
         if registry:
             image = NodeImage(handoff.push(client, tag, registry), tag, False, identity)
         else:
-            archive = archives / f"{cell.name}.tar"
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            saved = client.images.get(tag)
+            # Named by the image's id: a file of that name is that image whole (written
+            # atomically), so a resumed run's cells reuse it instead of saving gigabytes again.
+            archive = archives / f"{cell.name}.{identity.removeprefix('sha256:')[:16]}.tar"
+            if archive.is_file():
+                say(f"{cell.name}: {archive.name} is already in the run folder")
+            else:
+                archive.parent.mkdir(parents=True, exist_ok=True)
+                saved = client.images.get(tag)
 
-            def save(path: Path) -> None:
-                with open(path, "wb") as f:
-                    for chunk in saved.save(named=True):
-                        f.write(chunk)
+                def save(path: Path) -> None:
+                    with open(path, "wb") as f:
+                        for chunk in saved.save(named=True):
+                            f.write(chunk)
 
-            runfolder.atomic_write(archive, save)
+                runfolder.atomic_write(archive, save)
             image = NodeImage(str(archive.absolute()), tag, True, identity)
     except images.BuildFailed as exc:
         return exc.headline
