@@ -225,16 +225,21 @@ def _database(root: Path, start, wait_for) -> int:
     """A MariaDB of this cluster's own in ``root``/db, listening on 127.0.0.1 only, with the
     user slurmdbd logs in as; its port."""
     datadir, sock, port = root / "db", root / "mysqld.sock", _free_port()
-    subprocess.run(
-        ["mariadb-install-db", f"--datadir={datadir}", "--user=root", "--skip-test-db"],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    # --no-defaults: the machine's /etc/mysql settings are not this database's.
+    _checked(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={datadir}",
+            "--user=root",
+            "--skip-test-db",
+        ]
     )
     start(
         "mariadbd",
         [
             "mariadbd",
+            "--no-defaults",
             f"--datadir={datadir}",
             "--user=root",
             f"--socket={sock}",
@@ -250,13 +255,15 @@ def _database(root: Path, start, wait_for) -> int:
         f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'; "
         "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
     )
-    subprocess.run(
-        ["mariadb", f"--socket={sock}", "-u", "root", "-e", grant],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _checked(["mariadb", "--no-defaults", f"--socket={sock}", "-u", "root", "-e", grant])
     return port
+
+
+def _checked(argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run a set-up command; a failure fails the fixture with its output, not just its code."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        pytest.fail(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
 
 
 def _slurmdbd_conf(root: Path, munge_socket: Path, dbd_port: int, db_port: int) -> Path:
@@ -364,7 +371,7 @@ def _cluster(accounting: bool):
             # slurmdbd finds slurmdbd.conf beside SLURM_CONF (cluster.env has it).
             start("slurmdbd", ["slurmdbd", "-D"], root / "slurmdbd.out", root / "slurmdbd.log")
             wait_for(lambda: _listening(dbd_port), "slurmdbd's port", 60)
-            cluster.run("sacctmgr", "-i", "add", "cluster", CLUSTER, check=True, timeout=60)
+            _checked(["sacctmgr", "-i", "add", "cluster", CLUSTER], cluster.env)
         # -D: in the foreground; their log files are in slurm.conf, stderr only repeats them.
         start(
             "slurmctld",

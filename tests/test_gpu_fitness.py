@@ -197,22 +197,30 @@ def best_matmul_s(a: torch.Tensor, calls: int) -> float:
         torch.set_num_threads(threads)
 
 
-def test_amp_bf16_resnet_skips_on_a_cpu_whose_bf16_is_a_fallback(fp32_math):
-    # The probe agrees with what this CPU does (a 256^2 bf16 matmul took 50x fp32's time on
-    # one thread of an AVX2-only EPYC; with oneDNN's bf16 kernels it is about as fast), and
-    # where it says no, the case skips with the reason instead of timing a fallback into the
-    # case limit.
+def test_the_bf16_probe_agrees_with_what_this_cpu_does():
+    # A 256^2 bf16 matmul took 50x fp32's time on one thread of an AVX2-only EPYC, whose oneDNN
+    # has no bf16 kernels; with them it is about as fast.
     a = torch.randn(256, 256)
     # Many fp32 calls (0.4 ms each): their best is a clean one; bf16's noise only adds.
     ratio = best_matmul_s(a.bfloat16(), 5) / best_matmul_s(a, 50)
-    ctx = Context(torch, torch.device("cpu"), suite.resolve_profile("quick", has_gpu=False), None)
     if precision.cpu_has_bf16_kernels(torch):
         assert ratio < 5, ratio
-        return
-    assert ratio > 10, ratio
-    train_resnet = bench("train_resnet")
-    with pytest.raises(Skip, match="amp_bf16 convolutions on this CPU are a slow fallback"):
-        train_resnet.run(ctx, "resnet18", "amp_bf16", True, False, 8, 64)
+    else:
+        assert ratio > 10, ratio
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+def test_amp_bf16_resnet_skips_only_where_the_probe_finds_no_bf16_kernels(
+    kernels, monkeypatch, fp32_math
+):
+    # Where it says no, the case skips with the reason instead of timing a fallback into the
+    # case limit; where it says yes, it goes on (here to torchvision, made to stop it there).
+    monkeypatch.setattr(precision, "cpu_has_bf16_kernels", lambda torch: kernels)
+    ctx = Context(torch, torch.device("cpu"), suite.resolve_profile("quick", has_gpu=False), None)
+    monkeypatch.setattr(ctx, "require", lambda module: ctx.skip(f"{module} was reached"))
+    reason = "amp_bf16 convolutions on this CPU are a slow fallback"
+    with pytest.raises(Skip, match="torchvision was reached" if kernels else reason):
+        bench("train_resnet").run(ctx, "resnet18", "amp_bf16", True, False, 8, 64)
 
 
 TF32_BENCH = '''

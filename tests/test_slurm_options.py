@@ -53,13 +53,30 @@ from cudastack.contract.errors import EXIT_BAD_INPUT
             "error: --gpus picks this host's GPUs: on Slurm a task gets the GPUs its job asks",
         ),
         (
-            ["--launcher", "slurm", "--shm-size", "2g", "--ipc-host"],
-            "error: --shm-size, --ipc-host set how Docker runs a cell's container: on Slurm "
-            "that is --container docker (with --container none a task shares the node's",
+            ["--launcher", "slurm", "--shm-size", "2g"],
+            "error: --shm-size applies on Slurm to --container docker only (with --container "
+            "none a task shares the node's /dev/shm, IPC and network)",
         ),
         (
             ["--launcher", "slurm", "--container", "apptainer", "--cell", "a", "--network", "none"],
-            "error: --network set how Docker runs a cell's container",
+            "error: --network applies on Slurm to --container docker only",
+        ),
+        (
+            ["--launcher", "slurm", "--container", "apptainer", "--cell", "a", "--ipc-host"],
+            "error: --ipc-host applies on Slurm to --container docker only",
+        ),
+        (
+            [
+                "--launcher",
+                "slurm",
+                "--container",
+                "apptainer",
+                "--cell",
+                "a",
+                "--minor-version-compat",
+            ],
+            "error: --minor-version-compat applies on Slurm to --container docker and pyxis "
+            "only (with --container apptainer a task has no NVIDIA requirement check",
         ),
         (
             ["--launcher", "slurm", "--container", "docker", "--cell", "a", "--shm-size", "lots"],

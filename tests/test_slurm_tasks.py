@@ -117,6 +117,19 @@ def test_docker_mode_runs_its_containers_with_the_options_a_host_run_takes(
         assert all(pair in given for pair in expected), argv
         # Host IPC brings the host's /dev/shm: no size then, as docker run on one host.
         assert ("--shm-size" in argv) is not docker.ipc_host
+    # The limits' trial starts the image as the processes do: with the requirement check off
+    # where they have it off (else an old driver fails the trial, not the limits).
+    compat = "--env NVIDIA_DISABLE_REQUIRE=true " if docker.minor_version_compat else ""
+    assert f'    if ! docker run --rm "${{ulimits[@]}}" {compat}{DIGEST} true >>' in text
+
+
+def test_pyxis_mode_turns_the_cuda_requirement_check_off_when_asked(tmp_path):
+    compat = ContainerOptions(minor_version_compat=True)
+    for docker, found in ((DOCKER_DEFAULTS, False), (compat, True)):
+        text = _script(tmp_path / str(found), "pyxis", NodeImage(DIGEST, TAG, False), docker=docker)
+        for argv in _process_lines(text):
+            srun = argv.index("srun")
+            assert ("NVIDIA_DISABLE_REQUIRE=true" in argv[4:srun]) is found, argv
 
 
 def test_docker_mode_pulls_a_registry_image_by_digest_and_asks_for_no_gpu_unasked(tmp_path):

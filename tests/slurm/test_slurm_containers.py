@@ -58,7 +58,8 @@ def test_a_cell_runs_in_its_image_on_the_node_by_the_node_s_docker(
     # records name the image the node loaded.
     handed = json.loads((out / "slurm" / "images.json").read_text())["test-cpu"]
     identity = images.identity(engine, handed["tag"])
-    archive = out / "slurm" / "images" / f"test-cpu.{identity.removeprefix('sha256:')[:16]}.tar"
+    image_id = engine.images.get(handed["tag"]).id.removeprefix("sha256:")[:16]
+    archive = out / "slurm" / "images" / f"test-cpu.{image_id}.tar"
     assert handed["archive"] and handed["ref"] == str(archive.absolute()) and archive.is_file()
     assert set(rows["image_digest"]) == {identity}
     env = json.loads((out / "test-cpu" / "env.json").read_text())

@@ -61,10 +61,11 @@ def autocast(ctx: Context, mode: str) -> Autocast:
 
 def cpu_has_bf16_kernels(torch: Any) -> bool:
     """Whether oneDNN, which runs torch's CPU convolutions and matmuls, has bf16 kernels for this
-    CPU (x86: AVX-512 or AMX; Arm: its bf16 extension). Without them bf16 runs a reference
-    fallback: a 256^2 bf16 matmul about 70x, a ResNet-18 training step about 5x fp32's time on an
-    AVX2-only EPYC. True where this torch cannot tell (the probe is torch's own, used by its
-    tests; older builds may lack it), so a case runs rather than skips on a guess."""
+    CPU (x86: from AVX-512 or AVX2-VNNI-2 on; Arm: its bf16 extension). Without them bf16 runs a
+    reference fallback: a 256^2 bf16 matmul about 50x (one thread), a ResNet-18 training step
+    about 5x fp32's time on an AVX2-only EPYC. True where this torch cannot tell (the probe is
+    torch's own, used by its tests; older builds may lack it), so a case runs rather than skips
+    on a guess."""
     probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     if probe is None:
         return True

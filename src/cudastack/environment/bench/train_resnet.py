@@ -69,8 +69,9 @@ def run(
         # A fallback's rate says nothing about the stack, and at minutes a case it would run
         # into the case limit: quick's amp_bf16 case passed 120 s on a loaded AVX2-only CPU.
         ctx.skip(
-            "amp_bf16 convolutions on this CPU are a slow fallback: oneDNN has bf16 kernels "
-            "only with AVX-512 or AMX (x86) or bf16 (Arm); fp32 measures this CPU"
+            "amp_bf16 convolutions on this CPU are a slow fallback: torch's oneDNN has no bf16 "
+            "kernels for it (x86 has them from AVX-512 or AVX2-VNNI-2 on, Arm with its bf16 "
+            "extension); fp32 measures this CPU"
         )
     torchvision = ctx.require("torchvision")
     amp = autocast(ctx, precision)

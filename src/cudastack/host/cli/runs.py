@@ -193,10 +193,10 @@ def _run_on_slurm(args: SuiteArgs, opts: RunOptions, dest: loop.Destination) -> 
 
 
 def _docker_on_slurm(opts: RunOptions) -> ContainerOptions:
-    """How --container docker's tasks run their containers (--shm-size, --ipc-host, --network,
-    --minor-version-compat, checked). Raise UserError on --gpus, which picks this host's GPUs,
-    and on those options with another mode, whose tasks share the node's /dev/shm, IPC and
-    network: an option that would change nothing is refused rather than ignored."""
+    """How --container docker's (and pyxis's) tasks run their containers: --shm-size,
+    --ipc-host, --network and --minor-version-compat, checked. Raise UserError on --gpus, which
+    picks this host's GPUs, and on each of those options where the mode would not use it: an
+    option that would change nothing is refused rather than ignored."""
     if opts.gpus != "auto":
         raise UserError(
             "--gpus picks this host's GPUs: on Slurm a task gets the GPUs its job asks for "
@@ -208,22 +208,25 @@ def _docker_on_slurm(opts: RunOptions) -> ContainerOptions:
         network=opts.network,
         minor_version_compat=opts.minor_version_compat,
     )
-    given = [
-        flag
-        for flag, value in (
-            ("--shm-size", "shm_size"),
-            ("--ipc-host", "ipc_host"),
-            ("--network", "network"),
-            ("--minor-version-compat", "minor_version_compat"),
-        )
-        if getattr(docker, value) != getattr(ContainerOptions, value)
-    ]
-    if given and opts.container != "docker":
-        raise UserError(
-            f"{', '.join(given)} set how Docker runs a cell's container: on Slurm that is "
-            f"--container docker (with --container {opts.container} a task shares the node's "
-            "/dev/shm, IPC and network)"
-        )
+    # flag, field, the modes that use it, why the others do not.
+    shared = "shares the node's /dev/shm, IPC and network"
+    uses = (
+        ("--shm-size", "shm_size", ("docker",), shared),
+        ("--ipc-host", "ipc_host", ("docker",), shared),
+        ("--network", "network", ("docker",), shared),
+        (
+            "--minor-version-compat",
+            "minor_version_compat",
+            ("docker", "pyxis"),
+            "has no NVIDIA requirement check to turn off",
+        ),
+    )
+    for flag, name, modes, why in uses:
+        if getattr(docker, name) != getattr(ContainerOptions, name) and opts.container not in modes:
+            raise UserError(
+                f"{flag} applies on Slurm to --container {' and '.join(modes)} only (with "
+                f"--container {opts.container} a task {why})"
+            )
     return docker
 
 

@@ -438,7 +438,7 @@ class SlurmLauncher:
             image = self._images.get(task.cell)
             if image is not None:  # into the cell's log, where a failed row's last line is read
                 log = f'"$run_dir"/{q(task.cell)}/{runfolder.LOG}'
-                setup = task_container.task_setup(self.container, image, log)
+                setup = task_container.task_setup(self.container, image, log, self.docker)
                 lines += [f"    {line}" for line in setup]
             for n in task.processes:
                 if image is not None:

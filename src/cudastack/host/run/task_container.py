@@ -114,9 +114,10 @@ def task_command(
 ) -> str:
     """The shell command (for the batch script) that runs one worker process of ``cell`` in
     ``image`` by ``mode`` (docker, apptainer or pyxis); ``gpus``: whether the job asked for GPUs;
-    ``docker``: the /dev/shm size or host IPC, network and minor-version compatibility a docker
-    task's container gets, as on one host (its gpus, user and timeout are not used: Slurm gives
-    the GPUs and the time; Apptainer and pyxis share the node's /dev/shm, IPC and network).
+    ``docker``: the /dev/shm size or host IPC and the network a docker task's container gets,
+    as on one host, and minor-version compatibility for docker and pyxis (its gpus, user and
+    timeout are not used: Slurm gives the GPUs and the time; Apptainer and pyxis share the
+    node's /dev/shm, IPC and network, and Apptainer's --nv checks no CUDA requirement).
 
     Variables the user gave with --env are not written here (they may be secrets, and the
     script stays in the run folder): sbatch exports them to the task, and each mode passes them
@@ -129,6 +130,8 @@ def task_command(
     ]
     mounts = _mounts(args, cell_dir, inputs)
     fixed = base_environment()
+    if docker.minor_version_compat:  # read by the NVIDIA hooks of Docker's runtime and enroot
+        fixed[DISABLE_REQUIRE] = "true"
     passed = sorted(args.environment())
     q = shlex.quote
     if mode == "docker":
@@ -140,8 +143,6 @@ def task_command(
         argv += ["--label", f"{RUN_LABEL}={run_id}", "--label", f"dev.cudastack.cell={cell}"]
         for host, inside, how in mounts:
             argv += ["--volume", f"{host}:{inside}:{how}"]
-        if docker.minor_version_compat:
-            fixed[DISABLE_REQUIRE] = "true"
         for name, value in fixed.items():
             argv += ["--env", f"{name}={value}"]
         # By name, from the task's environment: --env items, and Slurm's own variables, which
@@ -175,14 +176,17 @@ def task_command(
     raise ValueError(f"no container command for mode {mode!r}")
 
 
-def task_setup(mode: str, image: NodeImage, log: str) -> list[str]:
+def task_setup(
+    mode: str, image: NodeImage, log: str, docker: ContainerOptions = DOCKER_DEFAULTS
+) -> list[str]:
     """What a task runs once before its processes, outside their --timeout, its output appended
     to ``log`` (a shell word): for docker, `docker load` of the archive or `docker pull` of the
-    digest, then the limits' trial (see ULIMITS). Apptainer and pyxis fetch the image
-    themselves."""
+    digest, then the limits' trial (see ULIMITS), started as the processes are where the CUDA
+    requirement is concerned (``docker``). Apptainer and pyxis fetch the image themselves."""
     if mode != "docker":
         return []
     ref = shlex.quote(image.tag if image.archive else image.ref)
+    trial = f"--env {DISABLE_REQUIRE}=true {ref}" if docker.minor_version_compat else ref
     fetch = (
         f"docker load --quiet --input {shlex.quote(image.ref)}"
         if image.archive
@@ -191,7 +195,7 @@ def task_setup(mode: str, image: NodeImage, log: str) -> list[str]:
     return [
         f"{fetch} >> {log} 2>&1 || exit $?",
         f"ulimits=({ULIMITS})",
-        f'if ! docker run --rm "${{ulimits[@]}}" {ref} true >> {log} 2>&1; then',
+        f'if ! docker run --rm "${{ulimits[@]}}" {trial} true >> {log} 2>&1; then',
         '    echo "cudastack: the engine refused the memlock/stack ulimits; running without them"'
         f" >> {log}",
         "    ulimits=()",
@@ -217,9 +221,9 @@ def hand_off(
     cell per node type may be several) on its way to the nodes: built here when missing (as
     `build` does), then pushed to ``registry`` (the node pulls it by digest) or, without one,
     saved as ``archives/<cell>.<image id>.tar`` (`docker save`, on the shared filesystem;
-    kept for a resume); each matrix cell once. A cell whose build, push or save failed gets its reason instead. Each run
-    cell's folder records the inputs and image as a container run does (what `reproduce`
-    reads)."""
+    kept for a resume); each matrix cell once. A cell whose build, push or save failed gets
+    its reason instead. Each run cell's folder records the inputs and image as a container run
+    does (what `reproduce` reads)."""
     handed: dict[str, Union[NodeImage, str]] = {}  # by matrix cell
     found: dict[str, Union[NodeImage, str]] = {}
     for name, cell in cells.items():
@@ -258,12 +262,14 @@ def _hand_off(
         else:
             # Named by the image's id: a file of that name is that image whole (written
             # atomically), so a resumed run's cells reuse it instead of saving gigabytes again.
-            archive = archives / f"{cell.name}.{identity.removeprefix('sha256:')[:16]}.tar"
+            saved = client.images.get(tag)
+            # The image id, not `identity` (which becomes the registry digest once pushed).
+            image_id = str(saved.id).removeprefix("sha256:")[:16]
+            archive = archives / f"{cell.name}.{image_id}.tar"
             if archive.is_file():
                 say(f"{cell.name}: {archive.name} is already in the run folder")
             else:
                 archive.parent.mkdir(parents=True, exist_ok=True)
-                saved = client.images.get(tag)
 
                 def save(path: Path) -> None:
                     with open(path, "wb") as f:
