@@ -480,13 +480,23 @@ def test_the_workers_row_has_the_cause_and_its_log_the_traceback(make_bench, tmp
     assert "ValueError: first line\nthe real cause" in proc.stderr
 
 
-def test_an_apt_error_streamed_onto_apt_s_progress_line_is_still_the_reason():
-    # apt's "Reading package lists... " has no newline until done; its stderr error can land on
-    # that line in the engine's stream (seen under load in CI).
+@pytest.mark.parametrize(
+    "progress",
+    [
+        "Reading package lists... ",
+        "Reading package lists...",
+        "Building dependency tree... 50%",
+        "Reading state information... Done",
+        "Reading state information... 0%\rReading state information... Done",
+    ],
+)
+def test_an_apt_error_streamed_onto_apt_s_progress_line_is_still_the_reason(progress):
+    # apt's progress line has no newline until done; its stderr error can land on that line in
+    # the engine's stream, after the dots, a percentage or "Done" (seen under load in CI).
     log = [
         "Step 7/35 : RUN apt-get install -y zlib1g=0.0-gone",
         " ---> Running in ee626631d86d",
-        "Reading package lists... E: Version '0.0-gone' for 'zlib1g' was not found",
+        f"{progress}E: Version '0.0-gone' for 'zlib1g' was not found",
         "Removing intermediate container ee626631d86d",
         "The command returned a non-zero code: 100",
     ]
@@ -494,3 +504,8 @@ def test_an_apt_error_streamed_onto_apt_s_progress_line_is_still_the_reason():
     assert reason.startswith(
         "E: Version '0.0-gone' for 'zlib1g' was not found; step 7/35 (RUN) exited with code 100"
     ), reason
+
+
+def test_an_e_colon_inside_a_word_is_no_apt_error():
+    log = ["Step 2/3 : RUN check", "FILE: Missing input", "The command returned a non-zero code: 1"]
+    assert failures.log_reason(log).startswith("FILE: Missing input"), failures.log_reason(log)

@@ -369,10 +369,12 @@ def output_reason(head: str, lines: Iterable[str], limit: int = REASON_LIMIT) ->
     return _with_hint(f"{head}; its child processes printed: {_decisive(plain)}", found, limit)
 
 
-# apt prints "Reading package lists... " on stdout and ends the line only once done; its error
-# ("E: Version ... was not found") goes to stderr, and the engine may stream it onto that same
-# line ("Reading package lists... E: Version ..."): two lines, as they were printed.
-_AFTER_PROGRESS = re.compile(r"(?<=\.\.\.)\s*(?=(?:E|W|Err|ERROR): )")
+# apt prints its progress ("Reading package lists... ", "... 50%", "... Done") on stdout and
+# ends the line only once done; its error ("E: Version ... was not found") goes to stderr, and
+# the engine may stream it onto that same line, after the dots, a percentage or "Done"
+# ("Reading package lists... DoneE: Version ..."): two lines, as they were printed. apt's
+# markers are followed by a capital; one after a capital is part of a word ("FILE: X").
+_AFTER_PROGRESS = re.compile(r"(?<=[^A-Z\s])\s*(?=(?:E|W|Err): [A-Z])|(?<=\.\.\.)\s*(?=ERROR: )")
 
 
 def _plain(lines: Iterable[str]) -> list[str]:

@@ -260,10 +260,10 @@ def _hand_off(
         if registry:
             image = NodeImage(handoff.push(client, tag, registry), tag, False, identity)
         else:
-            # Named by the image's id: a file of that name is that image whole (written
-            # atomically), so a resumed run's cells reuse it instead of saving gigabytes again.
+            # Named by the engine's image id (not `identity`, which becomes the registry digest
+            # once pushed): a file of that name is that image whole (written atomically), so a
+            # resumed run's cells reuse it instead of saving gigabytes again.
             saved = client.images.get(tag)
-            # The image id, not `identity` (which becomes the registry digest once pushed).
             image_id = str(saved.id).removeprefix("sha256:")[:16]
             archive = archives / f"{cell.name}.{image_id}.tar"
             if archive.is_file():
