@@ -10,6 +10,7 @@ import shutil
 import pytest
 from conftest import cli
 
+from cudastack.contract.schema import SAMPLES
 from cudastack.environment import suite, worker
 from cudastack.environment.context import Metric, rate_metrics
 from cudastack.host.analysis import results
@@ -53,16 +54,17 @@ def test_every_row_carries_the_declarations_and_a_missing_headline_fails_the_cas
     spec = suite.discover(make_bench("mine", source))["mine"]
     case = spec.cases("quick")[0]
     base = {"run_id": "r", **worker.declared(spec)}
-    rows = list(worker.case_rows(base, case, "ok", "", rate_metrics([0.5, 0.25], flops=1e12)))
-    assert {(r["kind"], r["headline"]) for r in rows} == {("kernel", "tflops")}
-    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 4  # latency + tflops
+    lines = worker.case_lines(base, case, "ok", "", rate_metrics([0.5, 0.25], flops=1e12))
+    assert {(r["kind"], r["headline"]) for r in lines} == {("kernel", "tflops")}
+    assert {r["status"] for r in lines} == {"ok"}
+    assert [(r["metric"], len(r[SAMPLES])) for r in lines] == [("latency", 2), ("tflops", 2)]
     # A case whose numbers lack the one its bench states its result by has no result.
-    (row,) = worker.case_rows(base, case, "ok", "", [Metric("latency", "ms", "lower", [1.0])])
-    assert row["status"] == "failed" and row["value"] is None
+    (row,) = worker.case_lines(base, case, "ok", "", [Metric("latency", "ms", "lower", [1.0])])
+    assert row["status"] == "failed" and row[SAMPLES] == [None]
     assert row["reason"] == (
         "returned no 'tflops' metric, which its bench declares as HEADLINE (it returned latency)"
     )
-    (skipped,) = worker.case_rows(base, case, "skipped", "no GPU", [])
+    (skipped,) = worker.case_lines(base, case, "skipped", "no GPU", [])
     assert (skipped["status"], skipped["kind"]) == ("skipped", "kernel")
 
 

@@ -27,8 +27,8 @@ from cudastack.host.cells import doctor, matrix
 from cudastack.host.cli.main import disk_full_message
 from cudastack.host.run import state
 
-# Eight cases of 400 samples each: some 230 KB of records a case, 1.8 MB in all, so that a
-# 1 MiB disk fills during the fifth case.
+# Eight cases of 12,000 samples each: some 210 KB of records a case (a line of its samples), 1.7
+# MB in all, so that a 1 MiB disk fills during the fifth case.
 BULKY = '''"""A bench whose every case records many samples: a run's records grow fast."""
 
 KIND = "kernel"
@@ -39,10 +39,10 @@ PARAMS = {"i": [0, 1, 2, 3, 4, 5, 6, 7]}
 def run(ctx, i):
     from cudastack.environment.context import Metric
 
-    return [Metric("latency", "ms", "lower", [1.0 + k / 1000 for k in range(400)])]
+    return [Metric("latency", "ms", "lower", [1.0 + k / 7 for k in range(12_000)])]
 '''
 CASES = 8
-SAMPLES = 400
+SAMPLES = 12_000
 ONE_LINE = (
     "error: no space left on device writing {path}: free some space, then "
     "cudastack run --resume {run} finishes the run"

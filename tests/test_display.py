@@ -17,6 +17,7 @@ from rich.console import Console, RenderableType
 from typer.testing import CliRunner, Result
 
 from cudastack.contract.runfolder import RECORDS
+from cudastack.contract.schema import rows_of
 from cudastack.host.analysis import results
 from cudastack.host.analysis.display import results_view
 from cudastack.host.cli.main import app as APP
@@ -44,7 +45,8 @@ def two_cells(run) -> Path:
     failed there with a coloured two-line reason."""
     run_dir = run[0].parent / "two"
     shutil.copytree(run[0], run_dir)
-    rows = [json.loads(line) for line in (run_dir / "local" / RECORDS).read_text().splitlines()]
+    lines = (run_dir / "local" / RECORDS).read_text().splitlines()
+    rows = [r for line in lines for r in rows_of(json.loads(line))]  # a line a sample
     for row in rows:
         row["cell"] = "other"
         if row["value"] is not None:

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from cudastack.contract.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, CudastackError
-from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
+from cudastack.contract.schema import COLUMNS, SAMPLES, SCHEMA_VERSION
 from cudastack.environment import suite
 from cudastack.host.analysis import results
 from cudastack.host.cells import matrix, reproduce
@@ -426,7 +426,7 @@ def test_the_suite_arguments_validate_or_are_one_line(args: SuiteArgs) -> None:
 
 
 def record(**changes: Any) -> dict:
-    """A row as a worker writes it."""
+    """A row as a worker of schema 4 wrote it, a line a sample (rep, value)."""
     base = {
         "schema_version": SCHEMA_VERSION,
         "run_id": "r1",
@@ -450,10 +450,17 @@ def record(**changes: Any) -> dict:
     return {**base, **changes}
 
 
+def samples_line(values: list[Any], **changes: Any) -> dict:
+    """A line as a worker writes it now: a metric's samples in one list."""
+    line = {k: v for k, v in record(**changes).items() if k not in ("rep", "value")}
+    return {**line, SAMPLES: values}
+
+
 WORKER_RECORDS = [
     record(rep=0),
     record(rep=1, value=1.25),
-    record(case="gemm[n=2]", status="skipped", value=None, reason="not on this device"),
+    samples_line([2.5, None, 3], metric="latency", unit="ms", better="lower"),
+    samples_line([None], case="gemm[n=2]", status="skipped", reason="not on this device"),
     results.harness_row("r1", "local", "run", "failed", "the worker died"),
 ]
 json_values = st.recursive(
@@ -474,7 +481,7 @@ def records_files(draw: st.DrawFn) -> bytes:
     lines, raw unicode, random bytes spliced in, and cut at any byte."""
     rows = [dict(r) for r in WORKER_RECORDS[: draw(st.integers(0, len(WORKER_RECORDS)))]]
     for row in rows:
-        for key in draw(st.lists(st.sampled_from([*COLUMNS, "pid", "extra"]), max_size=2)):
+        for key in draw(st.lists(st.sampled_from([*COLUMNS, "pid", "extra", SAMPLES]), max_size=2)):
             row[key] = draw(json_values)
     lines = [json.dumps(row, ensure_ascii=draw(st.booleans())) for row in rows]
     for _ in range(draw(st.integers(0, 2))):  # a line that is JSON but no record

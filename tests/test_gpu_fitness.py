@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_known_flops import bench
 
+from cudastack.contract.schema import rows_of
 from cudastack.environment import envinfo, precision, suite, worker
 from cudastack.environment import world as worldmod
 from cudastack.environment.context import Context, Skip
@@ -118,9 +119,8 @@ def test_a_gpu_the_build_cannot_run_gets_one_cell_row_and_no_case_runs(
     code = worker.main([*argv, "--profile", "quick", "--cell", "cu12.6", "--run-id", "r1"])
     assert code == 0
     assert not ran.exists()  # every case would have failed with "no kernel image is available"
-    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(rows) == 1
-    row = rows[0]
+    (line,) = (out / "records.jsonl").read_text().splitlines()
+    (row,) = rows_of(json.loads(line))
     assert row["bench"] == "harness" and row["case"] == "harness[stage=arch]"
     assert row["status"] == "skipped" and row["value"] is None
     assert row["reason"].startswith(f"torch {torch.__version__} was built for sm_50, sm_60")

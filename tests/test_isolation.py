@@ -5,6 +5,7 @@ import json
 import pytest
 from conftest import worker
 
+from cudastack.contract.schema import rows_of
 from cudastack.environment import suite
 from cudastack.environment.isolation import case_statuses
 from cudastack.host.analysis import results
@@ -78,7 +79,9 @@ def test_isolate_must_name_parameters_of_a_single_process_bench(make_bench, sour
 
 
 def read(out):
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    """The records' rows, one per sample (a records.jsonl line holds a metric's samples)."""
+    lines = (out / "records.jsonl").read_text().splitlines()
+    return [row for line in lines for row in rows_of(json.loads(line))]
 
 
 def test_a_real_conv_run_puts_each_benchmark_value_in_its_own_process(tmp_path):

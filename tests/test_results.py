@@ -8,7 +8,7 @@ import random
 import pandas as pd
 import pytest
 
-from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
+from cudastack.contract.schema import COLUMNS, SAMPLES, SCHEMA_VERSION, rows_of
 from cudastack.environment import suite, worker
 from cudastack.environment.context import Metric
 from cudastack.host.analysis import results
@@ -194,9 +194,10 @@ def column_wise(path):
         return True
 
 
-def worker_rows():
-    """Rows of one cell as the worker yields them (ok, skipped, failed cases, non-finite and
-    integer samples, a pid the table does not keep) and a harness row of the host."""
+def worker_lines():
+    """records.jsonl lines of one cell as the worker writes them (ok, skipped, failed cases,
+    non-finite and integer samples, a pid the table does not keep) and a harness line of the
+    host."""
     base = {
         **row(),
         "run_id": "r1",
@@ -221,56 +222,75 @@ def worker_rows():
         Metric("latency", "ms", "lower", [1 / 3, 2.0]),
         Metric("temp_c", "°C", "lower", [71.0]),
     ]
-    rows = list(worker.case_rows(base, gemm, "ok", "", metrics))
+    lines = worker.case_lines(base, gemm, "ok", "", metrics)
     sdpa = suite.Case("sdpa", {"seq": 4096, "causal": True})
-    rows += worker.case_rows(base, sdpa, "skipped", 'no flash kernel for "sm_70"\\here', [])
+    lines += worker.case_lines(base, sdpa, "skipped", 'no flash kernel for "sm_70"\\here', [])
     oom = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total) ☹"
-    rows += worker.case_rows(base, suite.Case("train_gpt", {"steps": 10}), "failed", oom, [])
-    rows.append(results.harness_row("r1", "cu124", "build", "failed", "exit 1"))
-    return rows
+    lines += worker.case_lines(base, suite.Case("train_gpt", {"steps": 10}), "failed", oom, [])
+    lines.append(results.harness_row("r1", "cu124", "build", "failed", "exit 1"))
+    return lines
+
+
+def worker_rows():
+    """The rows of ``worker_lines``, one per sample: what a worker of schema 4 wrote a line
+    each (rep and value in place of the list)."""
+    return [r for line in worker_lines() for r in rows_of(line)]
 
 
 def test_read_records_reads_worker_records_as_the_per_line_reader(tmp_path):
-    results.append_records(tmp_path, worker_rows())  # json.dumps per line, as the worker writes
+    results.append_records(tmp_path, worker_lines())  # json.dumps per line, as the worker writes
     path = tmp_path / results.RECORDS
     assert column_wise(path)
+    assert len(path.read_text().splitlines()) == 6  # a line a metric, not a sample
     _, df = assert_read_as_per_line(path)
     assert len(df) == 13 and list(df.columns) == list(COLUMNS)
     assert df["value"].iloc[:3].tolist() == [512.25, 1e-300, 1.7976931348623157e308]
     assert df["value"].iloc[3] == 3.0 and math.isnan(df["value"].iloc[4])
     assert df["process"].tolist() == [1] * 12 + [0]  # the harness row's '' is 0
     assert df["unit"].iloc[9] == "°C" and df["reason"].iloc[11].endswith("☹")
+    assert df["rep"].tolist() == [*range(7), 0, 1, 0, 0, 0, 0]
+    pd.testing.assert_frame_equal(df, results.to_frame(worker_rows()))
+
+
+def test_lines_of_schema_4_and_5_in_one_file_are_read_column_wise(tmp_path):
+    # Old runs hold a line per sample (rep, value); a file may hold both kinds.
+    path = tmp_path / results.RECORDS
+    write_jsonl(path, [*worker_rows(), *worker_lines(), row(rep=3, value=1.5)])
+    assert column_wise(path)
+    _, df = assert_read_as_per_line(path)
+    pd.testing.assert_frame_equal(df, results.to_frame([*worker_rows() * 2, row(rep=3, value=1.5)]))
 
 
 def test_a_torn_last_line_is_dropped_and_the_rest_read_column_wise(tmp_path):
-    rows = worker_rows()
+    lines = worker_lines()
     path = tmp_path / results.RECORDS
-    for tail in ('{"schema_version": 4, "ru', "{", '{"value": 1.5, "run_id": "r1"'):
-        write_jsonl(path, rows, tail=tail)
+    torn = json.dumps(lines[0])[:-40]  # inside its list of samples
+    for tail in ('{"schema_version": 4, "ru', "{", '{"value": 1.5, "run_id": "r1"', torn):
+        write_jsonl(path, lines, tail=tail)
         assert column_wise(path)
         _, df = assert_read_as_per_line(path)
-        assert len(df) == len(rows)
-    write_jsonl(path, rows, tail=json.dumps(row(case="gemm[n=3]")))  # whole, but no newline
+        assert len(df) == len(worker_rows())
+    write_jsonl(path, lines, tail=json.dumps(row(case="gemm[n=3]")))  # whole, but no newline
     assert assert_read_as_per_line(path)[1]["case"].iloc[-1] == "gemm[n=3]"
 
 
 def test_a_harness_row_after_worker_records_is_read_column_wise(tmp_path):
     # The host appends one when a cell times out, each column typed (process 0).
-    rows = worker_rows()[:-1]
-    results.append_records(tmp_path, rows)
+    results.append_records(tmp_path, worker_lines()[:-1])
     results.append_records(tmp_path, [results.harness_row("r1", "cu124", "run", "failed", "")])
     path = tmp_path / results.RECORDS
     assert json.loads(path.read_text().splitlines()[-1])["process"] == 0
     assert column_wise(path)
     _, df = assert_read_as_per_line(path)
-    assert df["process"].tolist() == [1] * len(rows) + [0]
+    assert df["process"].tolist() == [1] * (len(worker_rows()) - 1) + [0]
 
 
 def test_an_older_harness_row_with_empty_int_columns_reads_as_before(tmp_path):
     # Harness rows of earlier versions held '' in every int column: pyarrow refuses those, the
     # per-line reader takes the file, and '' is 0 as it always was.
     row = {**results.harness_row("r1", "cu124", "run", "failed", ""), "process": "", "rep": ""}
-    results.append_records(tmp_path, [*worker_rows()[:-1], row])
+    del row[SAMPLES]  # then a line was one row: rep and value
+    results.append_records(tmp_path, [*worker_lines()[:-1], {**row, "value": None}])
     path = tmp_path / results.RECORDS
     assert not column_wise(path)
     _, df = assert_read_as_per_line(path)
@@ -280,7 +300,7 @@ def test_an_older_harness_row_with_empty_int_columns_reads_as_before(tmp_path):
 def test_a_malformed_line_inside_a_file_names_its_line(tmp_path):
     path = tmp_path / results.RECORDS
     for bad in ('{"run_id": "r1", "rep": 1', "{} {}", '{"run_id": "r1"} x', "nul"):
-        lines = [json.dumps(r) for r in worker_rows()]
+        lines = [json.dumps(r) for r in worker_lines() * 2]
         lines[5] = bad
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(results.ResultsError, match=r"records.jsonl:6: not a JSON record"):
@@ -289,11 +309,11 @@ def test_a_malformed_line_inside_a_file_names_its_line(tmp_path):
 
 
 def test_blank_lines_are_skipped(tmp_path):
-    lines = [json.dumps(r) for r in worker_rows()]
+    lines = [json.dumps(r) for r in worker_lines()]
     path = tmp_path / results.RECORDS
     path.write_text("\n" + "\n\n".join(lines[:4]) + "\n  \t\n" + "\n".join(lines[4:]) + "\n\n")
     _, df = assert_read_as_per_line(path)
-    assert len(df) == len(lines)
+    assert len(df) == len(worker_rows())
 
 
 def test_extra_keys_are_ignored(tmp_path):
@@ -375,6 +395,15 @@ ODD_FILES = {
     "only a torn line": '{"rep": 1',
     "a lone surrogate in an extra key": '{"rep": 1, "note": "\\ud83d"}\n{"rep": 2}\n',
     "an empty int in schema_version": '{"schema_version": ""}\n',
+    "samples with nulls and ints": '{"values": [1, null, 2.5]}\n{"rep": 1}\n',
+    "no samples": '{"values": []}\n{"values": [3]}\n',
+    "null samples": '{"values": null, "value": 3, "rep": 2}\n',
+    "samples and a value": '{"values": [1, 2], "rep": 5, "value": 9}\n',
+    "samples not a list": '{"values": "1.5"}\n{"values": {"a": 1}}\n',
+    "a string sample": '{"values": [1, "a"]}\n',
+    "a nested list of samples": '{"values": [[1]]}\n',
+    "a bool sample": '{"values": [true, 1]}\n',
+    "NaN among the samples": '{"values": [1, NaN]}\n',
 }
 
 
@@ -390,7 +419,7 @@ def test_damaged_files_read_as_the_per_line_reader_reads_them(tmp_path):
     pyarrow makes of them, read_records agrees with the per-line reader."""
     rng = random.Random(0)
     harness = results.harness_row("r1", "c", "run", "failed", "x")
-    text = "".join(json.dumps(r) + "\n" for r in [*worker_rows()[:4], harness])
+    text = "".join(json.dumps(r) + "\n" for r in [*worker_lines()[:4], *worker_rows()[:2], harness])
     pieces = [*'{}[]",:\\ 0123456789.eE-\n\r\t\x0c', "null", "NaN", "}\n{", "\n\n", " null "]
     path = tmp_path / results.RECORDS
     read_column_wise = 0

@@ -6,6 +6,8 @@ import statistics
 import pytest
 from conftest import worker
 
+from cudastack.contract.schema import rows_of
+
 STATUS_BENCH = '''
 """Cases that succeed, skip, fail their check, raise, run out of memory or hang."""
 import time
@@ -34,7 +36,9 @@ def run(ctx, mode):
 
 
 def read(out):
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    """The records' rows, one per sample (a records.jsonl line holds a metric's samples)."""
+    lines = (out / "records.jsonl").read_text().splitlines()
+    return [row for line in lines for row in rows_of(json.loads(line))]
 
 
 def test_each_outcome_is_a_row_and_the_suite_goes_on(make_bench, tmp_path):

@@ -4,7 +4,7 @@ Environment side, standard library only. A bench's ISOLATE list makes ``suite.pr
 split the cases; this module is how the worker runs more than one group: it starts itself again
 for each group, with the same request limited to that group (``--group N``), so every launcher
 (local, container, a scheduler) gets the isolation without knowing of it. The children append
-to the same records.jsonl; the parent counts their cases and writes the rows of any case a child
+to the same records.jsonl; the parent counts their cases and writes the lines of any case a child
 never recorded because it died.
 """
 
@@ -26,7 +26,7 @@ from cudastack.environment.suite import Case
 # The cudastack package this process runs, for the child to import the same one.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
-FailedRows = Callable[[Case, str], list[dict[str, Any]]]
+FailedLines = Callable[[Case, str], list[dict[str, Any]]]
 
 
 def child_argv(request: SuiteRequest, group: int) -> list[str]:
@@ -35,17 +35,18 @@ def child_argv(request: SuiteRequest, group: int) -> list[str]:
     return [sys.executable, "-m", "cudastack.worker", *replace(request, group=group).to_argv()]
 
 
-def case_statuses(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The status of each case in a run of record rows, in order.
+def case_statuses(lines: Sequence[dict[str, Any]]) -> list[str]:
+    """The status of each case in a run of records.jsonl lines, in order.
 
-    A case's rows are consecutive and none repeats its first (metric, rep) pair, so a case ends
-    where the case id changes or that pair comes again: two identical cases (a value listed
-    twice in PARAMS) in a row are still two.
+    A case's lines are consecutive and none repeats its first (metric, rep) pair (a line of
+    schema 5 holds all of a metric's samples, and no rep), so a case ends where the case id
+    changes or that pair comes again: two identical cases (a value listed twice in PARAMS) in a
+    row are still two.
     """
     statuses: list[str] = []
     first: tuple[str, str, Any] = ("", "", None)
-    for row in rows:
-        key = (row["case"], row["metric"], row["rep"])
+    for row in lines:
+        key = (row["case"], row["metric"], row.get("rep"))
         if not statuses or row["case"] != first[0] or key == first:
             statuses.append(row["status"])
             first = key
@@ -66,7 +67,7 @@ def run_groups(
     request: SuiteRequest,
     groups: Sequence[Sequence[Case]],
     records: Path,
-    failed_rows: FailedRows,
+    failed_lines: FailedLines,
     env: Optional[Mapping[str, str]] = None,
 ) -> dict[str, int]:
     """Run each group in a child worker process, one at a time; return the cases' status counts.
@@ -83,20 +84,20 @@ def run_groups(
         )
         start = _clean_end(records)
         code = _run_child(child_argv(request, index), env or {})
-        statuses = case_statuses(_rows_from(records, start))
+        statuses = case_statuses(_lines_from(records, start))
         for status in statuses:
             counts[status] += 1
         missing = list(cases[len(statuses) :])
         if not missing:
             continue
         how = how_it_ended(code)
-        rows = failed_rows(missing[0], f"its worker process ended with {how} during this case")
+        lines = failed_lines(missing[0], f"its worker process ended with {how} during this case")
         for case in missing[1:]:
             reason = f"not run: its worker process ended with {how} during {missing[0].id}"
-            rows += failed_rows(case, reason)
+            lines += failed_lines(case, reason)
         _clean_end(records)
         with open(records, "a", encoding="utf-8") as out:
-            out.writelines(json.dumps(r) + "\n" for r in rows)
+            out.writelines(json.dumps(line) + "\n" for line in lines)
         counts["failed"] += len(missing)
         print(f"process {index + 1} ended with {how}; {len(missing)} cases failed", flush=True)
     return counts
@@ -127,7 +128,7 @@ def _clean_end(path: Path) -> int:
     return keep
 
 
-def _rows_from(path: Path, offset: int) -> list[dict[str, Any]]:
+def _lines_from(path: Path, offset: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     with open(path, "rb") as f:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cudastack.contract import runfolder
-from cudastack.contract.schema import CEILING_BENCH
+from cudastack.contract.schema import CEILING_BENCH, rows_of
 
 ENV = "CUDASTACK_RESUME_RECORDED"
 
@@ -46,7 +46,7 @@ def read(records: Path, process: int) -> Recorded:
             if row.get("status") in ("ok", "skipped"):
                 done.add(str(row.get("case")))
             if row.get("bench") == CEILING_BENCH and row.get("status") == "ok":
-                ceilings.setdefault(str(row["case"]), float(row["value"]))
+                ceilings.setdefault(str(row["case"]), float(rows_of(row)[0]["value"]))
     return Recorded(frozenset(done), ceilings)
 
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +26,7 @@ from cudastack.contract import lifetime, redact, runfolder
 from cudastack.contract.errors import EXIT_BAD_INPUT
 from cudastack.contract.failures import exception_reason, output_reason
 from cudastack.contract.request import SuiteRequest
-from cudastack.contract.schema import PASSED_ENV, SCHEMA_VERSION
+from cudastack.contract.schema import PASSED_ENV, SAMPLES, SCHEMA_VERSION
 from cudastack.contract.stats import summarize
 from cudastack.environment import (
     ceilings,
@@ -223,10 +223,11 @@ def run_case(ctx: Context, modules: _Modules, case: suite.Case) -> CaseOutcome:
             torch.cuda.empty_cache()
 
 
-def case_rows(
+def case_lines(
     base: dict[str, Any], case: suite.Case, status: str, reason: str, metrics: list[Metric]
-) -> Iterator[dict[str, Any]]:
-    """One row per sample of every metric; a skipped or failed case is one row with no value.
+) -> list[dict[str, Any]]:
+    """The case's records.jsonl lines: one per metric, its samples as SAMPLES (None where not
+    finite); a skipped or failed case is one line with one sample, None (see schema.SAMPLES).
 
     ``base`` carries the bench's declarations (see ``declared``): a case that returns metrics
     but not the HEADLINE its bench declares fails, since its result would have no number."""
@@ -246,28 +247,27 @@ def case_rows(
         "reason": reason,
     }
     if status != "ok" or not metrics:
-        yield {
-            **common,
-            "status": status if status != "ok" else "failed",
-            "reason": reason or "benchmark returned no metrics",
-            "metric": "",
-            "unit": "",
-            "better": "",
-            "rep": 0,
-            "value": None,
-        }
-        return
-    for m in metrics:
-        for rep, value in enumerate(m.values):
-            ok = value is not None and math.isfinite(value)
-            yield {
+        return [
+            {
                 **common,
-                "metric": m.name,
-                "unit": m.unit,
-                "better": m.better,
-                "rep": rep,
-                "value": value if ok else None,
+                "status": status if status != "ok" else "failed",
+                "reason": reason or "benchmark returned no metrics",
+                "metric": "",
+                "unit": "",
+                "better": "",
+                SAMPLES: [None],
             }
+        ]
+    return [
+        {
+            **common,
+            "metric": m.name,
+            "unit": m.unit,
+            "better": m.better,
+            SAMPLES: [v if v is not None and math.isfinite(v) else None for v in m.values],
+        }
+        for m in metrics
+    ]
 
 
 def declared(spec: suite.BenchSpec) -> dict[str, str]:
@@ -277,7 +277,7 @@ def declared(spec: suite.BenchSpec) -> dict[str, str]:
 
 def headline(metrics: list[Metric], name: str) -> str:
     """The case's number for the progress line: the metric ``name`` its bench declares (an ok
-    case has it: ``case_rows`` fails one without), else its first."""
+    case has it: ``case_lines`` fails one without), else its first."""
     m = next((m for m in metrics if m.name == name), metrics[0])
     s = summarize(m.values)
     noisy = ", noisy" if s.noisy else ""
@@ -433,7 +433,7 @@ def _run_suite(
         def failed(case: suite.Case, reason: str) -> list[dict[str, Any]]:
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             fields = {**base, **declared(specs[case.bench]), "started_at": now}
-            return list(case_rows(fields, case, "failed", reason, []))
+            return case_lines(fields, case, "failed", reason, [])
 
         # The groups rerun this request; their rows are one run's, so each gets its run id.
         request = dataclasses.replace(args, run_id=run_id)
@@ -449,14 +449,14 @@ def _run_suite(
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, modules, case)
             fields = {**base, **declared(spec), "started_at": at}
-            rows = list(case_rows(fields, case, status, reason, metrics))
-            status = rows[0]["status"]
+            lines = case_lines(fields, case, status, reason, metrics)
+            status = lines[0]["status"]
             # One write a case, flushed: a crash later still leaves every finished case on disk,
-            # and a kill now tears at most this case's rows, which a resume runs again.
-            records.write("".join(json.dumps(r) + "\n" for r in rows))
+            # and a kill now tears at most this case's lines, which a resume runs again.
+            records.write("".join(json.dumps(line) + "\n" for line in lines))
             records.flush()
             counts[status] += 1
-            detail = headline(metrics, spec.headline) if status == "ok" else rows[0]["reason"]
+            detail = headline(metrics, spec.headline) if status == "ok" else lines[0]["reason"]
             print(f"[{i:>3}/{len(cases)}] {case.id:<48} {status:<7} {detail}", flush=True)
             if reason.endswith(OUT_OF_STEP):
                 return 1
@@ -478,9 +478,9 @@ def _cell_skipped(args: SuiteRequest, base: dict[str, Any], stage: str, reason: 
     finished suite: no case runs."""
     cell = suite.Case("harness", {"stage": stage})
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rows = case_rows({**base, "started_at": at}, cell, "skipped", reason, [])
+    lines = case_lines({**base, "started_at": at}, cell, "skipped", reason, [])
     with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
-        records.write("".join(json.dumps(r) + "\n" for r in rows))
+        records.write("".join(json.dumps(line) + "\n" for line in lines))
     done = {"suite_s": 0.0, "process": args.process, "ok": 0, "skipped": 1, "failed": 0}
     runfolder.write_json(args.out / runfolder.DONE, {**done, "cell_skipped": reason})
     print(f"cell skipped: {reason}", flush=True)
@@ -549,15 +549,15 @@ def _ceilings(
             at = datetime.now(timezone.utc).isoformat(timespec="seconds")
             status, reason, metrics = run_case(ctx, module, case)
             fields = {**base, **ceilings.declared(case), "started_at": at}
-            rows = list(case_rows(fields, case, status, reason, metrics))
-            records.write("".join(json.dumps(r) + "\n" for r in rows))
+            lines = case_lines(fields, case, status, reason, metrics)
+            records.write("".join(json.dumps(line) + "\n" for line in lines))
             records.flush()
-            status = rows[0]["status"]
-            detail = rows[0]["reason"]
+            status = lines[0]["status"]
+            detail = lines[0]["reason"]
             if status == "ok":
-                value = rows[0]["value"]
+                value = lines[0][SAMPLES][0]
                 found[ceilings.peak_of(case)] = value
-                detail = f"{value:.4g} {rows[0]['unit']} (best sample)"
+                detail = f"{value:.4g} {lines[0]['unit']} (best sample)"
             print(f"[ceiling] {case.id:<48} {status:<7} {detail}", flush=True)
     print(f"ceilings measured in {time.perf_counter() - started:.1f} s", flush=True)
     return found

@@ -8,8 +8,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from cudastack.contract.errors import CudastackError
@@ -22,7 +24,7 @@ from cudastack.contract.runfolder import (  # noqa: F401
     atomic_write,
     writing,
 )
-from cudastack.contract.schema import COLUMNS, SCHEMA_VERSION
+from cudastack.contract.schema import COLUMNS, SAMPLES, SCHEMA_VERSION, rows_of
 from cudastack.contract.stats import NOISY_REL_IQR
 
 # The metric that best states a case's result in one number, in order of preference: how runs
@@ -48,14 +50,16 @@ class ResultsError(CudastackError):
 
 
 def read_records(path: Path) -> pd.DataFrame:
-    """Rows of one records.jsonl as the table ``to_frame`` makes of them. A torn last line (the
-    writer was killed mid-line) is dropped; a malformed line elsewhere is an error, since the
-    file was not written by a worker; blank lines are skipped.
+    """The rows of one records.jsonl (one per sample: ``schema.rows_of`` each line) as the
+    table ``to_frame`` makes of them. A torn last line (the writer was killed mid-line) is
+    dropped; a malformed line elsewhere is an error, since the file was not written by a
+    worker; blank lines are skipped.
 
     Read column-wise by pyarrow, told the schema's column types (a run holds millions of rows:
-    one json.loads a line costs seconds per 200,000). A file pyarrow refuses (a malformed line,
-    a value of another type than its column's, as in rows of older cudastack versions) is read
-    again line by line, which names the bad line and types values as ``to_frame`` does.
+    one json.loads a line costs seconds per 200,000 lines of schema 4). A file pyarrow refuses
+    (a malformed line, a value of another type than its column's, as in rows of older cudastack
+    versions) is read again line by line, which names the bad line and types values as
+    ``to_frame`` does.
 
     Raises ResultsError ("path:lineno: not a JSON record", or records of a newer schema)."""
     data = path.read_bytes()
@@ -64,7 +68,7 @@ def read_records(path: Path) -> pd.DataFrame:
         # A byte that is not UTF-8 becomes a lone surrogate here, which makes its line malformed
         # (a torn last one, cut inside a character, is dropped) instead of the whole file.
         return to_frame(_rows_per_line(path, data.decode("utf-8", "surrogateescape")))
-    return _conform(table.to_pandas())
+    return _conform(_samples_as_rows(table).to_pandas())
 
 
 def _read_columnar(data: bytes) -> pa.Table | None:
@@ -93,6 +97,28 @@ def _read_columnar(data: bytes) -> pa.Table | None:
     return table if table.num_rows == lines else None  # not two records on one line
 
 
+def _samples_as_rows(table: pa.Table) -> pa.Table:
+    """``table`` (one row per records.jsonl line) with one row per sample, as ``rows_of`` makes
+    them: a line's SAMPLES list becomes that many rows, rep its position and value the element;
+    a line without one (schema 4 and older) stays one row with its own rep and value."""
+    samples = table.column(SAMPLES).combine_chunks()
+    table = table.drop_columns([SAMPLES])
+    if samples.null_count == len(samples):
+        return table  # every line one sample (schema 4 and older)
+    listed = samples.is_valid().to_numpy(zero_copy_only=False)
+    counts = np.where(listed, pc.list_value_length(samples).fill_null(0).to_numpy(), 1)
+    line = np.repeat(np.arange(len(counts)), counts)
+    rows = table.take(pa.array(line))
+    listed = listed[line]
+    # rep: the position in its line's list, numbered from the row where the line's rows start
+    position = np.arange(len(line)) - np.repeat(np.cumsum(counts) - counts, counts)
+    rep = np.where(listed, position, rows.column("rep").fill_null(0).to_numpy())
+    value = rows.column("value").fill_null(np.nan).to_numpy().copy()
+    value[listed] = pc.list_flatten(samples).fill_null(np.nan).to_numpy()
+    rows = rows.set_column(rows.schema.get_field_index("rep"), "rep", pa.array(rep, pa.int64()))
+    return rows.set_column(rows.schema.get_field_index("value"), "value", pa.array(value))
+
+
 def _records_end(data: bytes) -> int:
     """Where the whole records of ``data`` end: before the trailing newlines, and before the
     last line when that is not a whole JSON record (a writer killed mid-line), as the per-line
@@ -112,7 +138,10 @@ def _records_end(data: bytes) -> int:
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string()}
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
 _PARSE = pajson.ParseOptions(
-    explicit_schema=pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in COLUMNS.items()]),
+    explicit_schema=pa.schema(
+        [(name, _ARROW_TYPES[kind]) for name, kind in COLUMNS.items()]
+        + [(SAMPLES, pa.list_(pa.float64()))]
+    ),
     unexpected_field_behavior="ignore",
 )
 
@@ -138,7 +167,7 @@ def _rows_per_line(path: Path, text: str) -> list[dict]:
             raise ResultsError(f"{path}:{number}: not a JSON record (JSON, but no object)")
         if "\\ud" in line.lower():  # maybe an escaped surrogate: rare, so checked only then
             row = {k: _encodable(v) for k, v in row.items()}
-        rows.append(row)
+        rows += rows_of(row)
     return rows
 
 
@@ -320,10 +349,11 @@ def harness_row(
     image_digest: str = "",
     process: int = 0,
 ) -> dict:
-    """A row for what happened to a whole cell (skipped by the doctor, failed build or run), or
-    to its worker process ``process`` (--repeat)."""
+    """A records.jsonl line for what happened to a whole cell (skipped by the doctor, failed
+    build or run), or to its worker process ``process`` (--repeat): one row, no value."""
     # Every column its type's empty value (0, null, ''): pyarrow then reads the file column-wise.
     row: dict = {c: {int: 0, float: None}.get(kind, "") for c, kind in COLUMNS.items()}
+    del row["rep"], row["value"]  # the sample is in SAMPLES, as a worker writes it
     row.update(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -331,14 +361,13 @@ def harness_row(
         bench="harness",
         case=f"harness[stage={stage}]",
         params=json.dumps({"stage": stage}),
-        rep=0,
         process=process,
-        value=None,
         status=status,
         reason=reason,
         image_digest=image_digest,
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+    row[SAMPLES] = [None]
     return row
 
 
