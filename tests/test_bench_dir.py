@@ -10,8 +10,9 @@ import shutil
 import pytest
 from conftest import cli
 
+from cudastack.contract import runfolder
 from cudastack.contract.schema import SAMPLES
-from cudastack.environment import suite, worker
+from cudastack.environment import resume, suite, worker
 from cudastack.environment.context import Metric, rate_metrics
 from cudastack.host.analysis import results
 
@@ -66,6 +67,35 @@ def test_every_row_carries_the_declarations_and_a_missing_headline_fails_the_cas
     )
     (skipped,) = worker.case_lines(base, case, "skipped", "no GPU", [])
     assert (skipped["status"], skipped["kind"]) == ("skipped", "kernel")
+    # A metric without samples has no line; a case whose metrics all lack them has no result.
+    empty = Metric("latency", "ms", "lower", [])
+    lines = worker.case_lines(
+        base, case, "ok", "", [empty, Metric("tflops", "TFLOP/s", "higher", [2.0])]
+    )
+    assert [(r["metric"], r[SAMPLES]) for r in lines] == [("tflops", [2.0])]
+    (row,) = worker.case_lines(base, case, "ok", "", [empty])
+    assert (
+        row["status"] == "failed" and row["reason"] == "benchmark returned metrics without samples"
+    )
+
+
+def test_a_resumed_process_reuses_the_ceilings_it_recorded_with_a_value(tmp_path):
+    """environment.resume.read: the cases done (ok or skipped) of its own process, and the
+    first sample of each ok ceiling line; a ceiling without a finite sample is measured again."""
+    ceiling = {"bench": "ceiling", "status": "ok", "process": 0}
+    lines = [
+        {**ceiling, "case": "ceiling[what=copy]", SAMPLES: [25.5, 24.0]},
+        {**ceiling, "case": "ceiling[what=matmul,dtype=fp32]", SAMPLES: [None]},
+        {**ceiling, "case": "ceiling[what=matmul,dtype=bf16]", "rep": 0, "value": 3.5},  # schema 4
+        {"bench": "mine", "case": "mine[n=1]", "status": "skipped", "process": 0, SAMPLES: [None]},
+        {"bench": "mine", "case": "mine[n=2]", "status": "failed", "process": 0, SAMPLES: [None]},
+        {"bench": "mine", "case": "mine[n=3]", "status": "ok", "process": 1, SAMPLES: [1.0]},
+    ]
+    path = tmp_path / "records.jsonl"
+    path.write_text(runfolder.jsonl(lines) + '{"bench": "mine", "case": "mine[n=4]", "sta')
+    found = resume.read(path, 0)
+    assert found.ceilings == {"ceiling[what=copy]": 25.5, "ceiling[what=matmul,dtype=bf16]": 3.5}
+    assert found.cases == {line["case"] for line in lines[:4]}
 
 
 def test_a_rate_and_its_peak_share_one_unit():

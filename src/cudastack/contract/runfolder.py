@@ -8,7 +8,7 @@
                                          output and each process's exit code (host, tasks)
     <run>/results.parquet, results.csv   the run's table (host, from every cell's records)
     <run>/report.html                    the run's report (host)
-    <run>/<cell>/records.jsonl           one JSON record per line (worker, appended)
+    <run>/<cell>/records.jsonl           a JSON line per case and metric (worker, appended)
     <run>/<cell>/env.json                the environment fingerprint (worker)
     <run>/<cell>/done.json               the suite finished, and in how long (worker)
     <run>/<cell>/log.txt                 the worker's output (host)
@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -141,6 +141,12 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunFolderError(f"{path} holds no JSON object; was it written by cudastack?")
     return data
+
+
+def jsonl(lines: Iterable[dict[str, Any]]) -> str:
+    """``lines`` as records.jsonl text: a JSON object a line, each ended by a newline. Writers
+    append a case's lines in one write, so a kill tears at most the last case."""
+    return "".join(json.dumps(line) + "\n" for line in lines)
 
 
 def record(line: bytes | str) -> Optional[dict[str, Any]]:

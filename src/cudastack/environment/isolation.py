@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from cudastack.contract import runfolder
 from cudastack.contract.request import SuiteRequest
 from cudastack.environment.suite import Case
 
@@ -97,7 +98,7 @@ def run_groups(
             lines += failed_lines(case, reason)
         _clean_end(records)
         with open(records, "a", encoding="utf-8") as out:
-            out.writelines(json.dumps(line) + "\n" for line in lines)
+            out.write(runfolder.jsonl(lines))
         counts["failed"] += len(missing)
         print(f"process {index + 1} ended with {how}; {len(missing)} cases failed", flush=True)
     return counts

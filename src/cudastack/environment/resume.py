@@ -2,8 +2,8 @@
 
 Environment side, standard library only. ``--resume`` asks a worker process to add to its cell's
 records.jsonl what an earlier, killed attempt of the same process left undone. A case counts as
-recorded when the file holds an ok or skipped row of it for this process: a failed one runs
-again (the host has already removed the failed rows of an unfinished process). Process-group
+recorded when the file holds an ok or skipped line of it for this process: a failed one runs
+again (the host has already removed the failed lines of an unfinished process). Process-group
 children (ISOLATE) must skip the same cases as their parent, whose list they get through ENV:
 the file changes under them as earlier groups append to it.
 """
@@ -23,8 +23,8 @@ ENV = "CUDASTACK_RESUME_RECORDED"
 
 @dataclass(frozen=True)
 class Recorded:
-    """What one process of a cell recorded before: case ids done, and the first row of each of
-    its ceiling cases (the row that states the ceiling's value)."""
+    """What one process of a cell recorded before: case ids done, and the first sample of each
+    of its ceiling cases (the sample that states the ceiling's value)."""
 
     cases: frozenset[str] = frozenset()
     ceilings: dict[str, float] = field(default_factory=dict)
@@ -32,7 +32,7 @@ class Recorded:
 
 def read(records: Path, process: int) -> Recorded:
     """What ``records`` (a cell's records.jsonl) holds of process ``process``: the cases with an
-    ok or skipped row, and the ok ceilings' values (case id -> value). Lines that are not JSON
+    ok or skipped line, and the ok ceilings' values (case id -> value). Lines that are not JSON
     objects (a line torn by a kill) are passed over."""
     if not records.is_file():
         return Recorded()
@@ -46,7 +46,9 @@ def read(records: Path, process: int) -> Recorded:
             if row.get("status") in ("ok", "skipped"):
                 done.add(str(row.get("case")))
             if row.get("bench") == CEILING_BENCH and row.get("status") == "ok":
-                ceilings.setdefault(str(row["case"]), float(rows_of(row)[0]["value"]))
+                value = next(iter(rows_of(row)), {}).get("value")
+                if value is not None:
+                    ceilings.setdefault(str(row["case"]), float(value))
     return Recorded(frozenset(done), ceilings)
 
 

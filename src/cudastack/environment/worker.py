@@ -230,7 +230,11 @@ def case_lines(
     finite); a skipped or failed case is one line with one sample, None (see schema.SAMPLES).
 
     ``base`` carries the bench's declarations (see ``declared``): a case that returns metrics
-    but not the HEADLINE its bench declares fails, since its result would have no number."""
+    but not the HEADLINE its bench declares fails, since its result would have no number; so
+    does one whose metrics hold no sample. A metric without samples has no line (no row)."""
+    if status == "ok" and metrics and not any(m.values for m in metrics):
+        status, reason = "failed", "benchmark returned metrics without samples"
+    metrics = [m for m in metrics if m.values]
     wanted, names = base.get("headline", ""), [m.name for m in metrics]
     if status == "ok" and names and wanted and wanted not in names:
         status = "failed"
@@ -453,7 +457,7 @@ def _run_suite(
             status = lines[0]["status"]
             # One write a case, flushed: a crash later still leaves every finished case on disk,
             # and a kill now tears at most this case's lines, which a resume runs again.
-            records.write("".join(json.dumps(line) + "\n" for line in lines))
+            records.write(runfolder.jsonl(lines))
             records.flush()
             counts[status] += 1
             detail = headline(metrics, spec.headline) if status == "ok" else lines[0]["reason"]
@@ -480,7 +484,7 @@ def _cell_skipped(args: SuiteRequest, base: dict[str, Any], stage: str, reason: 
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines = case_lines({**base, "started_at": at}, cell, "skipped", reason, [])
     with open(args.out / runfolder.RECORDS, "a", encoding="utf-8") as records:
-        records.write("".join(json.dumps(line) + "\n" for line in lines))
+        records.write(runfolder.jsonl(lines))
     done = {"suite_s": 0.0, "process": args.process, "ok": 0, "skipped": 1, "failed": 0}
     runfolder.write_json(args.out / runfolder.DONE, {**done, "cell_skipped": reason})
     print(f"cell skipped: {reason}", flush=True)
@@ -550,12 +554,12 @@ def _ceilings(
             status, reason, metrics = run_case(ctx, module, case)
             fields = {**base, **ceilings.declared(case), "started_at": at}
             lines = case_lines(fields, case, status, reason, metrics)
-            records.write("".join(json.dumps(line) + "\n" for line in lines))
+            records.write(runfolder.jsonl(lines))
             records.flush()
             status = lines[0]["status"]
             detail = lines[0]["reason"]
-            if status == "ok":
-                value = lines[0][SAMPLES][0]
+            value = lines[0][SAMPLES][0]
+            if status == "ok" and value is not None:
                 found[ceilings.peak_of(case)] = value
                 detail = f"{value:.4g} {lines[0]['unit']} (best sample)"
             print(f"[ceiling] {case.id:<48} {status:<7} {detail}", flush=True)

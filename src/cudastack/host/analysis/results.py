@@ -22,6 +22,7 @@ from cudastack.contract.runfolder import (  # noqa: F401
     RECORDS,
     TABLE,
     atomic_write,
+    jsonl,
     writing,
 )
 from cudastack.contract.schema import COLUMNS, SAMPLES, SCHEMA_VERSION, rows_of
@@ -135,6 +136,7 @@ def _records_end(data: bytes) -> int:
     return end
 
 
+_SAMPLE = ("rep", "value")  # the columns a line of schema 5 holds as its list SAMPLES
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string()}
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
 _PARSE = pajson.ParseOptions(
@@ -351,9 +353,9 @@ def harness_row(
 ) -> dict:
     """A records.jsonl line for what happened to a whole cell (skipped by the doctor, failed
     build or run), or to its worker process ``process`` (--repeat): one row, no value."""
-    # Every column its type's empty value (0, null, ''): pyarrow then reads the file column-wise.
-    row: dict = {c: {int: 0, float: None}.get(kind, "") for c, kind in COLUMNS.items()}
-    del row["rep"], row["value"]  # the sample is in SAMPLES, as a worker writes it
+    # Every column its type's empty value (0, ''): pyarrow then reads the file column-wise. The
+    # sample (rep, value) is the list SAMPLES, as a worker writes it.
+    row: dict = {c: 0 if kind is int else "" for c, kind in COLUMNS.items() if c not in _SAMPLE}
     row.update(
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
@@ -371,10 +373,10 @@ def harness_row(
     return row
 
 
-def append_records(cell_dir: Path, rows: Iterable[dict]) -> None:
-    """Append ``rows`` to the cell's records.jsonl: an append, never a rewrite, so a full disk
+def append_records(cell_dir: Path, lines: Iterable[dict]) -> None:
+    """Append ``lines`` to the cell's records.jsonl: an append, never a rewrite, so a full disk
     cuts at most the last line, which ``read_records`` drops."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     path = cell_dir / RECORDS
     with writing(path), open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.write(jsonl(lines))

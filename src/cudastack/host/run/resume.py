@@ -53,9 +53,9 @@ def prepare(run_dir: Path, repeat: int, going_on: Set[str] = frozenset()) -> dic
 
 def kept_lines(data: bytes, finished: int, path: Path = Path(runfolder.RECORDS)) -> list[bytes]:
     """The lines of a records.jsonl's ``data`` that a resume keeps, when its cell's first
-    ``finished`` processes finished: all of theirs, and the ok or skipped case rows of the
-    later ones. A line torn by a kill is dropped with the rest of its case's rows before it:
-    a case's rows are written together, so that case may be incomplete and runs again.
+    ``finished`` processes finished: all of theirs, and the ok or skipped case lines of the
+    later ones. A line torn by a kill is dropped with the rest of its case's lines before it:
+    a case's lines are written together, so that case may be incomplete and runs again.
     Raises RunFolderError on a line elsewhere that is no record (the file at ``path`` was
     changed by hand), as reading the records does."""
     lines = data.splitlines(keepends=True)
