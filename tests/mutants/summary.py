@@ -1,11 +1,16 @@
 """`make mutants`: mutmut over the code behind the numbers, summarised in tests/mutants/SUMMARY.md.
 
 Usage (from the repository root, with the .venv of `make setup`):
-  .venv/bin/python tests/mutants/summary.py --run [--jobs N] [--only MODULE ...]
-      a fresh run: removes mutants/, runs `mutmut run` over the functions of scope.toml, then
-      writes the summary (a run of some modules only writes mutants/SUMMARY.md instead);
+  .venv/bin/python tests/mutants/summary.py --run [--jobs N] [--only MODULE ...] [--fresh]
+      runs `mutmut run` over the mutants of scope.toml's functions that have no verdict yet for
+      the source as it is (all of them with --fresh), adds the verdicts to results.json, then
+      writes SUMMARY.md;
   .venv/bin/python tests/mutants/summary.py
-      the summary of the results already in mutants/ (after `mutmut run NAME`, for instance).
+      adds what mutants/ holds (after `mutmut run NAME`, for instance) and writes SUMMARY.md.
+
+A full run takes hours on two cores, so verdicts are kept in results.json (committed) per file,
+with the sha256 of the file they were found for: a run stopped part way is continued by the next
+`make mutants`, and a file that changed since is tested again from the start.
 
 The score of a module is (killed + timeout) / (mutants - equivalent - unreachable), with the
 mutants listed in equivalent.toml left out; every other survivor is listed for review.
@@ -15,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +38,12 @@ else:  # pragma: no cover - the project's own fallback for 3.10
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 WORK = REPO / "mutants"  # mutmut's copy of the tree and its results, ignored by git
-RUN_INFO = WORK / "run-info.json"
+RESULTS = HERE / "results.json"  # the verdicts so far, per file (see the module docstring)
 DEBUG_LOG = WORK / "mutmut-debug.log"  # [tool.mutmut] log_to_file: one line per finished mutant
 CLASS_SEP = "ǁ"  # how mutmut joins a class and its method in a mutant's name
 
 # mutmut's statuses, as columns of the table.
-COLUMNS = ("killed", "survived", "no tests", "timeout", "suspicious")
+COLUMNS = ("killed", "survived", "no tests", "timeout", "suspicious", "not checked")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Mutant:
     function: str  # as a reader writes it: func, Class.method
     status: str
     seconds: float = 0.0  # how long its tests ran, from mutmut's log
+    description: str = ""  # `line N: old → new`, kept for the survivors
 
 
 @dataclass
@@ -79,7 +85,8 @@ class ModuleRow:
 
     @property
     def scored(self) -> int:
-        return self.total - self.equivalent - self.unreachable
+        """The mutants the score is over: those with a verdict, less the listed survivors."""
+        return self.total - self.counts["not checked"] - self.equivalent - self.unreachable
 
     def score(self) -> str:
         return f"{100 * self.caught / self.scored:.1f} %" if self.scored else "-"
@@ -144,40 +151,56 @@ def load_scope() -> list[FileScope]:
     return scopes
 
 
-def patterns(scopes: list[FileScope]) -> list[str]:
-    """`mutmut run` arguments: each function's mutants, and (a pattern that matches no mutant,
-    only the function itself) its tests, so the clean run runs just the tests that cover them."""
+def patterns(scopes: list[FileScope], kept: dict[str, dict[str, Mutant]]) -> list[str]:
+    """`mutmut run` arguments for the mutants without a verdict: each one by name where
+    results.json lists it undecided (its file unchanged), else all of a function's; and (a
+    pattern that matches no mutant, only the function itself) the function's tests, so the
+    clean run runs just the tests that cover them."""
     out = []
     for s in scopes:
+        known = kept.get(s.module, {})
         for f in s.functions:
-            out += [f"{s.module}.{f}__mutmut_*", f"*{s.module}.{f}"]
+            names = sorted(n for n in known if _function(n) == f)
+            todo = [n for n in names if known[n].status == "not checked"]
+            if not names:
+                todo = [f"{s.module}.{f}__mutmut_*"]
+            if todo:
+                out += [*todo, f"*{s.module}.{f}"]
     return out
 
 
-def run(scopes: list[FileScope], jobs: int) -> None:
+def _function(name: str) -> str:
+    """The mangled function of a mutant's name: a.b.x_func__mutmut_3 -> x_func."""
+    return name.partition("__mutmut_")[0].rpartition(".")[2]
+
+
+def run(scopes: list[FileScope], jobs: int, kept: dict[str, dict[str, Mutant]]) -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
     mutmut = Path(sys.executable).with_name("mutmut")
     log = WORK / "run.log"
-    functions = sum(len(s.functions) for s in scopes)
-    print(f"make mutants: {functions} functions of {len(scopes)} files, {jobs} workers")
-    print("make mutants: mutmut's log is mutants/run.log")
-    start = time.monotonic()
+    wanted = patterns(scopes, kept)
+    if not wanted:
+        print("make mutants: every mutant in scope has its verdict for the source as it is")
+        return
+    functions = sum(1 for w in wanted if w.startswith("*"))
+    print(f"make mutants: {functions} functions with mutants to test, {jobs} workers")
+    print("make mutants: mutmut's log is mutants/run.log; stop it with Ctrl-C, verdicts are kept")
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.run(
-            [str(mutmut), "run", "--max-children", str(jobs), *patterns(scopes)],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    seconds = time.monotonic() - start
+        try:
+            proc = subprocess.run(
+                [str(mutmut), "run", "--max-children", str(jobs), *wanted],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        except KeyboardInterrupt:  # mutmut stops its workers too; what it decided is kept
+            return
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
         lines = [line for line in tail.splitlines() if line.strip()]
         print("\n".join(lines[-40:]), file=sys.stderr)
         raise fail(f"mutmut run failed (exit {proc.returncode}); its log: mutants/run.log", 1)
-    info = {"seconds": round(seconds), "jobs": jobs, "modules": [s.module for s in scopes]}
-    RUN_INFO.write_text(json.dumps(info), encoding="utf-8")
 
 
 def run_times() -> dict[str, float]:
@@ -193,6 +216,8 @@ def run_times() -> dict[str, float]:
 
 
 def collect(scopes: list[FileScope]) -> list[Mutant]:
+    """The verdicts in mutants/ (mutmut's .meta files) for the functions in scope, with the
+    diff of each that no test killed."""
     from mutmut.stats import status_by_exit_code
 
     times = run_times()
@@ -211,8 +236,51 @@ def collect(scopes: list[FileScope]) -> list[Mutant]:
                     status = "suspicious"  # segfault, killed by a signal: neither a kill nor a pass
                 mutant = Mutant(name, s.path, s.module, readable(mangled), status)
                 mutant.seconds = times.get(name, 0.0)
+                if status not in ("killed", "timeout", "not checked", "no tests"):
+                    mutant.description = describe(mutant)
                 mutants.append(mutant)
     return mutants
+
+
+def source_sha(path: str) -> str:
+    return hashlib.sha256((REPO / path).read_bytes()).hexdigest()
+
+
+def load_kept(scopes: list[FileScope]) -> dict[str, dict[str, Mutant]]:
+    """results.json's verdicts (module -> mutant name -> Mutant) of the files in scope that have
+    not changed since; a changed file's are dropped, since its mutants are other mutants."""
+    stored = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
+    kept: dict[str, dict[str, Mutant]] = {}
+    for s in scopes:
+        entry = stored.get(s.path)
+        if entry and entry["sha256"] == source_sha(s.path):
+            wanted = set(s.functions)
+            kept[s.module] = {
+                name: Mutant(name, s.path, s.module, readable(_function(name)), *verdict)
+                for name, verdict in entry["mutants"].items()
+                if _function(name) in wanted
+            }
+    return kept
+
+
+def keep(scopes: list[FileScope], kept: dict[str, dict[str, Mutant]]) -> None:
+    """Add the verdicts in mutants/ to ``kept`` (a mutant not checked there keeps its verdict)
+    and write results.json for every file in scope."""
+    for m in collect(scopes):
+        known = kept.setdefault(m.module, {})
+        if m.status != "not checked" or m.name not in known:
+            known[m.name] = m
+    stored = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
+    for s in scopes:
+        if s.module in kept:
+            stored[s.path] = {
+                "sha256": source_sha(s.path),
+                "mutants": {
+                    m.name: [m.status, round(m.seconds, 3), m.description]
+                    for m in sorted(kept[s.module].values(), key=sort_key)
+                },
+            }
+    RESULTS.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def function_lines(source: str, function: str) -> tuple[int, int]:
@@ -248,19 +316,19 @@ def sort_key(m: Mutant) -> tuple[str, str, int]:
     return (m.module, m.function, int(m.name.rpartition("_")[2]))
 
 
-def summarise(scopes: list[FileScope], partial: bool) -> Path:
+def summarise(scopes: list[FileScope], kept: dict[str, dict[str, Mutant]]) -> Path:
     listed = tomllib.loads((HERE / "equivalent.toml").read_text(encoding="utf-8"))
     reasons = {kind: listed.get(kind, {}) for kind in ("equivalent", "unreachable")}
-    mutants = sorted(collect(scopes), key=sort_key)
+    mutants = sorted((m for by_name in kept.values() for m in by_name.values()), key=sort_key)
     if not mutants:
-        raise fail("no results in mutants/: run `make mutants` first")
+        raise fail("no verdicts in results.json or mutants/: run `make mutants` first")
     by_name = {m.name: m for m in mutants}
     rows = {s.module: ModuleRow(s.module) for s in scopes}
     review: list[Mutant] = []
     for m in mutants:
         rows[m.module].counts[m.status] += 1
         rows[m.module].seconds += m.seconds
-        if m.status in ("killed", "timeout"):
+        if m.status in ("killed", "timeout", "not checked"):
             continue
         if m.name in reasons["equivalent"]:
             rows[m.module].equivalent += 1
@@ -268,12 +336,13 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
             rows[m.module].unreachable += 1
         else:
             review.append(m)
-    # Entries of the modules summarised here that name no mutant, or one a test now kills.
+    # Entries of the modules with every verdict that name no mutant, or one a test now kills.
+    complete = {m for m, row in rows.items() if row.total and not row.counts["not checked"]}
     stale = sorted(
         name
         for kind in reasons.values()
         for name in kind
-        if name.partition("__mutmut_")[0].rpartition(".")[0] in rows
+        if name.partition("__mutmut_")[0].rpartition(".")[0] in complete
         and (name not in by_name or by_name[name].status in ("killed", "timeout"))
     )
     total = ModuleRow("**all**")
@@ -283,26 +352,24 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
         total.unreachable += row.unreachable
         total.seconds += row.seconds
 
-    info = json.loads(RUN_INFO.read_text(encoding="utf-8")) if RUN_INFO.is_file() else {}
     from mutmut import __version__ as mutmut_version  # type: ignore[attr-defined]
 
     out = ["# Mutation testing: the code behind the numbers", ""]
     out.append(
         "Written by `make mutants` (tests/mutants/summary.py): mutmut "
         f"{mutmut_version} over the functions of tests/mutants/scope.toml, each mutant against "
-        "the fast-tier tests that cover it ([tool.mutmut] in pyproject.toml)."
+        "the fast-tier tests that cover it ([tool.mutmut] in pyproject.toml). The verdicts "
+        "are kept in tests/mutants/results.json, each for the source file as it is now."
     )
-    if info:
-        minutes = info["seconds"] / 60
-        out.append(f"The run took {minutes:.0f} min with {info['jobs']} workers.")
     out += [
-        "Score: (killed + timeout) / (mutants - equivalent - unreachable); equivalent and "
-        "unreachable survivors are listed with their reasons in tests/mutants/equivalent.toml. "
-        "Test time: how long the module's mutants ran, added up over the workers.",
+        "Score: (killed + timeout) / (mutants - not checked - equivalent - unreachable); "
+        "equivalent and unreachable survivors are listed with their reasons in "
+        "tests/mutants/equivalent.toml. Test time: how long the module's mutants ran, added up "
+        "over the workers.",
         "",
-        "| module | mutants | killed | survived | no tests | timeout | suspicious "
+        "| module | mutants | killed | survived | no tests | timeout | suspicious | not checked "
         "| equivalent | unreachable | score | test time |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in [*rows.values(), total]:
         c = row.counts
@@ -310,8 +377,15 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
         cells += [row.equivalent, row.unreachable, row.score(), f"{row.seconds / 60:.1f} min"]
         out.append("| " + " | ".join(str(x) for x in cells) + " |")
     unchecked = total.counts["not checked"]
-    if unchecked:
-        out += ["", f"**{unchecked} mutants were not checked**: the run stopped before its end."]
+    untried = [row.module for row in rows.values() if not row.total]
+    if unchecked or untried:
+        out += [
+            "",
+            f"**Not finished: {unchecked} mutants not checked yet**"
+            + (f", and no verdict yet for {', '.join(untried)}" if untried else "")
+            + ". A module's score is over the mutants checked so far; `make mutants` goes on "
+            "with the rest.",
+        ]
 
     out += ["", "## Survivors to review", ""]
     out.append(
@@ -330,7 +404,7 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
         untested = Counter(m.function for m in items if m.status == "no tests")
         out += [f"- {f}: {n} mutants, no tests" for f, n in untested.items()]
         out += [
-            f"- {m.function} `{m.name}` ({m.status}) {describe(m)}"
+            f"- {m.function} `{m.name}` ({m.status}) {m.description}"
             for m in items
             if m.status != "no tests"
         ]
@@ -345,7 +419,7 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
         out.append("These no longer name a surviving mutant: check them again or remove them.")
         out += [f"- `{name}`" for name in stale]
 
-    target = WORK / "SUMMARY.md" if partial else HERE / "SUMMARY.md"
+    target = HERE / "SUMMARY.md"
     target.write_text("\n".join(out) + "\n", encoding="utf-8")
     print("\n".join(line for line in out if line.startswith("|")))
     print(f"make mutants: {len(review)} survivors to review; summary in {target.relative_to(REPO)}")
@@ -354,22 +428,31 @@ def summarise(scopes: list[FileScope], partial: bool) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="store_true", help="a fresh mutmut run first")
+    parser.add_argument("--run", action="store_true", help="run mutmut first")
+    parser.add_argument(
+        "--fresh", action="store_true", help="forget the kept verdicts: test every mutant again"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutmut workers")
     parser.add_argument("--only", nargs="+", metavar="MODULE", help="these modules only")
     opts = parser.parse_args()
     os.chdir(REPO)  # mutmut reads pyproject.toml and mutants/ from the current directory
     scopes = load_scope()
+    chosen = scopes
     if opts.only:
         unknown = sorted(set(opts.only) - {s.module for s in scopes})
         if unknown:
             raise fail(f"--only: no module {', '.join(unknown)} in scope.toml")
-        scopes = [s for s in scopes if s.module in opts.only]
+        chosen = [s for s in scopes if s.module in opts.only]
     if opts.jobs < 1:
         raise fail("--jobs must be at least 1")
+    kept = load_kept(scopes)
+    if opts.fresh:
+        for s in chosen:
+            kept.pop(s.module, None)
     if opts.run:
-        run(scopes, opts.jobs)
-    summarise(scopes, partial=bool(opts.only))
+        run(chosen, opts.jobs, kept)
+    keep(chosen, kept)
+    summarise(scopes, kept)
     return 0
 
 
