@@ -71,7 +71,9 @@ OTHER_OPTIONS = {
     "--init",
     "--nv",
     "--container-image",
-}  # pip, docker, sbatch, apptainer, pyxis
+    "--only",
+    "--fresh",
+}  # pip, docker, sbatch, apptainer, pyxis; make mutants (tests/mutants/summary.py)
 
 
 # --- reading the README ---------------------------------------------------------------------
