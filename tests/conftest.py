@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,14 @@ from docker_env import (  # noqa: F401 (fixtures)
 from slurm_env import slurm, slurm_accounting  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def per_module(fixture_name: str, config: pytest.Config) -> str:
+    """The scope of a fixture that its module's tests share: "module", but "function" under
+    `make mutants`. mutmut credits a function to the test during whose setup, call or teardown
+    it ran, so a shared fixture would count only for the module's first test, and a mutant of
+    what the fixture runs would be tried against that test alone."""
+    return "function" if "MUTANT_UNDER_TEST" in os.environ else "module"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import per_module
 from test_bench_checks import context, nudged, off_by, pct_of_peak, rate
 from test_known_flops import PROFILE, bench
 
@@ -226,7 +227,7 @@ def test_bandwidth_host_copies_on_cpu_are_a_skip_naming_the_copy(copy):
 # --- train_gpt: the model it trains is the one its FLOP count describes.
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=per_module)
 def gpt_run():
     """One tiny train_gpt case with HF_HUB_OFFLINE unset; its metrics and the models it built."""
     import transformers
@@ -288,3 +289,52 @@ def test_train_gpt_reports_tokens_per_second_of_batch_times_sequence(gpt_run):
 
 def test_train_gpt_never_lets_the_hub_be_reached(gpt_run):
     assert gpt_run[4] == "1"
+
+
+def test_train_gpt_trains_the_same_recipe_on_seeded_tokens_under_autocast(monkeypatch):
+    """What makes two cells' train_gpt cases the same work: the tokens drawn from the case's
+    seed, the optimizer's settings, and the forward pass in the precision asked for."""
+    import transformers
+
+    seen: list[tuple[Any, Any]] = []  # (input ids, logits dtype) of each forward pass
+    optimizers: list[Any] = []
+    init = transformers.GPT2LMHeadModel.__init__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.register_forward_hook(
+            lambda m, a, kw, out: seen.append((kw["input_ids"], out.logits.dtype)),
+            with_kwargs=True,
+        )
+
+    class AdamW(torch.optim.AdamW):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "__init__", recording)
+    monkeypatch.setattr(torch.optim, "AdamW", AdamW)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    module = bench("train_gpt")
+    ctx = context()
+    ctx.seed = 7
+    torch.manual_seed(12345)  # the global generator's state must not matter
+    seq_len, batch = 16, 2
+    module.run(ctx, "tiny", seq_len, "amp_bf16", False, batch)
+
+    vocab = module.SIZES["tiny"][3]
+    gen = torch.Generator().manual_seed(7)
+    want = [torch.randint(0, vocab, (batch, seq_len), generator=gen) for _ in range(4)]
+    assert len(seen) > len(want)
+    for (ids, _), expected in zip(seen, want * (len(seen) // len(want))):
+        assert torch.equal(ids, expected)
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    assert optimizers
+    for opt in optimizers:
+        (group,) = opt.param_groups
+        assert (group["lr"], group["weight_decay"]) == (1e-3, 0.0)
+
+
+def test_train_gpt_with_compile_skips_on_a_cpu_before_building_a_model():
+    with pytest.raises(Skip, match=r"torch\.compile of a training step takes minutes on a CPU"):
+        bench("train_gpt").run(context(), "tiny", 16, "fp32", True, 1)

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from conftest import per_module
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -235,7 +236,7 @@ def test_sdpa_reports_fused_attention_count_halved_when_causal(direction, causal
     assert reported == every(exact, reported, 1 / seq)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=per_module)
 def gpt():
     """One train_gpt case at tiny sizes, its reported FLOPs per token, and the same model."""
     import transformers

@@ -110,6 +110,7 @@ SLOW_COMPUTE_S = 0.5
 
 def _dp_rank(rank: int, store: str, out: str) -> None:
     """One of two gloo processes, each with its own controlled clock."""
+    threads, real_time = torch.get_num_threads(), training.time
     torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=120)
     torch.distributed.init_process_group(
@@ -118,18 +119,32 @@ def _dp_rank(rank: int, store: str, out: str) -> None:
     world, finished = World(rank, 2, rank), False
     try:
         clock = Clock()
-        training.time = clock  # this process is the test's own and ends with it
+        training.time = clock
         compute_s = COMPUTE_S if rank == 0 else SLOW_COMPUTE_S
         metrics = training.measure(context(world), workload(clock, compute_s))
         Path(f"{out}.{rank}").write_text(json.dumps(by_name(metrics)))
         finished = True
     finally:
+        training.time = real_time
+        torch.set_num_threads(threads)
         worldmod.leave(torch, world, finished)  # the worker's own way out
 
 
 def test_two_data_parallel_processes_total_their_items_over_the_slowest_window(tmp_path):
-    out = str(tmp_path / "metrics")
-    torch.multiprocessing.spawn(_dp_rank, args=(str(tmp_path / "store"), out), nprocs=2)
+    out, store = str(tmp_path / "metrics"), str(tmp_path / "store")
+    # Rank 1 in a spawned process, rank 0 in this one: `make mutants` credits a function only
+    # to tests that run it in their own process, and rank 0 is the one that reports.
+    peer = torch.multiprocessing.get_context("spawn").Process(
+        target=_dp_rank, args=(1, store, out), daemon=True
+    )
+    peer.start()
+    try:
+        _dp_rank(0, store, out)
+        peer.join(timeout=120)
+    finally:
+        if peer.is_alive():  # rank 0 failed: rank 1 would wait for it until the group's timeout
+            peer.kill()
+    assert peer.exitcode == 0
     got = json.loads(Path(f"{out}.0").read_text())
     assert json.loads(Path(f"{out}.1").read_text()) == {}  # only rank 0 reports
     # Rank 0 alone first: 32 items per 2.0 s window = 16 items/s.
@@ -153,6 +168,56 @@ def test_every_metric_says_its_unit_and_which_way_is_better(monkeypatch):
     assert got["data_wait_pct"] == ("%", "lower")
     assert got["data_wait_ms"] == ("ms", "lower")
     assert got["compute_ms"] == ("ms", "lower")
+    assert got["loss_start"] == got["loss_end"] == ("loss", "lower")
+    assert got["tflops"] == ("TFLOP/s", "higher")
+    assert got["mfu"] == ("%", "higher")
+    assert "peak_mem" not in got  # a CUDA allocator's peak: nothing to report on a CPU
+
+
+class EnergyCounter:
+    """The slice of nvidia-ml-py a sampler reads, for a board that reports only its energy
+    counter, which has gone up by 6.4 J between any two reads."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.mj = 0
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        self.mj += 6400
+        return self.mj
+
+
+def test_energy_is_per_item_over_all_measured_windows(monkeypatch):
+    from cudastack.environment.telemetry import Nvml
+
+    clock = Clock()
+    monkeypatch.setattr(training, "time", clock)
+    ctx = context()
+    ctx.nvml = Nvml(EnergyCounter(), handle=object())
+    got = by_name(training.measure(ctx, workload(clock)))
+    # One sampler spans the windows: 6.4 J over WINDOWS x 32 items.
+    assert got["energy_per_item"] == pytest.approx([6.4 / (WINDOWS * ITEMS_PER_STEP * CYCLE)])
+
+
+def test_the_step_computes_its_loss_under_the_precisions_autocast():
+    from cudastack.environment.precision import Autocast
+
+    model = torch.nn.Linear(4, 1)
+    seen = []
+
+    def loss_of(x: Any) -> Any:
+        y = model(x)
+        seen.append(y.dtype)
+        return y.float().square().mean()
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    training.optimizer_step(loss_of, opt, Autocast(torch, "cpu", torch.bfloat16))(torch.ones(2, 4))
+    training.optimizer_step(loss_of, opt)(torch.ones(2, 4))
+    assert seen == [torch.bfloat16, torch.float32]
 
 
 def test_extra_host_work_leaves_the_controlled_clock_alone(monkeypatch):
