@@ -197,6 +197,27 @@ def test_a_fifteen_percent_slowdown_is_found_across_processes():
     assert row["ratio"] == pytest.approx(1 / 1.15, rel=0.03) and row["ci_high"] < 1
 
 
+def test_a_lower_is_better_metric_half_as_long_across_processes_is_twice_as_fast():
+    # Latency in ms, the side's processes at exactly half the baseline's: the ratio of the
+    # geometric means, oriented so that > 1 is better, is 2, and Welch's interval on the logs
+    # (the same spread both sides) lies above 1.
+    base = [10.0, 11.0, 12.0]
+    df = table(
+        *[samples("a", "x[n=1]", [v], "latency", "lower", process=i) for i, v in enumerate(base)],
+        *[
+            samples("b", "x[n=1]", [v / 2], "latency", "lower", process=i)
+            for i, v in enumerate(base)
+        ],
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["unit_of_n"] == "processes" and row["verdict"] == "faster"
+    assert row["ratio"] == pytest.approx(2.0, rel=1e-12)
+    half = student_t.ppf(0.975, 4) * np.sqrt(2 * np.var(np.log(base), ddof=1) / 3)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+        (2 * np.exp(-half), 2 * np.exp(half)), rel=1e-9
+    )
+
+
 def test_processes_without_spread_that_differ_are_a_change():
     df = table(
         *[samples("a", "x[n=1]", [100.0] * 5, process=i) for i in range(3)],
@@ -677,33 +698,73 @@ def dated(run, start, end, cell="local"):
     return samples(cell, "x[n=1]", [100.0, 101.0], run=run).assign(started_at=[start, end])
 
 
+AFTER = (
+    "as a separate run: a machine that drifts between runs reads as a change; where both "
+    "stacks can run together, put both cells in one `cudastack bench --repeat 3`, whose "
+    "processes take turns"
+)
+OVERLAPPED = (
+    "r2 and r1 are separate runs that overlapped in time: their processes took turns, or "
+    "competed for the machine"
+)
+
+
 @pytest.mark.parametrize(
     ("side", "expected"),
     [
         (
             dated("r2", "2026-11-28T12:14:00+00:00", "2026-11-28T12:30:00+00:00"),
-            "r2 ran 2 h 14 min after r1, as a separate run: a machine that drifts between runs "
-            "reads as a change; where both stacks can run together, put both cells in one "
-            "`cudastack bench --repeat 3`, whose processes take turns",
+            f"r2 ran 2 h 14 min after r1, {AFTER}",
         ),
         (
             dated("r2", "2026-11-25T09:00:00+00:00", "2026-11-25T10:00:00+00:00"),
-            "r2 ran 3 d 0 h before r1, as a separate run",
+            f"r2 ran 3 d 0 h before r1, {AFTER}",
         ),
         (
             dated("r2", "2026-11-28T10:00:45+00:00", "2026-11-28T10:01:00+00:00"),
-            "r2 ran 45 s after r1",
+            f"r2 ran 45 s after r1, {AFTER}",
+        ),
+        (  # a minute is no longer seconds, and under an hour it is minutes alone
+            dated("r2", "2026-11-28T10:01:00+00:00", "2026-11-28T10:02:00+00:00"),
+            f"r2 ran 1 min after r1, {AFTER}",
+        ),
+        (  # the same moment in another time zone: 12:12 UTC
+            dated("r2", "2026-11-28T14:12:00+02:00", "2026-11-28T14:30:00+02:00"),
+            f"r2 ran 2 h 12 min after r1, {AFTER}",
+        ),
+        (  # ISO 8601 with and without fractions of a second, in one column
+            dated("r2", "2026-11-28T10:00:30.250000+00:00", "2026-11-28T10:00:40+00:00"),
+            f"r2 ran 30 s after r1, {AFTER}",
         ),
         (
             dated("r2", "2026-11-28T09:59:00+00:00", "2026-11-28T10:00:30+00:00"),
-            "r2 and r1 are separate runs that overlapped in time",
+            OVERLAPPED,
         ),
+        # Runs that touch, one starting the second the other ended, overlap.
+        (dated("r2", "2026-11-28T10:00:00+00:00", "2026-11-28T10:05:00+00:00"), OVERLAPPED),
+        (dated("r2", "2026-11-28T09:55:00+00:00", "2026-11-28T10:00:00+00:00"), OVERLAPPED),
     ],
 )
 def test_separate_runs_say_how_far_apart_they_ran(side, expected):
     df = table(dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:00:00+00:00"), side)
-    (line,) = compare.time_apart(df, compare.compare(df))
-    assert line.startswith(expected)
+    assert compare.time_apart(df, compare.compare(df)) == [expected]
+
+
+def test_a_start_time_that_does_not_parse_is_left_out_of_the_span():
+    side = dated("r2", "2026-11-28T10:02:00+00:00", "not a time")
+    df = table(dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:00:00+00:00"), side)
+    assert compare.time_apart(df, compare.compare(df)) == [f"r2 ran 2 min after r1, {AFTER}"]
+
+
+def test_a_cell_of_the_baselines_run_does_not_hide_a_separate_run_after_it():
+    df = table(
+        dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:00:00+00:00", cell="a"),
+        dated("r1", "2026-11-28T10:00:00+00:00", "2026-11-28T10:00:00+00:00", cell="b"),
+        dated("r2", "2026-11-28T10:12:00+00:00", "2026-11-28T10:12:00+00:00", cell="a"),
+    )
+    out = compare.compare(df)
+    assert list(out["side"]) == ["r1/b", "r2/a"]
+    assert compare.time_apart(df, out) == [f"r2/a ran 12 min after r1/a, {AFTER}"]
 
 
 def test_sides_measured_on_other_devices_are_named():
@@ -713,15 +774,24 @@ def test_sides_measured_on_other_devices_are_named():
             for i, d in enumerate(devices)
         )
 
-    df = table(on("a", "NVIDIA H100 80GB HBM3"), on("b", "NVIDIA H100 80GB HBM3", "NVIDIA A100"))
-    (line,) = compare.other_devices(df, compare.compare(df))
-    assert line.startswith(
-        "b ran on NVIDIA A100 and NVIDIA H100 80GB HBM3, a on NVIDIA H100 80GB HBM3: different "
-        "devices"
+    h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100"
+    df = table(on("a", h100), on("b", h100, a100))
+    assert compare.other_devices(df, compare.compare(df)) == [
+        f"b ran on {a100} and {h100}, a on {h100}: different devices, so a change is the "
+        "hardware's as much as the stack's (on Slurm, pin the node type with --constraint or "
+        "--gres gpu:TYPE:N)"
+    ]
+    assert compare.other_devices(df, compare.compare(df))[0] in compare.notes(
+        df, compare.compare(df)
     )
-    same = table(on("a", "NVIDIA H100 80GB HBM3"), on("b", "NVIDIA H100 80GB HBM3"))
+    two_in_base = table(on("a", h100, a100), on("b", h100))
+    (line,) = compare.other_devices(two_in_base, compare.compare(two_in_base))
+    assert line.startswith(f"b ran on {h100}, a on {a100} and {h100}: different devices")
+    same = table(on("a", h100), on("b", h100))
     assert compare.other_devices(same, compare.compare(same)) == []
-    assert line in compare.notes(df, compare.compare(df))
+    # A process that recorded no device name is no other device.
+    unnamed = table(on("a", h100, ""), on("b", h100))
+    assert compare.other_devices(unnamed, compare.compare(unnamed)) == []
 
 
 def test_cells_of_one_run_are_not_dated_against_each_other():
@@ -752,6 +822,11 @@ def test_cases_only_one_side_measured_are_named_not_dropped():
     )
     (line,) = compare.one_sided(many, compare.compare(many))
     assert line.endswith("not compared: c[i=1], c[i=2], c[i=3] and 1 more")
+    three = table(
+        *(samples("a", f"c[i={i}]", [1.0]) for i in range(4)), samples("b", "c[i=0]", [1.0])
+    )
+    (line,) = compare.one_sided(three, compare.compare(three))
+    assert line.endswith("not compared: c[i=1], c[i=2], c[i=3]")
 
 
 def telemetry(side, case, metric, values, run="r1"):
