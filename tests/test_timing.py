@@ -1,5 +1,6 @@
 """The timers' stop rules and what they measure, with real calls on the CPU."""
 
+import itertools
 import time
 
 import pytest
@@ -237,6 +238,7 @@ class FakeCuda:
         class Event:
             def __init__(self, enable_timing: bool = False) -> None:
                 self.at = 0.0
+                self.timing = enable_timing
 
             def record(self) -> None:
                 self.at = outer.stream_s
@@ -245,6 +247,8 @@ class FakeCuda:
                 pass
 
             def elapsed_time(self, end: "Event") -> float:  # milliseconds, as torch's
+                if not (self.timing and end.timing):  # torch refuses too
+                    raise RuntimeError("Both events must be created with enable_timing=True")
                 return (end.at - self.at) * 1e3
 
         self.Event = Event
@@ -277,6 +281,36 @@ def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction(monkeypat
     # 1.98 GHz, is 1,178,100 cycles; then one spin per call.
     assert cuda.slept[:2] == [timing.SPIN_CALIBRATION_CYCLES, 2 * timing.SPIN_CALIBRATION_CYCLES]
     assert set(cuda.slept[2:]) == {1_178_100}
+
+
+def test_the_spin_is_calibrated_on_warm_calls(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(timing, "CALIBRATION_WARMUP_S", 0.0)
+    cuda = FakeCuda()
+    calls = itertools.count()
+    # The first call is cold (lazy init: 40 ms), every later one 4 ms: a spin calibrated on the
+    # cold call would be ten times too long.
+    kernel = lambda: cuda.run(0.040 if next(calls) == 0 else 0.004)  # noqa: E731
+    timing.time_cuda(
+        SimpleNamespace(cuda=cuda),
+        timing.with_device_extra_work(SimpleNamespace(cuda=cuda), kernel, 0.15),
+        settings(min_reps=3, max_reps=3),
+        None,
+    )
+    assert set(cuda.slept[2:]) == {1_178_100}
+
+
+def test_a_call_shorter_than_the_spins_fixed_cost_gets_the_shortest_spin(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(timing, "CALIBRATION_WARMUP_S", 0.0)
+    cuda = FakeCuda()
+    # 0.15 x 1 us is less than the spin's 5 us fixed cost: one cycle, the least there is.
+    kernel = lambda: cuda.run(1e-6)  # noqa: E731
+    slowed = timing.with_device_extra_work(SimpleNamespace(cuda=cuda), kernel, 0.15)
+    timing.time_cuda(SimpleNamespace(cuda=cuda), slowed, settings(min_reps=3, max_reps=3), None)
+    assert set(cuda.slept[2:]) == {1}
 
 
 def test_a_gpu_context_slows_the_device_clock_on_the_device_and_the_host_clock_on_the_host(
