@@ -73,6 +73,7 @@ OTHER_OPTIONS = {
     "--container-image",
     "--only",
     "--fresh",
+    "--survivors",
 }  # pip, docker, sbatch, apptainer, pyxis; make mutants (tests/mutants/summary.py)
 
 

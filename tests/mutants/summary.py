@@ -2,9 +2,11 @@
 
 Usage (from the repository root, with the .venv of `make setup`):
   .venv/bin/python tests/mutants/summary.py --run [--jobs N] [--only MODULE ...] [--fresh]
+                                              [--survivors]
       runs `mutmut run` over the mutants of scope.toml's functions that have no verdict yet for
-      the source as it is (all of them with --fresh), adds the verdicts to results.json, then
-      writes SUMMARY.md;
+      the source as it is (all of them with --fresh; with --survivors also the survivors that
+      equivalent.toml does not list, to see new tests kill them), adds the verdicts to
+      results.json, then writes SUMMARY.md;
   .venv/bin/python tests/mutants/summary.py
       adds what mutants/ holds (after `mutmut run NAME`, for instance) and writes SUMMARY.md.
 
@@ -151,17 +153,19 @@ def load_scope() -> list[FileScope]:
     return scopes
 
 
-def patterns(scopes: list[FileScope], kept: dict[str, dict[str, Mutant]]) -> list[str]:
-    """`mutmut run` arguments for the mutants without a verdict: each one by name where
-    results.json lists it undecided (its file unchanged), else all of a function's; and (a
-    pattern that matches no mutant, only the function itself) the function's tests, so the
-    clean run runs just the tests that cover them."""
+def patterns(
+    scopes: list[FileScope], kept: dict[str, dict[str, Mutant]], again: frozenset[str] = frozenset()
+) -> list[str]:
+    """`mutmut run` arguments for the mutants without a verdict, and those named in ``again``:
+    each one by name where results.json lists it (its file unchanged), else all of a
+    function's; and (a pattern that matches no mutant, only the function itself) the
+    function's tests, so the clean run runs just the tests that cover them."""
     out = []
     for s in scopes:
         known = kept.get(s.module, {})
         for f in s.functions:
             names = sorted(n for n in known if _function(n) == f)
-            todo = [n for n in names if known[n].status == "not checked"]
+            todo = [n for n in names if known[n].status == "not checked" or n in again]
             if not names:
                 todo = [f"{s.module}.{f}__mutmut_*"]
             if todo:
@@ -174,12 +178,17 @@ def _function(name: str) -> str:
     return name.partition("__mutmut_")[0].rpartition(".")[2]
 
 
-def run(scopes: list[FileScope], jobs: int, kept: dict[str, dict[str, Mutant]]) -> None:
+def run(
+    scopes: list[FileScope],
+    jobs: int,
+    kept: dict[str, dict[str, Mutant]],
+    again: frozenset[str] = frozenset(),
+) -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
     mutmut = Path(sys.executable).with_name("mutmut")
     log = WORK / "run.log"
-    wanted = patterns(scopes, kept)
+    wanted = patterns(scopes, kept, again)
     if not wanted:
         print("make mutants: every mutant in scope has its verdict for the source as it is")
         return
@@ -316,15 +325,31 @@ def sort_key(m: Mutant) -> tuple[str, str, int]:
     return (m.module, m.function, int(m.name.rpartition("_")[2]))
 
 
+def listed() -> dict[str, dict[str, str]]:
+    """equivalent.toml: kind ("equivalent", "unreachable") -> mutant name -> reason."""
+    entries = tomllib.loads((HERE / "equivalent.toml").read_text(encoding="utf-8"))
+    return {kind: entries.get(kind, {}) for kind in ("equivalent", "unreachable")}
+
+
+def to_review(kept: dict[str, dict[str, Mutant]]) -> list[Mutant]:
+    """The survivors that equivalent.toml does not list: each needs a test or a reason."""
+    known = {name for names in listed().values() for name in names}
+    return [
+        m
+        for by_name in kept.values()
+        for m in by_name.values()
+        if m.status not in ("killed", "timeout", "not checked") and m.name not in known
+    ]
+
+
 def summarise(scopes: list[FileScope], kept: dict[str, dict[str, Mutant]]) -> Path:
-    listed = tomllib.loads((HERE / "equivalent.toml").read_text(encoding="utf-8"))
-    reasons = {kind: listed.get(kind, {}) for kind in ("equivalent", "unreachable")}
+    reasons = listed()
     mutants = sorted((m for by_name in kept.values() for m in by_name.values()), key=sort_key)
     if not mutants:
         raise fail("no verdicts in results.json or mutants/: run `make mutants` first")
     by_name = {m.name: m for m in mutants}
     rows = {s.module: ModuleRow(s.module) for s in scopes}
-    review: list[Mutant] = []
+    review = sorted(to_review(kept), key=sort_key)
     for m in mutants:
         rows[m.module].counts[m.status] += 1
         rows[m.module].seconds += m.seconds
@@ -334,8 +359,6 @@ def summarise(scopes: list[FileScope], kept: dict[str, dict[str, Mutant]]) -> Pa
             rows[m.module].equivalent += 1
         elif m.name in reasons["unreachable"]:
             rows[m.module].unreachable += 1
-        else:
-            review.append(m)
     # Entries of the modules with every verdict that name no mutant, or one a test now kills.
     complete = {m for m, row in rows.items() if row.total and not row.counts["not checked"]}
     stale = sorted(
@@ -434,6 +457,11 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutmut workers")
     parser.add_argument("--only", nargs="+", metavar="MODULE", help="these modules only")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="also test again the survivors not listed in equivalent.toml (after new tests)",
+    )
     opts = parser.parse_args()
     os.chdir(REPO)  # mutmut reads pyproject.toml and mutants/ from the current directory
     scopes = load_scope()
@@ -450,7 +478,8 @@ def main() -> int:
         for s in chosen:
             kept.pop(s.module, None)
     if opts.run:
-        run(chosen, opts.jobs, kept)
+        again = frozenset(m.name for m in to_review(kept)) if opts.survivors else frozenset()
+        run(chosen, opts.jobs, kept, again)
     keep(chosen, kept)
     summarise(scopes, kept)
     return 0
