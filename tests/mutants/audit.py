@@ -83,7 +83,10 @@ MUTATIONS = [
         "src/cudastack/host/analysis/compare.py",
         'row["p_adj"] < s.alpha',
         'row["p"] < s.alpha',
-        ("tests/test_compare.py::test_a_row_failing_one_condition_alone_is_the_same",),
+        (
+            "tests/test_compare.py::"
+            "test_a_row_failing_one_condition_of_a_change_is_inconclusive_not_same",
+        ),
     ),
     Mutation(
         "compare: the 'interval excludes 1' condition deleted",
