@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import hashlib
+import http.server
 import os
 import re
 import shutil
+import ssl
+import subprocess
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -158,6 +163,76 @@ def test_a_pin_the_wheelhouse_lacks_is_named_by_the_lock(tmp_path):
     cell = _cell(torch="2.13.0", index="cu130", cuda="13.0", cudnn="9.99.0.1")
     with pytest.raises(lock.LockError, match=r"nvidia-cudnn-cu13==9\.99\.0\.1"):
         lock.resolve(cell, house, None)
+
+
+@pytest.fixture
+def https_indexes(tmp_path):
+    """The PyTorch index and PyPI as a host reaches them: two package folders served over HTTPS
+    (directory listings, which pip reads as simple pages) with a self-signed certificate that
+    only ``--cert`` makes pip trust. Yields (torch index URL, PyPI URL, folder, certificate)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl makes the test's certificate (CI installs it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield f"{url}/torch", f"{url}/pypi", root, cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _project(folder: Path, project: str) -> Path:
+    """The simple-index folder of ``project``, as pip asks for it (normalised name)."""
+    where = folder / project
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def test_online_resolve_takes_torch_from_its_variant_index_the_rest_and_pins_from_pypi(
+    https_indexes, monkeypatch
+):
+    torch_url, pypi_url, root, cert = https_indexes
+    monkeypatch.setattr(lock, "TORCH_INDEX_URL", torch_url)
+    monkeypatch.setattr(lock, "PYPI_URL", pypi_url)
+    # A host whose requests trust its system bundle (which pip's requests prefers to --cert).
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(name, ssl.get_default_verify_paths().openssl_cafile)
+    own = ("nvidia-cudnn-cu13==9.20.0.48", "tiny-dep")
+    # torch only on its variant index (cu130), never on PyPI; what it needs only on PyPI.
+    torch = _wheel(_project(root / "torch" / "cu130", "torch"), "torch", "2.13.0+cu130", own)
+    _wheel(_project(root / "torch" / "cu126", "torch"), "torch", "2.13.0+cu126", own)
+    dep = _wheel(_project(root / "pypi", "tiny-dep"), "tiny_dep", "2.0")
+    pkg = _wheel(_project(root / "pypi", "tiny-pkg"), "tiny_pkg", "1.0")
+    cudnn = _project(root / "pypi", "nvidia-cudnn-cu13")
+    _wheel(cudnn, "nvidia_cudnn_cu13", "9.20.0.48")
+    pin = _wheel(cudnn, "nvidia_cudnn_cu13", "9.21.1.3")
+    cell = _cell(
+        torch="2.13.0", index="cu130", cuda="13.0", cudnn="9.21.1.3", packages=("tiny-pkg==1.0",)
+    )
+    assert lock.resolve(cell, None, cert) == [
+        f"nvidia-cudnn-cu13==9.21.1.3 --hash=sha256:{_sha(pin)}",
+        f"tiny-dep==2.0 --hash=sha256:{_sha(dep)}",
+        f"tiny-pkg==1.0 --hash=sha256:{_sha(pkg)}",
+        f"torch==2.13.0+cu130 --hash=sha256:{_sha(torch)}",
+    ]
+    # Without the certificate the same indexes are refused: --cert is what made pip trust them.
+    with pytest.raises(lock.LockError, match="cannot resolve its packages"):
+        lock.resolve(cell, None, None)
 
 
 @pytest.fixture

@@ -106,7 +106,13 @@ def _download(
         *(["--no-deps"] if no_deps else []),
         *(["--cert", str(ca_file)] if ca_file is not None else []),
     ]
-    proc = subprocess.run(cmd + reqs, capture_output=True, text=True)
+    env = None
+    if ca_file is not None:
+        # pip's requests takes REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE over --cert (psf/requests
+        # #3829), and --isolated does not clear them: a host that sets them to its system bundle
+        # would otherwise never trust the CA given here.
+        env = {**os.environ, "REQUESTS_CA_BUNDLE": str(ca_file), "CURL_CA_BUNDLE": str(ca_file)}
+    proc = subprocess.run(cmd + reqs, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         why = log_reason(proc.stderr.splitlines()) or "pip download failed"
         raise LockError(f"cell {cell.name}: cannot resolve its packages: {why}")
