@@ -185,6 +185,16 @@ def test_process_to_process_drift_is_not_a_change_once_processes_are_the_unit():
     assert row["verdict"] == "same" and not row["provisional"] and row["note"] == ""
 
 
+def test_two_processes_a_side_are_provisional_and_say_how_many():
+    r = rng(6)
+    df = table(
+        *processes("a", "gemm[n=1]", [100, 99], r), *processes("b", "gemm[n=1]", [80, 81], r)
+    )
+    (row,) = compare.compare(df).to_dict("records")
+    assert row["provisional"] and row["processes"] == 2
+    assert row["note"] == "2 processes per side: use --repeat 3 or more to trust a verdict"
+
+
 def test_a_fifteen_percent_slowdown_is_found_across_processes():
     r = rng(4)
     centres = np.array([100, 97, 99, 101, 98])
@@ -558,6 +568,18 @@ def test_the_interval_holds_the_exact_bootstrap_quantiles_of_the_median():
     for n in (9, 14):
         assert out.loc[f"x[n={n}]", "ci_low"] == quantile_value(n, 0.025) / 100
         assert out.loc[f"x[n={n}]", "ci_high"] == quantile_value(n, 0.975) / 100
+
+
+def test_bootstrap_medians_are_drawn_from_their_exact_distribution():
+    # Three values: a resample's median is the smallest when at least two of three draws are,
+    # 7/27; the largest likewise 7/27; the middle 13/27. Every value, the largest included.
+    draws = compare._boot_medians(
+        np.array([3.0, 1.0, 2.0]), Settings(n_boot=270_000), np.random.default_rng(5)
+    )
+    values, counts = np.unique(draws, return_counts=True)
+    assert values.tolist() == [1.0, 2.0, 3.0]
+    assert (counts / len(draws)).tolist() == pytest.approx([7 / 27, 13 / 27, 7 / 27], abs=0.005)
+    assert median_at_most(3, 1) == pytest.approx(7 / 27)
 
 
 def test_a_relative_iqr_of_exactly_ten_percent_is_not_noisy():
