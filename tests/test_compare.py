@@ -377,6 +377,46 @@ def test_processes_to_decide_scales_with_the_spread():
     assert row["note"] == "more than 100 processes a side would be needed to decide"
 
 
+def undecided(log_ratio: float, log_variance: float, processes: int = 3) -> dict:
+    return {
+        "verdict": "inconclusive",
+        "log_ratio": log_ratio,
+        "log_variance": log_variance,
+        "processes": processes,
+    }
+
+
+UP, DOWN = math.log1p(0.05), math.log1p(-0.05)  # the ±5 % threshold as log ratios
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        # Within the band, nearer its upper edge: the interval's half-width 1.96 * sqrt(v / n)
+        # must fit in log 1.05 - 0.01 = 0.0388: n = (1.96 / 0.0388)^2 * 0.002 = 5.1 -> 6.
+        (undecided(0.01, 0.002), 6),
+        # Nearer the lower edge: 0.03 + log 0.95 = 0.0213 left, (1.96 / 0.0213)^2 * 0.001 = 8.5.
+        (undecided(-0.03, 0.001), 9),
+        # Exactly on an edge is beyond the band: it must clear no change, (1.96 / 0.0488)^2 *
+        # 0.005 = 8.1 and (1.96 / 0.0513)^2 * 0.005 = 7.3.
+        (undecided(UP, 0.005), 9),
+        (undecided(DOWN, 0.005), 8),
+        # Exactly the most that is said: (1.96 / 0.2)^2 * v = 99.5 -> 100.
+        (undecided(0.2, 99.5 * (0.2 / 1.959963984540054) ** 2), 100),
+        # One more than now at least: (1.96 / 0.2)^2 * 0.001 = 0.1, but 3 did not decide it.
+        (undecided(0.2, 0.001), 4),
+        # Per-sample rows have no variance across processes: nothing to say.
+        (undecided(0.01, math.nan), None),
+    ],
+)
+def test_processes_to_decide_known_answers(row, expected):
+    assert compare._processes_to_decide(row, Settings(), 1) == expected
+
+
+def test_no_number_of_processes_decides_a_ratio_of_exactly_one_at_a_zero_threshold():
+    assert compare._processes_to_decide(undecided(0.0, 0.01), Settings(threshold=0.0), 1) is None
+
+
 def test_verdict_counts_say_how_many_of_how_many_and_which_are_provisional():
     rows = pd.DataFrame(
         {
@@ -695,6 +735,11 @@ def test_an_interval_that_touches_one_holds_no_change(edge):
     assert compare.verdict({**row, **edge}, Settings()) == "inconclusive"
 
 
+def test_a_ratio_of_exactly_one_is_never_slower():
+    row = {**SLOWER, "ratio": 1.0}
+    assert compare.verdict(row, Settings(threshold=0.0)) != "slower"
+
+
 def test_a_ratio_of_exactly_one_is_never_faster():
     row = {**FASTER, "ratio": 1.0}
     assert compare.verdict(row, Settings(threshold=0.0)) != "faster"
@@ -887,6 +932,14 @@ def test_sm_clocks_more_than_five_percent_apart_are_not_comparable(side_clock, e
     assert out["verdict"] == expected
     if expected == "not comparable":
         assert out["note"].startswith(f"SM clock {side_clock:.0f} MHz vs 1980 MHz in a: ")
+
+
+def test_a_side_throttled_in_under_one_percent_and_at_another_clock_says_both():
+    out = compare.compare(clocked(1980, 1500, throttled_side=0.6)).iloc[0]
+    assert out["note"] == (
+        "b throttled in 1 % of a window; SM clock 1500 MHz vs 1980 MHz in a: not comparable "
+        "(--ignore-clocks compares anyway)"
+    )
 
 
 def test_ignore_clocks_keeps_the_verdict_and_still_names_the_clocks():
