@@ -155,6 +155,13 @@ def test_only_the_headline_metric_is_compared():
     )
     out = compare.compare(df)
     assert list(out["metric"]) == ["tflops"]
+    # A bench that declares its headline (schema 4 on) is compared by it, whatever the order of
+    # the metrics it records; and the row says which kind of bench it is.
+    declared = df.assign(headline="latency", kind="kernel")
+    (row,) = compare.compare(declared).to_dict("records")
+    assert (row["metric"], row["kind"]) == ("latency", "kernel")
+    assert compare.compare(df.assign(bench="gemm"))["kind"].tolist() == ["kernel"]  # LEGACY_KINDS
+    assert compare.compare(df)["kind"].tolist() == [""]  # an unknown bench of an old run
 
 
 def processes(side, case, centres, r, spread=0.002, per=40):
@@ -372,9 +379,11 @@ def test_processes_to_decide_scales_with_the_spread():
         *process_medians("a", "x[n=1]", 100 * spread),
         *process_medians("b", "x[n=1]", 100 * spread[::-1]),
     )
-    (row,) = compare.compare(df).to_dict("records")
+    out = compare.compare(df)
+    (row,) = out.to_dict("records")
     assert row["verdict"] == "inconclusive" and pd.isna(row["processes_to_decide"])
     assert row["note"] == "more than 100 processes a side would be needed to decide"
+    assert out["processes_to_decide"].dtype == "Int64"  # whole numbers or <NA>, also all <NA>
 
 
 def undecided(log_ratio: float, log_variance: float, processes: int = 3) -> dict:
@@ -733,6 +742,12 @@ def test_a_change_of_exactly_the_threshold_counts():
 def test_an_interval_that_touches_one_holds_no_change(edge):
     row = FASTER if "ci_low" in edge else SLOWER
     assert compare.verdict({**row, **edge}, Settings()) == "inconclusive"
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 1.5])
+def test_alpha_is_a_level_between_zero_and_one(alpha):
+    with pytest.raises(compare.CompareError, match=f"--alpha {alpha:g}: give a level between"):
+        Settings(alpha=alpha)
 
 
 def test_a_ratio_of_exactly_one_is_never_slower():
