@@ -74,6 +74,7 @@ OTHER_OPTIONS = {
     "--only",
     "--fresh",
     "--survivors",
+    "--keep-stats",
 }  # pip, docker, sbatch, apptainer, pyxis; make mutants (tests/mutants/summary.py)
 
 

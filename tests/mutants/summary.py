@@ -2,10 +2,11 @@
 
 Usage (from the repository root, with the .venv of `make setup`):
   .venv/bin/python tests/mutants/summary.py --run [--jobs N] [--only MODULE ...] [--fresh]
-                                              [--survivors]
+                                              [--survivors] [--keep-stats]
       runs `mutmut run` over the mutants of scope.toml's functions that have no verdict yet for
       the source as it is (all of them with --fresh; with --survivors also the survivors that
-      equivalent.toml does not list, to see new tests kill them), adds the verdicts to
+      equivalent.toml does not list, to see new tests kill them; with --keep-stats mutmut
+      traces only the tests that are new since the last run), adds the verdicts to
       results.json, then writes SUMMARY.md;
   .venv/bin/python tests/mutants/summary.py
       adds what mutants/ holds (after `mutmut run NAME`, for instance) and writes SUMMARY.md.
@@ -183,9 +184,16 @@ def run(
     jobs: int,
     kept: dict[str, dict[str, Mutant]],
     again: frozenset[str] = frozenset(),
+    keep_stats: bool = False,
 ) -> None:
+    # mutmut's record of which tests reach which function (the stats phase, about 15 minutes
+    # here): kept on request, mutmut then runs only the tests that are new since.
+    stats = WORK / "mutmut-stats.json"
+    saved = stats.read_bytes() if keep_stats and stats.is_file() else None
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
+    if saved is not None:
+        stats.write_bytes(saved)
     mutmut = Path(sys.executable).with_name("mutmut")
     log = WORK / "run.log"
     wanted = patterns(scopes, kept, again)
@@ -462,6 +470,12 @@ def main() -> int:
         action="store_true",
         help="also test again the survivors not listed in equivalent.toml (after new tests)",
     )
+    parser.add_argument(
+        "--keep-stats",
+        action="store_true",
+        help="keep the last run's map of tests to functions: only new tests are traced (a "
+        "test changed since keeps what it reached before)",
+    )
     opts = parser.parse_args()
     os.chdir(REPO)  # mutmut reads pyproject.toml and mutants/ from the current directory
     scopes = load_scope()
@@ -479,7 +493,7 @@ def main() -> int:
             kept.pop(s.module, None)
     if opts.run:
         again = frozenset(m.name for m in to_review(kept)) if opts.survivors else frozenset()
-        run(chosen, opts.jobs, kept, again)
+        run(chosen, opts.jobs, kept, again, opts.keep_stats)
     keep(chosen, kept)
     summarise(scopes, kept)
     return 0
