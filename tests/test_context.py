@@ -193,3 +193,39 @@ def test_measure_refuses_a_peak_of_a_rate_not_given_before_timing_anything(
     with pytest.raises(ValueError, match=message):
         ctx.measure(lambda: calls.append(1), peak=peak, **given)
     assert calls == []  # the timing budget is not spent on a case that cannot have a result
+
+
+class SensorsAndEnergy:
+    """The slice of nvidia-ml-py a sampler reads: an SM clock, and an energy counter that says
+    how often it was read."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.energy_reads = 0
+
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        if clock != self.NVML_CLOCK_SM:
+            raise self.NVMLError("Not Supported")
+        return 1980
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        self.energy_reads += 1
+        return 1000 * self.energy_reads
+
+
+def test_device_clock_cases_are_sampled_and_host_clock_cases_are_not(ctx):
+    from cudastack.environment.telemetry import Nvml
+
+    board = SensorsAndEnergy()
+    ctx.nvml = Nvml(board, handle=object())
+    device = {m.name: m.values for m in ctx.measure(lambda: torch.ones(8).sum())}
+    assert device["sm_clock_mhz"] == [1980.0]
+    assert board.energy_reads == 2  # the window's start and end
+    # Host-clock cases (launch overhead) leave the interpreter to the host work being timed.
+    host = {m.name: m.values for m in ctx.measure(lambda: torch.ones(8).sum(), clock="host")}
+    assert "sm_clock_mhz" not in host and "latency" in host
+    assert board.energy_reads == 2

@@ -1,7 +1,9 @@
 """The timers' stop rules and what they measure, with real calls on the CPU."""
 
 import itertools
+import statistics
 import time
+from typing import Any
 
 import pytest
 
@@ -260,7 +262,7 @@ class FakeCuda:
         self.slept.append(cycles)
         self.stream_s += self.SPIN_FIXED_S + cycles / self.SM_HZ
 
-    def synchronize(self) -> None:
+    def synchronize(self, device: Any = None) -> None:
         pass
 
 
@@ -333,6 +335,48 @@ def test_a_gpu_context_times_a_host_cost_up_to_a_synchronize_after_each_call():
     # launch overhead), and timed so, call by call.
     assert samples and len(seen) >= 2 * len(samples)
     assert seen == ["call", "sync"] * (len(seen) // 2)
+
+
+def fake_gpu_context(cuda: FakeCuda, extra_work: float = 0.0) -> Any:
+    from types import SimpleNamespace
+
+    from cudastack.environment import suite
+    from cudastack.environment.context import Context
+
+    return Context(
+        torch=SimpleNamespace(cuda=cuda),
+        device=SimpleNamespace(type="cuda"),
+        profile=suite.PROFILES["quick"],
+        peaks=None,
+        extra_work=extra_work,
+    )
+
+
+@pytest.mark.parametrize("extra_work", [0.0, 0.5])
+def test_a_gpu_context_times_the_device_clock_with_events_and_its_slowdown_on_the_stream(
+    monkeypatch, extra_work
+):
+    monkeypatch.setattr(timing, "CALIBRATION_WARMUP_S", 0.0)
+    cuda = FakeCuda()
+    ctx = fake_gpu_context(cuda, extra_work)
+    kernel = lambda: cuda.run(0.004)  # noqa: E731  4 ms of stream time, nothing on the host
+    samples = ctx.time(kernel, flush_l2=False)
+    assert samples == pytest.approx([0.004 * (1 + extra_work)] * len(samples), rel=1e-6)
+    # ctx.measure times the same way: latency in ms from the events.
+    (latency,) = (m for m in ctx.measure(kernel, flush_l2=False) if m.name == "latency")
+    assert latency.values == pytest.approx([4.0 * (1 + extra_work)] * len(latency.values))
+
+
+def test_a_gpu_context_times_the_host_clock_on_the_host_and_slows_it_there():
+    cuda = FakeCuda()
+    ctx = fake_gpu_context(cuda, extra_work=0.5)
+    kernel = lambda: cuda.run(0.004)  # noqa: E731
+    # The host pays microseconds to enqueue what the stream takes 4 ms to run: the host clock
+    # sees the former, and its slowdown is host busy-work, never a spin on the stream.
+    (latency,) = (m for m in ctx.measure(kernel, clock="host") if m.name == "latency")
+    for seconds in (ctx.time(kernel, clock="host"), [ms / 1e3 for ms in latency.values]):
+        assert statistics.median(seconds) < 0.001
+    assert cuda.slept == []
 
 
 def test_a_gpu_context_slows_the_device_clock_on_the_device_and_the_host_clock_on_the_host(
