@@ -120,6 +120,18 @@ def test_rates_derive_from_each_sample():
     assert "pct_of_peak" not in {m.name for m in rate_metrics([1.0], flops=1.0)}
 
 
+def test_every_rate_metric_says_its_unit_and_that_higher_is_better():
+    metrics = rate_metrics([0.5], flops=4e12, nbytes=2e9, peak=16.0, achievable=8.0, rate="gbps")
+    assert {m.name: (m.unit, m.better) for m in metrics} == {
+        "latency": ("ms", "lower"),
+        "tflops": ("TFLOP/s", "higher"),
+        "gbps": ("GB/s", "higher"),
+        "flop_per_byte": ("FLOP/B", "higher"),
+        "pct_of_peak": ("%", "higher"),
+        "pct_of_achievable": ("%", "higher"),
+    }
+
+
 def test_both_rates_give_their_intensity_and_each_share_is_of_the_named_rate():
     both = {"flops": 4e12, "nbytes": 2e9}  # 2 FLOP per byte; at 0.5 s: 8 TFLOP/s and 4 GB/s
     compute = {m.name: m.values for m in rate_metrics([0.5], **both, peak=16.0, rate="tflops")}
@@ -129,7 +141,9 @@ def test_both_rates_give_their_intensity_and_each_share_is_of_the_named_rate():
         for m in rate_metrics([0.5], **both, peak=16.0, achievable=8.0, rate="gbps")
     }
     assert memory["pct_of_peak"] == [25.0] and memory["pct_of_achievable"] == [50.0]
-    with pytest.raises(ValueError, match="say which rate= the peak is in"):
+    with pytest.raises(
+        ValueError, match=r"^given flops= and nbytes=, say which rate= the peak is in$"
+    ):
         rate_metrics([0.5], **both, peak=16.0)
     with pytest.raises(ValueError, match="rate='gbps' is in GB/s: give nbytes= too"):
         rate_metrics([0.5], flops=1e12, peak=16.0, rate="gbps")
