@@ -122,7 +122,8 @@ def _dp_rank(rank: int, store: str, out: str) -> None:
         training.time = clock
         compute_s = COMPUTE_S if rank == 0 else SLOW_COMPUTE_S
         metrics = training.measure(context(world), workload(clock, compute_s))
-        Path(f"{out}.{rank}").write_text(json.dumps(by_name(metrics)))
+        described = {m.name: [m.unit, m.better, m.values] for m in metrics}
+        Path(f"{out}.{rank}").write_text(json.dumps(described))
         finished = True
     finally:
         training.time = real_time
@@ -145,8 +146,11 @@ def test_two_data_parallel_processes_total_their_items_over_the_slowest_window(t
         if peer.is_alive():  # rank 0 failed: rank 1 would wait for it until the group's timeout
             peer.kill()
     assert peer.exitcode == 0
-    got = json.loads(Path(f"{out}.0").read_text())
+    described = json.loads(Path(f"{out}.0").read_text())
     assert json.loads(Path(f"{out}.1").read_text()) == {}  # only rank 0 reports
+    assert described["baseline_items_per_s"][:2] == ["img/s", "higher"]
+    assert described["scaling_efficiency"][:2] == ["%", "higher"]
+    got = {name: values for name, (_, _, values) in described.items()}
     # Rank 0 alone first: 32 items per 2.0 s window = 16 items/s.
     assert got["baseline_items_per_s"] == [16.0]
     # Together: 2 ranks x 32 items per 2.5 s window (rank 1's) = 25.6 items/s, which is
