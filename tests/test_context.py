@@ -57,8 +57,25 @@ def test_an_unknown_dtype_names_the_known_ones(ctx):
 
 
 def test_the_tf32_skip_says_what_hardware_it_needs(ctx):
-    with pytest.raises(Skip, match=r"tf32 needs an NVIDIA GPU of compute capability 8\.0 or newer"):
+    with pytest.raises(
+        Skip, match=r"^tf32 needs an NVIDIA GPU of compute capability 8\.0 or newer$"
+    ):
         ctx.dtype("tf32")
+
+
+def test_bf16_on_a_gpu_before_ampere_skips_and_names_its_capability():
+    from types import SimpleNamespace
+
+    volta = SimpleNamespace(get_device_capability=lambda device: (7, 0))
+    gpu = Context(
+        SimpleNamespace(cuda=volta), SimpleNamespace(type="cuda"), PROFILES["quick"], None
+    )
+    with pytest.raises(
+        Skip,
+        match=r"^bf16 needs a GPU of compute capability 8\.0 or newer; this one is 7\.0, "
+        r"where bf16 is only emulated$",
+    ):
+        gpu.dtype("bf16")
 
 
 def test_each_input_draws_from_the_next_seed():

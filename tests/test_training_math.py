@@ -15,6 +15,7 @@ import torch.multiprocessing
 from cudastack.environment import suite, training
 from cudastack.environment import world as worldmod
 from cudastack.environment.context import CheckFailed, Context, Skip
+from cudastack.environment.telemetry import Nvml
 from cudastack.environment.world import World
 
 # Each step waits WAIT_S for its batch, then computes for COMPUTE_S, on a clock that moves only
@@ -121,7 +122,9 @@ def _dp_rank(rank: int, store: str, out: str) -> None:
         clock = Clock()
         training.time = clock
         compute_s = COMPUTE_S if rank == 0 else SLOW_COMPUTE_S
-        metrics = training.measure(context(world), workload(clock, compute_s))
+        ctx = context(world)
+        ctx.nvml = Nvml(EnergyCounter(), handle=object())  # each rank samples its own GPU
+        metrics = training.measure(ctx, workload(clock, compute_s))
         described = {m.name: [m.unit, m.better, m.values] for m in metrics}
         Path(f"{out}.{rank}").write_text(json.dumps(described))
         finished = True
@@ -150,6 +153,10 @@ def test_two_data_parallel_processes_total_their_items_over_the_slowest_window(t
     assert json.loads(Path(f"{out}.1").read_text()) == {}  # only rank 0 reports
     assert described["baseline_items_per_s"][:2] == ["img/s", "higher"]
     assert described["scaling_efficiency"][:2] == ["%", "higher"]
+    # Energy is per item this rank processed: 6.4 J over WINDOWS x 32 items, not the world's.
+    assert described["energy_per_item"][2] == pytest.approx(
+        [6.4 / (WINDOWS * ITEMS_PER_STEP * CYCLE)]
+    )
     got = {name: values for name, (_, _, values) in described.items()}
     # Rank 0 alone first: 32 items per 2.0 s window = 16 items/s.
     assert got["baseline_items_per_s"] == [16.0]
@@ -196,8 +203,6 @@ class EnergyCounter:
 
 
 def test_energy_is_per_item_over_all_measured_windows(monkeypatch):
-    from cudastack.environment.telemetry import Nvml
-
     clock = Clock()
     monkeypatch.setattr(training, "time", clock)
     ctx = context()
