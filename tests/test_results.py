@@ -227,7 +227,9 @@ def worker_lines():
     lines += worker.case_lines(base, sdpa, "skipped", 'no flash kernel for "sm_70"\\here', [])
     oom = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total) ☹"
     lines += worker.case_lines(base, suite.Case("train_gpt", {"steps": 10}), "failed", oom, [])
-    lines.append(results.harness_row("r1", "cu124", "build", "failed", "exit 1"))
+    harness = results.harness_row("r1", "cu124", "build", "failed", "exit 1")
+    # Its time fixed like the cases': two calls a second apart must give the same lines.
+    lines.append({**harness, "started_at": base["started_at"]})
     return lines
 
 
