@@ -329,29 +329,8 @@ def test_a_call_shorter_than_the_spins_fixed_cost_gets_the_shortest_spin(monkeyp
     assert set(cuda.slept[2:]) == {1}
 
 
-def test_a_gpu_context_times_a_host_cost_up_to_a_synchronize_after_each_call():
-    from types import SimpleNamespace
-
-    from cudastack.environment import suite
-    from cudastack.environment.context import Context
-
-    cuda = FakeCuda()
-    seen: list[str] = []
-    cuda.synchronize = lambda *device: seen.append("sync")  # type: ignore[method-assign]
-    ctx = Context(
-        torch=SimpleNamespace(cuda=cuda),
-        device=SimpleNamespace(type="cuda"),
-        profile=suite.PROFILES["quick"],
-        peaks=None,
-    )
-    samples = ctx.time(lambda: seen.append("call"), clock="host")
-    # Each call is paid for on the host up to the device's synchronize (pageable copies,
-    # launch overhead), and timed so, call by call.
-    assert samples and len(seen) >= 2 * len(samples)
-    assert seen == ["call", "sync"] * (len(seen) // 2)
-
-
 def fake_gpu_context(cuda: FakeCuda, extra_work: float = 0.0) -> Any:
+    """A worker's Context on the fake CUDA ``cuda``, with the quick profile's timing."""
     from types import SimpleNamespace
 
     from cudastack.environment import suite
@@ -364,6 +343,18 @@ def fake_gpu_context(cuda: FakeCuda, extra_work: float = 0.0) -> Any:
         peaks=None,
         extra_work=extra_work,
     )
+
+
+def test_a_gpu_context_times_a_host_cost_up_to_a_synchronize_after_each_call():
+    cuda = FakeCuda()
+    seen: list[str] = []
+    cuda.synchronize = lambda *device: seen.append("sync")  # type: ignore[method-assign]
+    ctx = fake_gpu_context(cuda)
+    samples = ctx.time(lambda: seen.append("call"), clock="host")
+    # Each call is paid for on the host up to the device's synchronize (pageable copies,
+    # launch overhead), and timed so, call by call.
+    assert samples and len(seen) >= 2 * len(samples)
+    assert seen == ["call", "sync"] * (len(seen) // 2)
 
 
 @pytest.mark.parametrize("extra_work", [0.0, 0.5])
