@@ -185,7 +185,9 @@ def run(
     kept: dict[str, dict[str, Mutant]],
     again: frozenset[str] = frozenset(),
     keep_stats: bool = False,
-) -> None:
+) -> str:
+    """Run mutmut over ``scopes``; '' when it finished or was stopped with Ctrl-C, else why it
+    failed (what it decided before it failed is in mutants/ all the same)."""
     # mutmut's record of which tests reach which function (the stats phase, about 15 minutes
     # here): kept on request, mutmut then runs only the tests that are new since.
     stats = WORK / "mutmut-stats.json"
@@ -199,7 +201,7 @@ def run(
     wanted = patterns(scopes, kept, again)
     if not wanted:
         print("make mutants: every mutant in scope has its verdict for the source as it is")
-        return
+        return ""
     functions = sum(1 for w in wanted if w.startswith("*"))
     print(f"make mutants: {functions} functions with mutants to test, {jobs} workers")
     print("make mutants: mutmut's log is mutants/run.log; stop it with Ctrl-C, verdicts are kept")
@@ -212,12 +214,13 @@ def run(
                 stderr=subprocess.STDOUT,
             )
         except KeyboardInterrupt:  # mutmut stops its workers too; what it decided is kept
-            return
-    if proc.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-        lines = [line for line in tail.splitlines() if line.strip()]
-        print("\n".join(lines[-40:]), file=sys.stderr)
-        raise fail(f"mutmut run failed (exit {proc.returncode}); its log: mutants/run.log", 1)
+            return ""
+    if proc.returncode == 0:
+        return ""
+    tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    lines = [line for line in tail.splitlines() if line.strip()]
+    print("\n".join(lines[-40:]), file=sys.stderr)
+    return f"mutmut run failed (exit {proc.returncode}); its log: mutants/run.log"
 
 
 def run_times() -> dict[str, float]:
@@ -491,11 +494,16 @@ def main() -> int:
     if opts.fresh:
         for s in chosen:
             kept.pop(s.module, None)
+    failed = ""
     if opts.run:
         again = frozenset(m.name for m in to_review(kept)) if opts.survivors else frozenset()
-        run(chosen, opts.jobs, kept, again, opts.keep_stats)
+        failed = run(chosen, opts.jobs, kept, again, opts.keep_stats)
+    # Verdicts mutmut reached before it failed or was killed are kept: a mutant's verdict does
+    # not depend on the others.
     keep(chosen, kept)
     summarise(scopes, kept)
+    if failed:
+        raise fail(failed, 1)
     return 0
 
 
