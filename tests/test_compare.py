@@ -670,6 +670,7 @@ def test_a_zero_median_is_infinitely_noisy():
     ],
 )
 @pytest.mark.parametrize("per_process", [False, True])
+@pytest.mark.filterwarnings("error")  # nor a numpy warning on the user's terminal
 def test_values_a_ratio_cannot_take_are_inconclusive_not_a_crash(base, side, per_process):
     # A zero rate divided into, a log of zero: with one value per process, three processes a
     # side, or three samples of one process.
@@ -716,6 +717,7 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
 
 @pytest.mark.parametrize("constant_side", ["a", "b"])
+@pytest.mark.filterwarnings("error")  # scipy's precision-loss warning is not the user's concern
 def test_one_side_without_spread_still_gets_welchs_test_on_logs(constant_side):
     # Only one side has no spread: no certainty either way, Welch's test on the logs decides.
     # With one variance zero, its degrees of freedom are the other side's n - 1 = 2 (a pooled
