@@ -239,6 +239,36 @@ def test_a_recorded_digest_that_cannot_be_pulled_is_one_line(engine, registry, t
     assert not images.exists(engine, tag)
 
 
+def test_a_digest_pushed_since_the_run_is_refused_not_tagged_as_its_image(
+    engine, registry_base, tmp_path
+):
+    # The push record is per cell: after the run, the cell was pushed again, and its record now
+    # names another image (here: the test base image, pushed to the registry).
+    path = write_matrix(tmp_path / "matrix", cpu_cell("moved"))
+    (cell,) = matrix.load(path)
+    inputs = pipeline.BuildInputs.for_matrix(path)
+    tag = inputs.tag(cell)
+    cell_dir = tmp_path / "run" / "moved"
+    cell_dir.mkdir(parents=True)
+    measured = "sha256:" + "1" * 64  # the image ID the run recorded
+    reproduce.record_inputs(cell_dir, cell, inputs.dockerfile, "", tag, measured, "x")
+    (cell_dir / results.ENV).write_text("{}")
+    repo = registry_base.rsplit(":", 1)[0]
+    (ref,) = [
+        d for d in engine.images.get(registry_base).attrs["RepoDigests"] if d.startswith(repo)
+    ]
+    (tmp_path / "matrix" / "locks").mkdir()
+    handoff.pushed_record(tmp_path / "matrix" / "locks", cell).write_text(ref + "\n")
+    proc = cli("reproduce", str(tmp_path / "run"), "--matrix", str(path))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr == (
+        f"error: cell moved: {ref} is not the image this run measured ({measured}): the cell "
+        "was pushed again since; use --rebuild to build it from the recorded inputs, or import "
+        "an export of the run\n"
+    )
+    assert not images.exists(engine, tag)  # the pulled image is not this cell's
+
+
 def test_an_export_with_its_run_reproduces_without_the_run_folder(engine, locked, tmp_path):
     archive = tmp_path / "reg-cpu.tar"
     proc = cli("export", "reg-cpu", "--run", str(locked["run"]), "-o", str(archive))

@@ -66,7 +66,12 @@ def base_identity(client: Any, base_ref: str, image_tag: str) -> str:
 
 def is_recorded_image(client: Any, tag: str, recorded: str) -> bool:
     """Whether the image under ``tag`` is the very one a run recorded (by ID or digest)."""
-    image = client.images.get(tag)
+    return _is(client.images.get(tag), recorded)
+
+
+def _is(image: Any, recorded: str) -> bool:
+    """Whether the engine's ``image`` is the one ``recorded`` names: its image ID (the same on
+    every engine) or one of its registry digests."""
     digests = {d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d}
     return bool(recorded) and recorded in {image.id, *digests}
 
@@ -156,6 +161,15 @@ def obtain(
                 f"({cause}); use --rebuild to build it from the recorded inputs, or import an "
                 "export of it"
             ) from None
+        recorded = str(record.get("image") or "")
+        if recorded and not _is(image, recorded):
+            # The push record is per cell, and a later push of the cell replaced it: tagging
+            # that image as this run's would hand every later run of the cell the wrong image.
+            raise ReproduceError(
+                f"cell {record['cell']['name']}: {pushed_ref} is not the image this run "
+                f"measured ({recorded}): the cell was pushed again since; use --rebuild to "
+                "build it from the recorded inputs, or import an export of the run"
+            )
         image.tag(*tag.rsplit(":", 1))
         return "pulled"
     if images.exists(client, tag):
