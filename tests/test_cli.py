@@ -39,6 +39,10 @@ from cudastack.host.analysis import results
         (["run", "--bench-dir", "missing"], "error: bench folder missing does not exist"),
         (["list", "--profile", "turbo"], "error: unknown profile 'turbo'"),
         (["show", "nowhere"], "error: no run nowhere: neither a run folder nor a run id under"),
+        (
+            ["reproduce", "nowhere"],
+            "error: no run nowhere: neither a run folder nor a run id under",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
@@ -47,6 +51,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert proc.stderr.startswith(message), proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_with_a_bad_matrix_is_the_error_alone(tmp_path):
+    (tmp_path / "bad.toml").write_text("x = [\n")
+    proc = cli("list", "--matrix", "bad.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""  # no bench list before the error
+    assert proc.stderr.startswith("error: bad.toml: not valid TOML"), proc.stderr
+    assert proc.stderr.count("\n") == 1
 
 
 # prctl(PR_CAPBSET_DROP) and the capabilities that let root write where permissions deny it.

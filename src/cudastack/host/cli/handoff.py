@@ -27,6 +27,7 @@ from cudastack.host.cli.app import (
     WheelhouseOpt,
     engine,
     names,
+    run_folder,
 )
 from cudastack.host.console import console, err
 from cudastack.host.run import pipeline
@@ -91,10 +92,6 @@ def lock_cmd(
             )
 
 
-def _run_dir(run: str, results_dir: Path) -> Path:
-    return Path(run) if Path(run).is_dir() else results_dir / run
-
-
 def _recorded_cells(
     run: str, results_dir: Path
 ) -> tuple[Optional[Path], list[tuple[dict, Callable[[], dict]]]]:
@@ -112,7 +109,7 @@ def _recorded_cells(
 
         return read
 
-    run_dir = _run_dir(run, results_dir)
+    run_dir = run_folder(run, results_dir)
     recorded = sorted(run_dir.glob(f"*/{runfolder.INPUTS}"))
     if not recorded:
         raise UserError(
@@ -241,7 +238,7 @@ def push_cmd(
 
 def _run_cell(run: str, results_dir: Path, cell: str) -> tuple[dict, dict[str, bytes]]:
     """A run's recorded inputs of one cell, and the files export --run carries."""
-    folder = _run_dir(run, results_dir) / cell
+    folder = run_folder(run, results_dir) / cell
     files = {}
     for name in handoff.RUN_FILES:
         if not (folder / name).is_file():

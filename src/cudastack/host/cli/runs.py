@@ -360,6 +360,7 @@ def list_(
     specs = suite.discover(bench_dir)
     # auto is no grid of its own: list what a run here would pick (a GPU NVML sees: standard).
     profile = suite.resolve_profile(profile, has_gpu=bool(doctor.nvml_host().gpus)).name
+    cells = matrix.load(matrix_file)  # a bad matrix is an error before anything is listed
     for spec in specs.values():
         counts = "  ".join(f"{p}:{len(spec.cases(p))}" for p in suite.PROFILES)
         console.print(f"[bold]{spec.name:<12}[/] {escape(spec.doc)}\n{'':<12} cases {counts}")
@@ -367,7 +368,7 @@ def list_(
             for case in spec.cases(profile):
                 console.print(f"{'':<14}{case.id}", highlight=False, markup=False)
     console.print("cells: local (this Python environment)")
-    for c in matrix.load(matrix_file):
+    for c in cells:
         console.print(
             f"  {c.name:<28} {c.base_image}  torch {c.torch} ({c.index})",
             highlight=False,
