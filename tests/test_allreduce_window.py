@@ -1,4 +1,5 @@
-"""All-reduce windows: every rank starts together, and small sizes run enough calls per window."""
+"""All-reduce windows: every rank starts together, small sizes run enough calls per window,
+and the bandwidths follow from known bytes and times."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.multiprocessing
+from test_training_math import Clock
 
 from cudastack.environment import suite
 from cudastack.environment import world as worldmod
@@ -108,3 +111,86 @@ def test_calls_per_window_rule():
         assert n == min(bench.MAX_CALLS_PER_WINDOW, math.ceil(bench.MIN_WINDOW_S / per_call))
     assert bench.calls_per_window(1.0, 10) == 10  # never fewer than the profile's count
     assert bench.calls_per_window(0.0, 10) == bench.MAX_CALLS_PER_WINDOW
+
+
+# Bandwidths on a controlled clock: each rank's clock moves only when an all-reduce moves bytes,
+# by bytes / LINK_BYTES_PER_S, so a call of the 1 MiB buffer takes 2**20 / 2**30 s = 1/1024 s
+# (binary fractions: every window's sum and mean below is exact).
+LINK_BYTES_PER_S = 2**30
+BUFFER_BYTES = SIZE_MB * 2**20  # MiB, as the bench's size_mb means
+
+
+def _rank_on_link(rank: int, size: int, dtype: str, store: str, out: str) -> None:
+    """One of ``size`` gloo processes running the real bench (smoke profile) on its own Clock."""
+    threads, all_reduce = torch.get_num_threads(), torch.distributed.all_reduce
+    torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=120)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=size, timeout=timeout
+    )
+    world, finished = World(rank, size, rank), False
+    try:
+        bench = load_bench()
+        clock = Clock()
+        bench.time = clock  # this rank's own module object: no other test sees it
+        moved = []
+
+        def over_the_link(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            nbytes = tensor.numel() * tensor.element_size()
+            moved.append(nbytes)
+            clock.advance(nbytes / LINK_BYTES_PER_S)
+            return all_reduce(tensor, *args, **kwargs)
+
+        # Restored below: rank 0 runs in the test's own process.
+        torch.distributed.all_reduce = over_the_link
+        ctx = Context(torch, torch.device("cpu"), suite.PROFILES["smoke"], None, world=world)
+        metrics = {m.name: m.values for m in bench.run(ctx, size_mb=SIZE_MB, dtype=dtype)}
+        Path(f"{out}.{rank}").write_text(json.dumps({**metrics, "moved": moved}))
+        finished = True
+    finally:
+        torch.distributed.all_reduce = all_reduce
+        torch.set_num_threads(threads)
+        worldmod.leave(torch, world, finished)  # the worker's own way out
+
+
+def run_ranks_on_link(tmp_path: Path, size: int, dtype: str) -> dict:
+    """Rank 0's metrics and the bytes of each all-reduce it made; ranks 1.. in spawned
+    processes, rank 0 in this one (the one that reports)."""
+    out, store = str(tmp_path / "metrics"), str(tmp_path / "store")
+    spawn = torch.multiprocessing.get_context("spawn")
+    peers = [
+        spawn.Process(target=_rank_on_link, args=(r, size, dtype, store, out), daemon=True)
+        for r in range(1, size)
+    ]
+    for peer in peers:
+        peer.start()
+    try:
+        _rank_on_link(0, size, dtype, store, out)
+        for peer in peers:
+            peer.join(timeout=120)
+    finally:
+        for peer in peers:
+            if peer.is_alive():  # rank 0 failed: the peers would wait until the group's timeout
+                peer.kill()
+    assert [peer.exitcode for peer in peers] == [0] * (size - 1)
+    return json.loads(Path(f"{out}.0").read_text())
+
+
+# (processes, dtype, bus bandwidth in GB/s): algbw is bytes / time = the link's 2**30 B/s =
+# 1.073741824 GB/s at every size; busbw is algbw x 2(n-1)/n (nccl-tests' PERFORMANCE.md):
+# x 1 for 2 processes, x 1.5 for 4. bf16 and fp32 have 2- and 4-byte elements: bandwidth is
+# in bytes, never in elements.
+@pytest.mark.parametrize(
+    ("size", "dtype", "busbw"), [(2, "fp32", 1.073741824), (4, "bf16", 1.610612736)]
+)
+def test_algbw_is_bytes_over_time_and_busbw_scales_it_by_2_n_minus_1_over_n(
+    tmp_path, size, dtype, busbw
+):
+    got = run_ranks_on_link(tmp_path, size, dtype)
+    windows = load_bench().CALLS["smoke"][1]
+    # The buffer all-reduced is the 1 MiB asked for (the 8- and 24-byte ones: the slowest-rank
+    # maxima of the first measurement and of the windows).
+    assert set(got["moved"]) == {BUFFER_BYTES, 8, 8 * windows}
+    assert got["latency"] == [1e3 * BUFFER_BYTES / LINK_BYTES_PER_S] * windows  # 0.9765625 ms
+    assert got["algbw_gbps"] == pytest.approx([1.073741824] * windows, rel=1e-12)
+    assert got["gbps"] == pytest.approx([busbw] * windows, rel=1e-12)
