@@ -11,7 +11,8 @@ from conftest import per_module
 from test_bench_checks import context, nudged, off_by, pct_of_peak, rate
 from test_known_flops import PROFILE, bench
 
-from cudastack.environment.context import CheckFailed, Skip
+from cudastack.environment.context import CheckFailed, Context, Skip
+from cudastack.environment.suite import PROFILES
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +339,29 @@ def test_train_gpt_trains_the_same_recipe_on_seeded_tokens_under_autocast(monkey
 def test_train_gpt_with_compile_skips_on_a_cpu_before_building_a_model():
     with pytest.raises(Skip, match=r"torch\.compile of a training step takes minutes on a CPU"):
         bench("train_gpt").run(context(), "tiny", 16, "fp32", True, 1)
+
+
+def test_train_gpt_in_the_smoke_profile_trains_through_the_compiled_model(monkeypatch):
+    # The smoke profile compiles on a CPU: it is how a cell shows it can compile. A real compile
+    # runs in tests/test_smoke.py, in a worker process; here torch.compile is a recorder, so the
+    # wiring is checked in this process and fast: the model built is what is compiled, and every
+    # forward pass of the timed steps goes through what torch.compile returned.
+    compiled: list[Any] = []
+    forwards = 0
+
+    def recording_compile(model: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(model)
+
+        def forward(*f_args: Any, **f_kwargs: Any) -> Any:
+            nonlocal forwards
+            forwards += 1
+            return model(*f_args, **f_kwargs)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    smoke = Context(torch, torch.device("cpu"), PROFILES["smoke"], None)
+    result = bench("train_gpt").run(smoke, "tiny", 16, "fp32", True, 1)
+    assert [type(model).__name__ for model in compiled] == ["GPT2LMHeadModel"]
+    assert forwards > 0 and min(rate(result, "items_per_s")) > 0

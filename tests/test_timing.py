@@ -299,6 +299,25 @@ def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction(monkeypat
     assert set(cuda.slept[2:]) == {1_178_100}
 
 
+def test_the_l2_flush_runs_before_every_timed_call_outside_its_event_pair():
+    from types import SimpleNamespace
+
+    cuda = FakeCuda()
+    flushed_at: list[float] = []  # the stream's clock when each flush was enqueued
+
+    def flush() -> None:
+        flushed_at.append(cuda.stream_s)
+        cuda.run(0.001)  # a 1 ms memset of the flush buffer
+
+    kernel = lambda: cuda.run(0.004)  # noqa: E731  a 4 ms kernel
+    samples = timing.time_cuda(SimpleNamespace(cuda=cuda), kernel, settings(), flush)
+    # Only the kernel is between the events: a flush timed with it would read 5 ms.
+    assert len(samples) >= 5 and samples == pytest.approx([0.004] * len(samples), rel=1e-9)
+    # One flush before each timed call, none during the warm-up: each call starts on a cold L2.
+    assert len(flushed_at) == len(samples)
+    assert all(b - a == pytest.approx(0.005) for a, b in zip(flushed_at, flushed_at[1:]))
+
+
 def test_the_spin_is_calibrated_on_warm_calls(monkeypatch):
     from types import SimpleNamespace
 

@@ -104,6 +104,52 @@ def test_one_process_rates_and_step_split_from_known_step_times(monkeypatch):
     assert "scaling_efficiency" not in got and "baseline_items_per_s" not in got
 
 
+class AllocatorStats:
+    """torch.cuda as training's memory line reads it: a peak the test sets, and when (on the
+    controlled clock) the peak was reset and read."""
+
+    def __init__(self, clock: Clock, peak_bytes: int) -> None:
+        self.clock, self.peak_bytes = clock, peak_bytes
+        self.calls: list[tuple[str, Any, float]] = []
+
+    def synchronize(self, device: Any = None) -> None:
+        pass
+
+    def reset_peak_memory_stats(self, device: Any = None) -> None:
+        self.calls.append(("reset", device, self.clock.now))
+
+    def max_memory_allocated(self, device: Any = None) -> int:
+        self.calls.append(("read", device, self.clock.now))
+        return self.peak_bytes
+
+
+class TorchOnFakeCuda:
+    """Real torch (the model trains on the CPU) with ``torch.cuda`` replaced."""
+
+    def __init__(self, cuda: AllocatorStats) -> None:
+        self.cuda = cuda
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def test_peak_memory_is_the_allocators_peak_over_the_timed_windows_in_gib(monkeypatch):
+    from types import SimpleNamespace
+
+    clock = Clock()
+    monkeypatch.setattr(training, "time", clock)
+    cuda = AllocatorStats(clock, 3 * 2**29)  # 1.5 GiB
+    device = SimpleNamespace(type="cuda", index=0)
+    ctx = Context(TorchOnFakeCuda(cuda), device, suite.PROFILES["quick"], {"bf16": PEAK_TFLOPS})
+    got = training.measure(ctx, workload(clock))
+    (peak,) = [m for m in got if m.name == "peak_mem"]
+    assert (peak.values, peak.unit, peak.better) == ([1.5], "GiB", "lower")
+    # Reset after the warm-up steps (0.5 s each on this clock), read after the timed windows
+    # (2.0 s each): the warm-up's allocations (cuDNN autotuning, compile) are not the step's.
+    warm = max(training.SCHEDULES["quick"].warmup_steps, CYCLE) * (WAIT_S + COMPUTE_S)
+    assert cuda.calls == [("reset", device, warm), ("read", device, warm + 2.0 * WINDOWS)]
+
+
 # Data parallel: rank 1 computes for 0.5 s a step, so its windows take 4 x 0.625 = 2.5 s while
 # rank 0's take 2.0 s. A window ends when the slowest rank's does.
 SLOW_COMPUTE_S = 0.5
@@ -227,6 +273,15 @@ def test_the_step_computes_its_loss_under_the_precisions_autocast():
     training.optimizer_step(loss_of, opt, Autocast(torch, "cpu", torch.bfloat16))(torch.ones(2, 4))
     training.optimizer_step(loss_of, opt)(torch.ones(2, 4))
     assert seen == [torch.bfloat16, torch.float32]
+
+
+def test_the_step_frees_its_gradients_after_the_optimizer_step():
+    # set_to_none: zeroing in place would add a memset of every gradient to each timed step,
+    # work a training loop following PyTorch's default does not do.
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    training.optimizer_step(lambda x: model(x).square().mean(), opt)(torch.ones(2, 4))
+    assert [p.grad for p in model.parameters()] == [None, None]
 
 
 def test_extra_host_work_leaves_the_controlled_clock_alone(monkeypatch):
