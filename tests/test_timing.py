@@ -391,6 +391,53 @@ def test_a_gpu_context_times_the_device_clock_with_events_and_its_slowdown_on_th
     assert latency.values == pytest.approx([4.0 * (1 + extra_work)] * len(latency.values))
 
 
+def test_a_gpu_context_flushes_l2_before_each_timed_call_unless_told_not_to():
+    from types import SimpleNamespace
+
+    from cudastack.environment import suite
+    from cudastack.environment.context import Context
+
+    cuda = FakeCuda()
+    buffers: list[Any] = []
+
+    class DeviceBuffer:
+        """torch.empty's tensor as L2Flusher uses it: zeroing it is 1 ms of stream time."""
+
+        def __init__(self, count: int, dtype: Any, device: Any) -> None:
+            self.made = (count, dtype, device)
+            self.zeroed = 0
+            buffers.append(self)
+
+        def zero_(self) -> None:
+            self.zeroed += 1
+            cuda.run(0.001)
+
+    device = SimpleNamespace(type="cuda")
+    torch_ = SimpleNamespace(cuda=cuda, int32="int32", empty=DeviceBuffer)
+    ctx = Context(torch=torch_, device=device, profile=suite.PROFILES["quick"], peaks=None)
+    kernel = lambda: cuda.run(0.004)  # noqa: E731  a 4 ms kernel
+    samples = ctx.time(kernel)
+    # One buffer of L2_FLUSH_BYTES in int32 on the case's device, zeroed before each timed
+    # call and outside its events: the samples are the kernel's 4 ms alone.
+    (buffer,) = buffers
+    assert buffer.made == (timing.L2_FLUSH_BYTES // 4, "int32", device)
+    assert buffer.zeroed == len(samples) > 0
+    assert samples == pytest.approx([0.004] * len(samples), rel=1e-9)
+    # measure flushes by default too, with the same buffer: allocated once a context.
+    (latency,) = (m for m in ctx.measure(kernel) if m.name == "latency")
+    assert buffer.zeroed == len(samples) + len(latency.values) and len(buffers) == 1
+    assert latency.values == pytest.approx([4.0] * len(latency.values), rel=1e-9)
+    # flush_l2=False: nothing flushed, by either.
+    ctx.time(kernel, flush_l2=False)
+    ctx.measure(kernel, flush_l2=False)
+    assert buffer.zeroed == len(samples) + len(latency.values)
+    # A context that never flushes allocates no buffer.
+    buffers.clear()
+    other = Context(torch=torch_, device=device, profile=suite.PROFILES["quick"], peaks=None)
+    other.time(kernel, flush_l2=False)
+    assert buffers == []
+
+
 def test_a_gpu_context_times_the_host_clock_on_the_host_and_slows_it_there():
     cuda = FakeCuda()
     ctx = fake_gpu_context(cuda, extra_work=0.5)
