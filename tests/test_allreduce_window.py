@@ -18,7 +18,7 @@ from test_training_math import Clock
 
 from cudastack.environment import suite
 from cudastack.environment import world as worldmod
-from cudastack.environment.context import Context
+from cudastack.environment.context import Context, Skip
 from cudastack.environment.world import World
 
 BENCH = suite.DEFAULT_BENCH_DIR / "allreduce.py"
@@ -120,8 +120,11 @@ LINK_BYTES_PER_S = 2**30
 BUFFER_BYTES = SIZE_MB * 2**20  # MiB, as the bench's size_mb means
 
 
-def _rank_on_link(rank: int, size: int, dtype: str, store: str, out: str) -> None:
-    """One of ``size`` gloo processes running the real bench (smoke profile) on its own Clock."""
+def _rank_on_link(rank: int, size: int, dtype: str, store: str, out: str, fault: str) -> None:
+    """One of ``size`` gloo processes running the real bench (smoke profile) on its own Clock;
+    ``fault`` ('first' or 'last') makes the first all-reduce wrong in that element only."""
+    from cudastack.environment.context import CheckFailed
+
     threads, all_reduce = torch.get_num_threads(), torch.distributed.all_reduce
     torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=120)
@@ -133,19 +136,26 @@ def _rank_on_link(rank: int, size: int, dtype: str, store: str, out: str) -> Non
         bench = load_bench()
         clock = Clock()
         bench.time = clock  # this rank's own module object: no other test sees it
-        moved = []
+        moved: list[int] = []
 
         def over_the_link(tensor: Any, *args: Any, **kwargs: Any) -> Any:
             nbytes = tensor.numel() * tensor.element_size()
             moved.append(nbytes)
             clock.advance(nbytes / LINK_BYTES_PER_S)
-            return all_reduce(tensor, *args, **kwargs)
+            done = all_reduce(tensor, *args, **kwargs)
+            if fault and len(moved) == 1:
+                tensor[0 if fault == "first" else -1] += 1
+            return done
 
         # Restored below: rank 0 runs in the test's own process.
         torch.distributed.all_reduce = over_the_link
         ctx = Context(torch, torch.device("cpu"), suite.PROFILES["smoke"], None, world=world)
-        metrics = {m.name: m.values for m in bench.run(ctx, size_mb=SIZE_MB, dtype=dtype)}
-        Path(f"{out}.{rank}").write_text(json.dumps({**metrics, "moved": moved}))
+        try:
+            metrics = bench.run(ctx, size_mb=SIZE_MB, dtype=dtype)
+            got: dict[str, Any] = {m.name: [m.unit, m.better, m.values] for m in metrics}
+        except CheckFailed as exc:  # every rank checks the same values: all stop here
+            got = {"check_failed": str(exc)}
+        Path(f"{out}.{rank}").write_text(json.dumps({**got, "moved": moved}))
         finished = True
     finally:
         torch.distributed.all_reduce = all_reduce
@@ -153,19 +163,19 @@ def _rank_on_link(rank: int, size: int, dtype: str, store: str, out: str) -> Non
         worldmod.leave(torch, world, finished)  # the worker's own way out
 
 
-def run_ranks_on_link(tmp_path: Path, size: int, dtype: str) -> dict:
+def run_ranks_on_link(tmp_path: Path, size: int, dtype: str, fault: str = "") -> dict:
     """Rank 0's metrics and the bytes of each all-reduce it made; ranks 1.. in spawned
     processes, rank 0 in this one (the one that reports)."""
     out, store = str(tmp_path / "metrics"), str(tmp_path / "store")
     spawn = torch.multiprocessing.get_context("spawn")
     peers = [
-        spawn.Process(target=_rank_on_link, args=(r, size, dtype, store, out), daemon=True)
+        spawn.Process(target=_rank_on_link, args=(r, size, dtype, store, out, fault), daemon=True)
         for r in range(1, size)
     ]
     for peer in peers:
         peer.start()
     try:
-        _rank_on_link(0, size, dtype, store, out)
+        _rank_on_link(0, size, dtype, store, out, fault)
         for peer in peers:
             peer.join(timeout=120)
     finally:
@@ -187,10 +197,38 @@ def test_algbw_is_bytes_over_time_and_busbw_scales_it_by_2_n_minus_1_over_n(
     tmp_path, size, dtype, busbw
 ):
     got = run_ranks_on_link(tmp_path, size, dtype)
-    windows = load_bench().CALLS["smoke"][1]
+    warmup, windows, at_least = load_bench().CALLS["smoke"]
     # The buffer all-reduced is the 1 MiB asked for (the 8- and 24-byte ones: the slowest-rank
     # maxima of the first measurement and of the windows).
     assert set(got["moved"]) == {BUFFER_BYTES, 8, 8 * windows}
-    assert got["latency"] == [1e3 * BUFFER_BYTES / LINK_BYTES_PER_S] * windows  # 0.9765625 ms
-    assert got["algbw_gbps"] == pytest.approx([1.073741824] * windows, rel=1e-12)
-    assert got["gbps"] == pytest.approx([busbw] * windows, rel=1e-12)
+    # How many times: the check, the warm-up, the first measurement, then windows of as many
+    # calls as last MIN_WINDOW_S = 10 ms at its 1/1024 s a call: ceil(10.24) = 11.
+    calls = 1 + warmup + at_least + windows * 11
+    assert got["moved"].count(BUFFER_BYTES) == calls
+    latency = [1e3 * BUFFER_BYTES / LINK_BYTES_PER_S] * windows  # 0.9765625 ms
+    assert got["latency"] == ["ms", "lower", latency]
+    assert got["algbw_gbps"] == ["GB/s", "higher", pytest.approx([1.073741824] * windows)]
+    assert got["gbps"] == ["GB/s", "higher", pytest.approx([busbw] * windows, rel=1e-12)]
+
+
+@pytest.mark.parametrize(("fault", "first", "last"), [("first", 4.0, 3.0), ("last", 3.0, 4.0)])
+def test_an_all_reduce_wrong_in_its_first_or_last_element_fails_its_check(
+    tmp_path, fault, first, last
+):
+    # Two ranks fill their buffers with 1 and 2: every element must sum to 3. The check reads
+    # the first element and the last (the two ends of a transfer split in chunks).
+    got = run_ranks_on_link(tmp_path, 2, "fp32", fault)
+    assert got["check_failed"] == (
+        f"all-reduce gave {first} (first element) and {last} (last), expected 3.0"
+    )
+    assert got["moved"] == [BUFFER_BYTES]  # nothing timed after a failed check
+
+
+def test_one_process_skips_naming_how_to_run_more():
+    bench = load_bench()
+    ctx = Context(torch, torch.device("cpu"), suite.PROFILES["smoke"], None, world=World())
+    with pytest.raises(Skip) as skipped:
+        bench.run(ctx, size_mb=SIZE_MB, dtype="fp32")
+    assert str(skipped.value) == (
+        "all-reduce needs more than one process: run with --nproc N (N >= 2)"
+    )

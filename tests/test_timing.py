@@ -299,6 +299,30 @@ def test_device_extra_work_slows_what_cuda_events_time_by_its_fraction(monkeypat
     assert set(cuda.slept[2:]) == {1_178_100}
 
 
+def test_cuda_events_are_read_in_batches_at_geometric_checkpoints():
+    from types import SimpleNamespace
+
+    cuda = FakeCuda()
+    reads: list[float] = []  # the stream's clock at each wait for an event
+
+    class WaitedEvent(cuda.Event):
+        def synchronize(self) -> None:
+            reads.append(cuda.stream_s)
+
+    cuda.Event = WaitedEvent
+    durations = itertools.cycle([0.004, 0.005])  # never quiet enough for a noise target of 0
+    kernel = lambda: cuda.run(next(durations))  # noqa: E731
+    samples = timing.time_cuda(
+        SimpleNamespace(cuda=cuda), kernel, settings(min_reps=5, max_reps=20), None
+    )
+    assert len(samples) == 20  # the most reps: the noise rule never stops it
+    assert sorted(samples) == pytest.approx([0.004] * 10 + [0.005] * 10)
+    # One wait a checkpoint, never one a call (the GPU would idle while the host reads): at
+    # min_reps = 5 samples, then 25 % more each time, at least one more, up to max_reps:
+    # 5, 6, 7, 8, 10, 12, 15, 18, 20.
+    assert len(reads) == 9
+
+
 def test_the_l2_flush_runs_before_every_timed_call_outside_its_event_pair():
     from types import SimpleNamespace
 

@@ -66,8 +66,11 @@ def run(ctx: Context, size_mb: int, dtype: str) -> list[Metric]:
     buf = torch.full((numel,), float(w.rank + 1), dtype=dt, device=ctx.device)
     dist.all_reduce(buf)
     expected = w.size * (w.size + 1) / 2
-    if float(buf[0]) != expected or float(buf[-1]) != expected:
-        raise CheckFailed(f"all-reduce gave {float(buf[0])}, expected {expected}")
+    first, last = float(buf[0]), float(buf[-1])
+    if first != expected or last != expected:
+        raise CheckFailed(
+            f"all-reduce gave {first} (first element) and {last} (last), expected {expected}"
+        )
     warmup, windows, at_least = CALLS[ctx.profile.name]
     for _ in range(warmup):
         dist.all_reduce(buf)
