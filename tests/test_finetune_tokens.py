@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import pytest
 import torch
+from test_known_flops import bench as load_bench
 from test_training_math import Clock
 
 from cudastack.environment import precision, suite, training
 from cudastack.environment.context import Context
 
-BENCH = suite.DEFAULT_BENCH_DIR / "finetune.py"
 SEQ_LEN, BATCH = 32, 2  # the smoke profile's
 # The real lengths of the rows of the bench's 4 fixed batches, chosen here in place of its
 # long-tailed draw (within its MIN_LEN 16 .. seq_len): 36 + 49 + 40 + 47 = 172 real tokens in a
@@ -22,20 +21,12 @@ STEP_S = 0.25  # every step takes this long on the controlled clock: 1.0 s a win
 WINDOWS = training.SCHEDULES["smoke"].windows
 
 
-def load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("finetune_under_test", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_on_clock(monkeypatch: pytest.MonkeyPatch, model: str, layout: str) -> dict[str, Any]:
     """The real bench (tiny model built from its config, fp32, smoke schedule) with the
     padded rows' lengths from LENGTHS and every training step lasting STEP_S."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the bench sets these: kept to this test
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    bench = load_bench()
+    bench = load_bench("finetune")
     rows = iter(LENGTHS)
 
     def chosen_lengths(rng: Any, count: int, seq_len: int) -> list[int]:

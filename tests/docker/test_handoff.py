@@ -215,20 +215,29 @@ def test_shell_runs_in_the_cell_with_this_folder_mounted(locked, tmp_path):
     assert proc.stdout.strip() == f"{TORCH}+cpu hello"
 
 
-def test_a_recorded_digest_that_cannot_be_pulled_is_one_line(engine, registry, tmp_path):
-    # A run folder and a push record as a teammate gets them, for an image the registry never
-    # held: nothing needs building to see what reproduce says about it.
-    path = write_matrix(tmp_path / "matrix", cpu_cell("gone"))
+MEASURED = "sha256:" + "1" * 64  # the image ID a run recorded, of an image never built here
+
+
+def recorded_run(tmp_path, name: str, pushed_ref: str) -> tuple:
+    """A run folder and a push record as a teammate gets them, for cell ``name`` whose run
+    measured MEASURED: nothing needs building to see what reproduce says about them. Returns
+    (the matrix file, the cell's image tag)."""
+    path = write_matrix(tmp_path / "matrix", cpu_cell(name))
     (cell,) = matrix.load(path)
     inputs = pipeline.BuildInputs.for_matrix(path)
     tag = inputs.tag(cell)
-    cell_dir = tmp_path / "run" / "gone"
+    cell_dir = tmp_path / "run" / name
     cell_dir.mkdir(parents=True)
-    reproduce.record_inputs(cell_dir, cell, inputs.dockerfile, "", tag, "sha256:" + "1" * 64, "x")
+    reproduce.record_inputs(cell_dir, cell, inputs.dockerfile, "", tag, MEASURED, "x")
     (cell_dir / results.ENV).write_text("{}")
-    ref = f"{registry}/cells/gone@sha256:{'0' * 64}"
     (tmp_path / "matrix" / "locks").mkdir()
-    handoff.pushed_record(tmp_path / "matrix" / "locks", cell).write_text(ref + "\n")
+    handoff.pushed_record(tmp_path / "matrix" / "locks", cell).write_text(pushed_ref + "\n")
+    return path, tag
+
+
+def test_a_recorded_digest_that_cannot_be_pulled_is_one_line(engine, registry, tmp_path):
+    ref = f"{registry}/cells/gone@sha256:{'0' * 64}"  # a digest the registry never held
+    path, tag = recorded_run(tmp_path, "gone", ref)
     assert not images.exists(engine, tag)
     proc = cli("reproduce", str(tmp_path / "run"), "--matrix", str(path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
@@ -244,25 +253,14 @@ def test_a_digest_pushed_since_the_run_is_refused_not_tagged_as_its_image(
 ):
     # The push record is per cell: after the run, the cell was pushed again, and its record now
     # names another image (here: the test base image, pushed to the registry).
-    path = write_matrix(tmp_path / "matrix", cpu_cell("moved"))
-    (cell,) = matrix.load(path)
-    inputs = pipeline.BuildInputs.for_matrix(path)
-    tag = inputs.tag(cell)
-    cell_dir = tmp_path / "run" / "moved"
-    cell_dir.mkdir(parents=True)
-    measured = "sha256:" + "1" * 64  # the image ID the run recorded
-    reproduce.record_inputs(cell_dir, cell, inputs.dockerfile, "", tag, measured, "x")
-    (cell_dir / results.ENV).write_text("{}")
     repo = registry_base.rsplit(":", 1)[0]
-    (ref,) = [
-        d for d in engine.images.get(registry_base).attrs["RepoDigests"] if d.startswith(repo)
-    ]
-    (tmp_path / "matrix" / "locks").mkdir()
-    handoff.pushed_record(tmp_path / "matrix" / "locks", cell).write_text(ref + "\n")
+    digests = engine.images.get(registry_base).attrs["RepoDigests"]
+    (ref,) = [d for d in digests if d.startswith(repo + "@")]
+    path, tag = recorded_run(tmp_path, "moved", ref)
     proc = cli("reproduce", str(tmp_path / "run"), "--matrix", str(path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr == (
-        f"error: cell moved: {ref} is not the image this run measured ({measured}): the cell "
+        f"error: cell moved: {ref} is not the image this run measured ({MEASURED}): the cell "
         "was pushed again since; use --rebuild to build it from the recorded inputs, or import "
         "an export of the run\n"
     )
