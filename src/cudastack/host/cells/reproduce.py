@@ -66,10 +66,10 @@ def base_identity(client: Any, base_ref: str, image_tag: str) -> str:
 
 def is_recorded_image(client: Any, tag: str, recorded: str) -> bool:
     """Whether the image under ``tag`` is the very one a run recorded (by ID or digest)."""
-    return _is(client.images.get(tag), recorded)
+    return _is_recorded(client.images.get(tag), recorded)
 
 
-def _is(image: Any, recorded: str) -> bool:
+def _is_recorded(image: Any, recorded: str) -> bool:
     """Whether the engine's ``image`` is the one ``recorded`` names: its image ID (the same on
     every engine) or one of its registry digests."""
     digests = {d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if "@" in d}
@@ -162,7 +162,7 @@ def obtain(
                 "export of it"
             ) from None
         recorded = str(record.get("image") or "")
-        if recorded and not _is(image, recorded):
+        if recorded and not _is_recorded(image, recorded):
             # The push record is per cell, and a later push of the cell replaced it: tagging
             # that image as this run's would hand every later run of the cell the wrong image.
             raise ReproduceError(
