@@ -372,15 +372,16 @@ def test_a_call_shorter_than_the_spins_fixed_cost_gets_the_shortest_spin(monkeyp
     assert set(cuda.slept[2:]) == {1}
 
 
-def fake_gpu_context(cuda: FakeCuda, extra_work: float = 0.0) -> Any:
-    """A worker's Context on the fake CUDA ``cuda``, with the quick profile's timing."""
+def fake_gpu_context(cuda: FakeCuda, extra_work: float = 0.0, **torch_attrs: Any) -> Any:
+    """A worker's Context on the fake CUDA ``cuda``, with the quick profile's timing; its torch
+    has ``torch_attrs`` too."""
     from types import SimpleNamespace
 
     from cudastack.environment import suite
     from cudastack.environment.context import Context
 
     return Context(
-        torch=SimpleNamespace(cuda=cuda),
+        torch=SimpleNamespace(cuda=cuda, **torch_attrs),
         device=SimpleNamespace(type="cuda"),
         profile=suite.PROFILES["quick"],
         peaks=None,
@@ -416,11 +417,6 @@ def test_a_gpu_context_times_the_device_clock_with_events_and_its_slowdown_on_th
 
 
 def test_a_gpu_context_flushes_l2_before_each_timed_call_unless_told_not_to():
-    from types import SimpleNamespace
-
-    from cudastack.environment import suite
-    from cudastack.environment.context import Context
-
     cuda = FakeCuda()
     buffers: list[Any] = []
 
@@ -436,15 +432,13 @@ def test_a_gpu_context_flushes_l2_before_each_timed_call_unless_told_not_to():
             self.zeroed += 1
             cuda.run(0.001)
 
-    device = SimpleNamespace(type="cuda")
-    torch_ = SimpleNamespace(cuda=cuda, int32="int32", empty=DeviceBuffer)
-    ctx = Context(torch=torch_, device=device, profile=suite.PROFILES["quick"], peaks=None)
+    ctx = fake_gpu_context(cuda, int32="int32", empty=DeviceBuffer)
     kernel = lambda: cuda.run(0.004)  # noqa: E731  a 4 ms kernel
     samples = ctx.time(kernel)
     # One buffer of L2_FLUSH_BYTES in int32 on the case's device, zeroed before each timed
     # call and outside its events: the samples are the kernel's 4 ms alone.
     (buffer,) = buffers
-    assert buffer.made == (timing.L2_FLUSH_BYTES // 4, "int32", device)
+    assert buffer.made == (timing.L2_FLUSH_BYTES // 4, "int32", ctx.device)
     assert buffer.zeroed == len(samples) > 0
     assert samples == pytest.approx([0.004] * len(samples), rel=1e-9)
     # measure flushes by default too, with the same buffer: allocated once a context.
@@ -457,7 +451,7 @@ def test_a_gpu_context_flushes_l2_before_each_timed_call_unless_told_not_to():
     assert buffer.zeroed == len(samples) + len(latency.values)
     # A context that never flushes allocates no buffer.
     buffers.clear()
-    other = Context(torch=torch_, device=device, profile=suite.PROFILES["quick"], peaks=None)
+    other = fake_gpu_context(cuda, int32="int32", empty=DeviceBuffer)
     other.time(kernel, flush_l2=False)
     assert buffers == []
 
